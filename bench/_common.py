@@ -1,0 +1,42 @@
+"""Shared by the compression benchmarks: run the pipeline and collect its figures."""
+
+from __future__ import annotations
+
+import time
+
+from compress.pipeline import CompressConfig, compress_model
+
+
+def run(config: CompressConfig) -> dict:
+    """Run one compression and return its headline figures."""
+    start = time.perf_counter()
+    result = compress_model(config, log=lambda _: None)
+    sizes = result.model.sizes()
+    original = sum(s.dense_bytes for s in sizes)
+    compressed = sum(s.compressed_bytes for s in sizes)
+    return {
+        "seed": config.seed,
+        "quantizer": config.quantizer,
+        "accuracy_float": result.accuracy_float,
+        "accuracy_pruned": result.accuracy_pruned,
+        "accuracy_shared": result.accuracy_shared,
+        "accuracy_compressed": result.accuracy_compressed,
+        "drop_points": 100 * (result.accuracy_float - result.accuracy_compressed),
+        "sharing_sse": result.sharing_sse,
+        "original_bytes": original,
+        "compressed_bytes": compressed,
+        "compression_ratio": original / compressed,
+        "density": [layer.density for layer in result.model.layers],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'seed':>4} {'quantizer':>15} {'float':>7} {'pruned':>7} {'shared':>7} "
+          f"{'final':>7} {'drop pt':>8} {'ratio':>7} {'bytes':>8} {'sharing SSE':>12} {'s':>6}")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['quantizer']:>15} {r['accuracy_float']:>7.2%} "
+              f"{r['accuracy_pruned']:>7.2%} {r['accuracy_shared']:>7.2%} "
+              f"{r['accuracy_compressed']:>7.2%} {r['drop_points']:>+8.2f} "
+              f"{r['compression_ratio']:>6.1f}x {r['compressed_bytes']:>8,} "
+              f"{r['sharing_sse']:>12.5g} {r['seconds']:>6.1f}")

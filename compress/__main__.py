@@ -1,0 +1,120 @@
+"""``python -m compress``: train (built-in models), prune, share, fine-tune and code a network.
+
+Writes the artifact (``OUT/model.dcz``), ``OUT/report.json``, ``OUT/weights.png`` and
+``OUT/density.png``, and prints a table of the per-layer sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .cluster import QUANTIZERS
+from .data import DATASETS
+from .models import BUILTIN_MODELS
+from .pipeline import CompressConfig, compress_model
+from .report import build_report, format_table, write_plots
+
+
+def _number_list(kind):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__} or comma-separated {kind.__name__}s (one per layer), "
+                f"not {text!r}") from None
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m compress",
+        description="Compress a network the Deep Compression way: magnitude pruning with "
+                    "retraining, exactly optimal weight sharing (DP), trained quantization, "
+                    "Huffman coding.")
+    parser.add_argument("--model", default="digits-mlp",
+                        help=f"built-in model ({', '.join(BUILTIN_MODELS)}) or path to a "
+                             "torch.save()d module of Linear/ReLU/Flatten (default: digits-mlp)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"{', '.join(DATASETS)} or path to an .npz with x_train, y_train, "
+                             "x_test, y_test (default: the built-in model's, else digits)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the four MNIST IDX .gz files (default: ../shared/data/"
+                             "mnist beside the checkout, or $MNIST_DIR)")
+    parser.add_argument("--out", default="out/compress", type=Path,
+                        help="output folder (default: out/compress)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="dense training epochs (built-in models)")
+    parser.add_argument("--lr", type=float, help="learning rate of dense training")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--weight-decay", type=float)
+    prune = parser.add_mutually_exclusive_group()
+    prune.add_argument("--density", type=_number_list(float),
+                       help="final fraction of weights kept, one value or one per layer")
+    prune.add_argument("--quality", type=_number_list(float),
+                       help="prune |w| < quality x std(w) instead, one value or one per layer")
+    parser.add_argument("--prune-rounds", type=int, help="iterative prune/retrain rounds")
+    parser.add_argument("--retrain-epochs", type=int, help="epochs of retraining per round")
+    parser.add_argument("--finetune-epochs", type=int, help="epochs of centroid fine-tuning")
+    parser.add_argument("--finetune-lr", type=float,
+                        help="learning rate of centroid fine-tuning (default: the recipe's)")
+    parser.add_argument("--bits", type=_number_list(int),
+                        help="codebook index bits b_w (1..8), one value or one per layer; a "
+                             "layer gets 2**bits - 1 shared values plus the zero")
+    parser.add_argument("--zero-run-bits", type=int, default=5,
+                        help="relative-index bits b_z of the stored sparse format (default: 5, "
+                             "as Deep Compression's fully connected layers)")
+    parser.add_argument("--quantizer", default="dp", choices=QUANTIZERS,
+                        help="weight-sharing clustering: dp (exactly optimal, default) or a "
+                             "Deep Compression k-means baseline")
+    parser.add_argument("--cluster-reg", type=float, default=0.0,
+                        help="DP-Net clustering-friendly penalty weight during the last "
+                             "retraining (default: 0, off)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", type=Path, help="also write the report to this path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = CompressConfig(
+        model=args.model, dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        weight_decay=args.weight_decay, density=args.density, quality=args.quality,
+        prune_rounds=args.prune_rounds, retrain_epochs=args.retrain_epochs,
+        finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, bits=args.bits,
+        zero_run_bits=args.zero_run_bits,
+        quantizer=args.quantizer, cluster_reg=args.cluster_reg, progress=not args.quiet)
+    try:
+        result = compress_model(config)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    artifact = result.model.save(out / "model.dcz")
+    report = build_report(result.model, artifact=artifact,
+                          accuracy_float=result.accuracy_float,
+                          accuracy_pruned=result.accuracy_pruned,
+                          accuracy_compressed=result.accuracy_compressed,
+                          timings=result.timings)
+    if not args.no_plots:
+        report["plots"] = [str(p) for p in write_plots(result.model, result.pruned_weights, out)]
+    text = json.dumps(report, indent=2)
+    (out / "report.json").write_text(text + "\n")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print()
+    print(format_table(report))
+    print(f"artifact: {artifact} ({report['artifact_file_bytes']:,} bytes on disk); "
+          f"report: {out / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The compressed-model artifact: a versioned, checksummed file (``docs/artifact-format.md``).
+
+A :class:`CompressedModel` is a chain of :class:`CompressedLayer`; each layer's weights are
+``codebook[index]`` with ``codebook[0] == 0`` (index 0 is a pruned weight). On disk each layer is
+stored as Deep Compression stores it: the relative-index sparse stream of (codebook index, zero
+run) pairs, both Huffman-coded, plus the float32 codebook and bias. So the file is as small as the
+reported compressed size (plus a JSON header), and loading it decodes the real streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .huffman import HuffmanCode
+from .sparse import RelativeIndexStream, decode_relative, encode_relative
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "CompressedLayer", "CompressedModel", "LayerSize", "load"]
+
+MAGIC = b"DCACCEL\x00"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
+_DIGEST = 32
+
+
+@dataclass(frozen=True)
+class LayerSize:
+    """Storage of one layer in bits, by the Deep Compression paper's accounting (§4-5)."""
+
+    dense_bits: int        # fp32 weights and biases of the uncompressed layer
+    index_bits: int        # Huffman-coded codebook indices, padding entries included
+    zero_run_bits: int     # Huffman-coded relative row indices (the sparse-index overhead)
+    codebook_bits: int     # fp32 centroids (the implicit zero is not stored)
+    table_bits: int        # the two Huffman code tables, one byte per code length
+    bias_bits: int         # fp32 biases
+    entries: int           # (index, zero run) pairs, padding included
+    padding: int           # padding entries among them
+
+    @property
+    def compressed_bits(self) -> int:
+        return (self.index_bits + self.zero_run_bits + self.codebook_bits + self.table_bits
+                + self.bias_bits)
+
+    @property
+    def compressed_bytes(self) -> int:
+        return -(-self.compressed_bits // 8)
+
+    @property
+    def dense_bytes(self) -> int:
+        return self.dense_bits // 8
+
+
+@dataclass
+class CompressedLayer:
+    """One weight-shared sparse Linear layer.
+
+    Attributes
+    ----------
+    codebook : numpy.ndarray
+        float32, shape ``(K,)``, ``codebook[0] == 0``, ``K <= 2 ** index_bits``.
+    index : numpy.ndarray
+        uint8 or uint16, shape ``(out_features, in_features)``; 0 marks a pruned weight.
+    bias : numpy.ndarray
+        float32, shape ``(out_features,)``.
+    relu : bool
+        Whether a ReLU follows the layer.
+    index_bits, zero_run_bits : int
+        Widths ``b_w`` and ``b_z`` of the sparse format's (index, zero run) entries.
+    """
+
+    codebook: np.ndarray
+    index: np.ndarray
+    bias: np.ndarray
+    relu: bool
+    index_bits: int = 4
+    zero_run_bits: int = 4
+
+    def __post_init__(self):
+        self.codebook = np.ascontiguousarray(self.codebook, dtype=np.float32)
+        self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
+        self.index = np.ascontiguousarray(self.index)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError if the fields are inconsistent."""
+        for name in ("index_bits", "zero_run_bits"):
+            bits = getattr(self, name)
+            if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+                raise ValueError(f"{name} must be 1..16, not {bits!r}")
+        if self.index.ndim != 2 or not np.issubdtype(self.index.dtype, np.integer):
+            raise ValueError(f"index must be a 2-D integer array, not {self.index.dtype} "
+                             f"{self.index.shape}")
+        if self.codebook.ndim != 1 or not 1 <= len(self.codebook) <= 2 ** self.index_bits:
+            raise ValueError(f"codebook must have 1..{2 ** self.index_bits} entries for "
+                             f"index_bits={self.index_bits}, not {len(self.codebook)}")
+        if self.codebook[0] != 0.0:
+            raise ValueError(f"codebook[0] must be 0 (the pruned weight), not {self.codebook[0]}")
+        if not np.isfinite(self.codebook).all() or not np.isfinite(self.bias).all():
+            raise ValueError("codebook and bias must be finite")
+        if self.index.size and (self.index.min() < 0 or self.index.max() >= len(self.codebook)):
+            raise ValueError(f"index values must be 0..{len(self.codebook) - 1}, found "
+                             f"{self.index.min()}..{self.index.max()}")
+        if self.bias.shape != (self.out_features,):
+            raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
+
+    @property
+    def out_features(self) -> int:
+        return self.index.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.index.shape[1]
+
+    @property
+    def weight(self) -> np.ndarray:
+        """The float32 shared weights ``codebook[index]``, shape ``(out, in)``."""
+        return self.codebook[self.index]
+
+    @property
+    def nonzero(self) -> int:
+        return int(np.count_nonzero(self.index))
+
+    @property
+    def density(self) -> float:
+        return self.nonzero / self.index.size
+
+    def sparse_stream(self) -> RelativeIndexStream:
+        """The relative-index stream: columns in order, rows ascending within a column (CSC)."""
+        return encode_relative(self.index.T.reshape(-1), self.zero_run_bits)
+
+    def size(self) -> LayerSize:
+        stream = self.sparse_stream()
+        index_code = HuffmanCode.from_symbols(stream.index, 2 ** self.index_bits)
+        zero_run_code = HuffmanCode.from_symbols(stream.zero_run, 2 ** self.zero_run_bits)
+        return LayerSize(
+            dense_bits=32 * (self.index.size + self.out_features),
+            index_bits=index_code.encoded_bits(stream.index),
+            zero_run_bits=zero_run_code.encoded_bits(stream.zero_run),
+            codebook_bits=32 * (len(self.codebook) - 1),
+            table_bits=8 * (2 ** self.index_bits + 2 ** self.zero_run_bits),
+            bias_bits=32 * self.out_features,
+            entries=len(stream.index),
+            padding=int(np.count_nonzero(stream.index == 0)),
+        )
+
+
+@dataclass
+class CompressedModel:
+    """A chain of weight-shared sparse Linear layers plus metadata (JSON-serialisable dict)."""
+
+    layers: list[CompressedLayer]
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ValueError("a compressed model needs at least one layer")
+        for i, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            if a.out_features != b.in_features:
+                raise ValueError(f"layer {i} gives {a.out_features} outputs but layer {i + 1} "
+                                 f"takes {b.in_features} inputs")
+
+    @property
+    def in_features(self) -> int:
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.layers[-1].out_features
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Float32 logits of the shared-weight network (numpy; the float reference)."""
+        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"x must have {self.in_features} features, not {x.shape[1]}")
+        for layer in self.layers:
+            x = x @ layer.weight.T + layer.bias
+            if layer.relu:
+                x = np.maximum(x, 0, dtype=np.float32)
+        return x
+
+    def to_torch(self):
+        """An ``nn.Sequential`` (Flatten, Linear, ReLU, ...) holding the shared float weights."""
+        import torch
+        from torch import nn
+
+        from .train import canonical_sequential
+
+        linears = []
+        for layer in self.layers:
+            linear = nn.Linear(layer.in_features, layer.out_features)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(layer.weight))
+                linear.bias.copy_(torch.from_numpy(layer.bias))
+            linears.append(linear)
+        return canonical_sequential(linears, [layer.relu for layer in self.layers])
+
+    def sizes(self) -> list[LayerSize]:
+        return [layer.size() for layer in self.layers]
+
+    def compression_ratio(self) -> float:
+        """fp32 bytes of the dense model / compressed bytes (Deep Compression's accounting)."""
+        sizes = self.sizes()
+        return sum(s.dense_bytes for s in sizes) / sum(s.compressed_bytes for s in sizes)
+
+    # -- file I/O ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact atomically (temporary file, then rename). Returns the path."""
+        path = Path(path)
+        payload = bytearray()
+        layer_headers = []
+
+        def put(array: np.ndarray | bytes, dtype: str) -> dict:
+            blob = bytes(array) if isinstance(array, (bytes, bytearray)) else (
+                np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes())
+            entry = {"offset": len(payload), "nbytes": len(blob), "dtype": dtype}
+            payload.extend(blob)
+            return entry
+
+        for layer in self.layers:
+            stream = layer.sparse_stream()
+            index_code = HuffmanCode.from_symbols(stream.index, 2 ** layer.index_bits)
+            zero_run_code = HuffmanCode.from_symbols(stream.zero_run, 2 ** layer.zero_run_bits)
+            index_data, index_nbits = index_code.encode(stream.index)
+            zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
+            layer_headers.append({
+                "in_features": layer.in_features,
+                "out_features": layer.out_features,
+                "relu": bool(layer.relu),
+                "index_bits": int(layer.index_bits),
+                "zero_run_bits": int(layer.zero_run_bits),
+                "entries": int(len(stream.index)),
+                "index_stream_bits": int(index_nbits),
+                "zero_run_stream_bits": int(zero_run_nbits),
+                "arrays": {
+                    "centroids": put(layer.codebook[1:], "float32"),
+                    "bias": put(layer.bias, "float32"),
+                    "index_code_lengths": put(index_code.lengths, "uint8"),
+                    "zero_run_code_lengths": put(zero_run_code.lengths, "uint8"),
+                    "index_stream": put(index_data, "uint8"),
+                    "zero_run_stream": put(zero_run_data, "uint8"),
+                },
+            })
+        header = json.dumps({
+            "format": "dcaccel-compressed-model",
+            "version": FORMAT_VERSION,
+            "metadata": self.metadata,
+            "layers": layer_headers,
+        }, sort_keys=True, separators=(",", ":")).encode()
+        body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header)) + header + bytes(payload)
+        data = body + hashlib.sha256(body).digest()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+        return path
+
+
+def load(path: str | os.PathLike) -> CompressedModel:
+    """Read an artifact written by :meth:`CompressedModel.save`.
+
+    Raises
+    ------
+    ValueError
+        The file is missing, empty, truncated, altered (checksum mismatch), of another format or a
+        newer version, or internally inconsistent.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"artifact {path} does not exist")
+    data = path.read_bytes()
+    where = f"artifact {path}"
+    if len(data) < _PREFIX.size + _DIGEST:
+        raise ValueError(f"{where} is {'empty' if not data else 'truncated'} "
+                         f"({len(data)} bytes); it is not a compressed model")
+    magic, version, _, header_length = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"{where} is not a compressed model (bad magic {magic!r})")
+    if version > FORMAT_VERSION or version < 1:
+        raise ValueError(f"{where} has format version {version}; this version of the project "
+                         f"reads versions 1..{FORMAT_VERSION}")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError(f"{where} is corrupt: its SHA-256 checksum does not match "
+                         "(truncated or altered file)")
+    try:
+        header = json.loads(body[_PREFIX.size:_PREFIX.size + header_length])
+        payload = body[_PREFIX.size + header_length:]
+        layers = [_read_layer(h, payload) for h in header["layers"]]
+        return CompressedModel(layers, header.get("metadata", {}))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where} is malformed: {error}") from None
+
+
+def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
+    def get(name: str) -> np.ndarray:
+        entry = header["arrays"][name]
+        offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
+        if offset < 0 or nbytes < 0 or offset + nbytes > len(payload):
+            raise ValueError(f"array {name!r} lies outside the payload")
+        return np.frombuffer(payload, dtype=np.dtype(entry["dtype"]).newbyteorder("<"),
+                             count=nbytes // np.dtype(entry["dtype"]).itemsize, offset=offset)
+
+    out_features, in_features = int(header["out_features"]), int(header["in_features"])
+    entries = int(header["entries"])
+    index_code = HuffmanCode(get("index_code_lengths").copy())
+    zero_run_code = HuffmanCode(get("zero_run_code_lengths").copy())
+    index_values = index_code.decode(get("index_stream").tobytes(),
+                                     int(header["index_stream_bits"]), entries)
+    zero_runs = zero_run_code.decode(get("zero_run_stream").tobytes(),
+                                     int(header["zero_run_stream_bits"]), entries)
+    stream = RelativeIndexStream(index=index_values, zero_run=zero_runs,
+                                 length=in_features * out_features,
+                                 zero_run_bits=int(header["zero_run_bits"]))
+    index_bits = int(header["index_bits"])
+    sequence = decode_relative(stream)
+    index = sequence.reshape(in_features, out_features).T.astype(
+        np.uint8 if index_bits <= 8 else np.uint16)
+    return CompressedLayer(codebook=np.concatenate([[0.0], get("centroids")]).astype(np.float32),
+                           index=index,
+                           bias=get("bias").astype(np.float32),
+                           relu=bool(header["relu"]),
+                           index_bits=index_bits,
+                           zero_run_bits=int(header["zero_run_bits"]))

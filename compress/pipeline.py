@@ -1,0 +1,303 @@
+"""The compression pipeline: train, prune and retrain, share weights, fine-tune centroids, code.
+
+Deep Compression (Han et al., ICLR 2016) in order: §2 iterative magnitude pruning with
+retraining under fixed masks; §3 weight sharing, here by the exactly optimal 1-D clustering of
+DP-Net (Wang et al. 2018) unless a baseline is asked for, optionally with DP-Net's
+clustering-friendly penalty during the last retraining; §3.3 fine-tuning of the shared centroids;
+§4 Huffman coding of the relative-index sparse format.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifact import CompressedLayer, CompressedModel
+from .cluster import QUANTIZERS, cluster, sse
+from .data import Dataset, load_dataset
+from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
+from .prune import magnitude_mask, round_targets
+from .train import SharedLinear, accuracy, canonical_sequential, train
+
+__all__ = ["CompressConfig", "CompressionResult", "compress_model"]
+
+
+@dataclass
+class CompressConfig:
+    """Every knob of :func:`compress_model`; ``None`` means the model's recipe default.
+
+    Per-layer settings (``density``, ``quality``, ``bits``) are tuples with one value per Linear
+    layer; a shorter tuple repeats its last value.
+    """
+
+    model: str = "digits-mlp"
+    dataset: str | None = None          # default: the built-in model's data set, else digits
+    data_dir: str | None = None
+    seed: int = 0
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    weight_decay: float | None = None
+    density: tuple[float, ...] | None = None
+    quality: tuple[float, ...] | None = None
+    prune_rounds: int | None = None
+    retrain_epochs: int | None = None
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+    bits: tuple[int, ...] | None = None
+    zero_run_bits: int = 5
+    quantizer: str = "dp"
+    cluster_reg: float = 0.0
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, "
+                             f"not {self.quantizer!r}")
+        if self.density is not None and self.quality is not None:
+            raise ValueError("give either density or quality, not both")
+        for d in self.density or ():
+            if not 0.0 < d <= 1.0:
+                raise ValueError(f"density must be in (0, 1], not {d!r}")
+        for q in self.quality or ():
+            if not 0.0 <= q < 100.0:
+                raise ValueError(f"quality must be in [0, 100), not {q!r}")
+        for b in self.bits or ():
+            if not 1 <= b <= 8:
+                raise ValueError(f"bits must be 1..8, not {b!r}")
+        if not 1 <= self.zero_run_bits <= 8:
+            raise ValueError(f"zero_run_bits must be 1..8, not {self.zero_run_bits!r}")
+        for name in ("epochs", "retrain_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, not {value!r}")
+        if self.prune_rounds is not None and self.prune_rounds < 1:
+            raise ValueError(f"prune_rounds must be >= 1, not {self.prune_rounds!r}")
+        if self.cluster_reg < 0:
+            raise ValueError(f"cluster_reg must be >= 0, not {self.cluster_reg!r}")
+        for name in ("lr", "finetune_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be > 0, not {value!r}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size!r}")
+
+
+@dataclass
+class CompressionResult:
+    model: CompressedModel
+    dataset: Dataset
+    accuracy_float: float
+    accuracy_pruned: float
+    accuracy_shared: float                # after weight sharing, before fine-tuning
+    accuracy_compressed: float
+    sharing_sse: float                    # sum of squared weight errors of the clustering
+    pruned_weights: list[np.ndarray]      # float weights after pruning, before sharing (plots)
+    timings: dict = field(default_factory=dict)
+
+
+def _per_layer(values: tuple | None, n: int, name: str) -> list:
+    if values is None:
+        return [None] * n
+    if len(values) > n:
+        raise ValueError(f"{name} has {len(values)} values but the model has {n} Linear layers")
+    return [values[min(i, len(values) - 1)] for i in range(n)]
+
+
+def compress_model(config: CompressConfig, *,
+                   log: Callable[[str], None] = print) -> CompressionResult:
+    """Run the whole pipeline and return the compressed model and its figures."""
+    config.check()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    module, builtin = load_model(config.model, seed=config.seed)
+    recipe = BUILTIN_MODELS[config.model].recipe if builtin else Recipe()
+    dataset_name = config.dataset or (BUILTIN_MODELS[config.model].dataset if builtin
+                                      else "digits")
+    data = load_dataset(dataset_name, data_dir=config.data_dir, seed=config.seed)
+    log(f"data: {data.describe()}")
+
+    chain = linear_chain(module)
+    if chain[0].linear.in_features != data.n_features:
+        raise ValueError(f"model {config.model!r} takes {chain[0].linear.in_features} inputs but "
+                         f"data set {data.name!r} has {data.n_features} features")
+    if chain[-1].linear.out_features < data.n_classes:
+        raise ValueError(f"model {config.model!r} has {chain[-1].linear.out_features} outputs but "
+                         f"data set {data.name!r} has {data.n_classes} classes")
+    n_layers = len(chain)
+    linears = [nn.Linear(s.linear.in_features, s.linear.out_features) for s in chain]
+    with torch.no_grad():
+        for new, spec in zip(linears, chain):
+            new.weight.copy_(spec.linear.weight.detach().float())
+            if spec.linear.bias is not None:
+                new.bias.copy_(spec.linear.bias.detach().float())
+            else:
+                new.bias.zero_()
+    relus = [s.relu for s in chain]
+    net = canonical_sequential(linears, relus)
+
+    def pick(value, default):
+        return default if value is None else value
+
+    epochs = pick(config.epochs, recipe.epochs if builtin else 0)
+    lr = pick(config.lr, recipe.lr)
+    batch_size = pick(config.batch_size, recipe.batch_size)
+    weight_decay = pick(config.weight_decay, recipe.weight_decay)
+    rounds = pick(config.prune_rounds, recipe.prune_rounds)
+    retrain_epochs = pick(config.retrain_epochs, recipe.retrain_epochs)
+    finetune_epochs = pick(config.finetune_epochs, recipe.finetune_epochs)
+    finetune_lr = pick(config.finetune_lr, recipe.finetune_lr)
+    bits = _per_layer(config.bits or recipe.bits, n_layers, "bits")
+    progress = config.progress
+
+    # 1. Dense training (built-in models; a loaded model is taken as trained).
+    if epochs:
+        log(f"training {config.model} for {epochs} epochs (seed {config.seed})")
+        train(net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+              weight_decay=weight_decay, seed=config.seed, desc="train", progress=progress)
+    accuracy_float = accuracy(net, data.x_test, data.y_test)
+    log(f"float accuracy: {accuracy_float:.4f}")
+    lap("train")
+
+    # 2. Iterative magnitude pruning with retraining under fixed masks.
+    if config.quality is not None:
+        mode, finals = "quality", _per_layer(config.quality, n_layers, "quality")
+        stds = [float(layer.weight.detach().std()) for layer in linears]
+    else:
+        mode = "density"
+        finals = _per_layer(config.density or recipe.density, n_layers, "density")
+    schedules = [round_targets(final, rounds, mode) for final in finals]
+    masks = [np.ones(tuple(layer.weight.shape), dtype=bool) for layer in linears]
+    for r in range(rounds):
+        for i, layer in enumerate(linears):
+            weight = layer.weight.detach().numpy()
+            if mode == "density":
+                masks[i] = magnitude_mask(weight, previous=masks[i], density=schedules[i][r])
+            else:
+                masks[i] = magnitude_mask(weight, previous=masks[i],
+                                          threshold=schedules[i][r] * stds[i])
+            with torch.no_grad():
+                layer.weight.mul_(torch.from_numpy(masks[i]).float())
+        kept = ", ".join(f"{m.mean():.3f}" for m in masks)
+        log(f"prune round {r + 1}/{rounds}: density per layer {kept}")
+        last_round = r == rounds - 1
+        regularizer = on_epoch = None
+        if last_round and config.cluster_reg > 0:
+            regularizer, on_epoch = _clustering_penalty(linears, masks, bits, config)
+        train(net, data.x_train, data.y_train, epochs=retrain_epochs, lr=lr * 0.5,
+              batch_size=batch_size, weight_decay=weight_decay, seed=config.seed + r + 1,
+              masks={layer.weight: torch.from_numpy(m).float() for layer, m in
+                     zip(linears, masks)},
+              regularizer=regularizer, on_epoch=on_epoch,
+              desc=f"retrain {r + 1}/{rounds}", progress=progress)
+    accuracy_pruned = accuracy(net, data.x_test, data.y_test)
+    log(f"pruned accuracy: {accuracy_pruned:.4f}")
+    lap("prune")
+
+    # 3. Weight sharing: cluster each layer's surviving weights; index 0 is the pruned zero.
+    pruned_weights = [layer.weight.detach().numpy().copy() for layer in linears]
+    shared = []
+    sharing_sse = 0.0
+    for i, layer in enumerate(linears):
+        weight = pruned_weights[i]
+        values = weight[masks[i]]
+        centroids, assignment = cluster(values, 2 ** bits[i] - 1, method=config.quantizer,
+                                        seed=config.seed)
+        sharing_sse += sse(values, centroids, assignment)
+        index = np.zeros(weight.shape, dtype=np.int64)
+        index[masks[i]] = assignment + 1
+        shared.append(SharedLinear(torch.from_numpy(index), torch.from_numpy(centroids).float(),
+                                   layer.bias.detach()))
+    shared_net = canonical_sequential(shared, relus)
+    accuracy_shared = accuracy(shared_net, data.x_test, data.y_test)
+    log(f"weight sharing ({config.quantizer}): squared error {sharing_sse:.6g}, accuracy "
+        f"{accuracy_shared:.4f} before fine-tuning")
+
+    # 4. Trained quantization: fine-tune centroids (gradients summed per cluster) and biases.
+    train(shared_net, data.x_train, data.y_train, epochs=finetune_epochs, lr=finetune_lr,
+          batch_size=batch_size, weight_decay=0.0, seed=config.seed + rounds + 1,
+          desc="fine-tune centroids", progress=progress)
+    accuracy_compressed = accuracy(shared_net, data.x_test, data.y_test)
+    log(f"compressed accuracy: {accuracy_compressed:.4f}")
+    lap("share")
+
+    layers = []
+    for i, layer in enumerate(shared):
+        codebook, index = _sorted_codebook(layer.centroids.detach().numpy(),
+                                           layer.index.numpy())
+        layers.append(CompressedLayer(
+            codebook=codebook, index=index.astype(np.uint8), bias=layer.bias.detach().numpy(),
+            relu=relus[i], index_bits=bits[i], zero_run_bits=config.zero_run_bits))
+    settings = {k: v for k, v in asdict(config).items() if k != "progress"}
+    settings.update(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                    prune_rounds=rounds, retrain_epochs=retrain_epochs,
+                    finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, bits=bits,
+                    dataset=data.name,
+                    density_final=[float(m.mean()) for m in masks])
+    compressed = CompressedModel(layers, metadata={
+        "model": config.model,
+        "dataset": data.name,
+        "signed_inputs": data.signed,
+        "n_classes": data.n_classes,
+        "settings": settings,
+        "accuracy_float": accuracy_float,
+        "accuracy_pruned": accuracy_pruned,
+        "accuracy_compressed": accuracy_compressed,
+        "torch_version": torch.__version__,
+    })
+    lap("code")
+    return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
+                             accuracy_compressed, sharing_sse, pruned_weights, timings)
+
+
+def _sorted_codebook(centroids: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codebook ``[0, ascending centroids]`` and the index remapped to it.
+
+    Fine-tuning can move centroids past each other; sorting keeps the stored codebook canonical.
+    """
+    order = np.argsort(centroids, kind="stable")
+    remap = np.zeros(len(centroids) + 1, dtype=np.int64)
+    remap[order + 1] = np.arange(1, len(centroids) + 1)
+    codebook = np.concatenate([[0.0], centroids[order]]).astype(np.float32)
+    return codebook, remap[index]
+
+
+def _clustering_penalty(linears, masks, bits, config):
+    """DP-Net's clustering-friendly penalty: ``lambda * mean((w - c(w))^2)`` per layer.
+
+    ``c(w)`` is the weight's centroid in the optimal clustering of the layer's surviving weights,
+    recomputed at the start of every epoch, so retraining pulls weights toward few values and the
+    later weight sharing loses less.
+    """
+    targets: list[torch.Tensor] = [torch.zeros_like(layer.weight) for layer in linears]
+    mask_tensors = [torch.from_numpy(m) for m in masks]
+
+    def on_epoch(_epoch: int) -> None:
+        for i, layer in enumerate(linears):
+            weight = layer.weight.detach().numpy()
+            centroids, assignment = cluster(weight[masks[i]], 2 ** bits[i] - 1,
+                                            method=config.quantizer, seed=config.seed)
+            target = np.zeros_like(weight)
+            target[masks[i]] = centroids[assignment]
+            targets[i] = torch.from_numpy(target)
+
+    def penalty() -> torch.Tensor:
+        total = linears[0].weight.new_zeros(())
+        for layer, target, mask in zip(linears, targets, mask_tensors):
+            diff = (layer.weight - target)[mask]
+            total = total + diff.pow(2).mean()
+        return config.cluster_reg * total
+
+    return penalty, on_epoch

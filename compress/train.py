@@ -1,0 +1,155 @@
+"""Deterministic training loops for the dense, pruned and weight-shared networks.
+
+One loop serves every phase: plain training, retraining with fixed pruning masks (Han et al.
+2015, "Learning both Weights and Connections"), and fine-tuning of shared centroids (Deep
+Compression §3.3). Same seed, same data, same thread count: same weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["SharedLinear", "accuracy", "canonical_sequential", "predict", "train"]
+
+
+class _CodebookLookup(torch.autograd.Function):
+    """``codebook[index]`` whose backward sums each entry's gradients in a fixed order.
+
+    Autograd's own backward of indexing accumulates in parallel in no fixed order, so the same
+    seed could give centroids that differ in the last bit; ``bincount`` is sequential.
+    """
+
+    @staticmethod
+    def forward(ctx, codebook: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.size = codebook.shape[0]
+        return codebook[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        summed = torch.bincount(index.reshape(-1), weights=grad.reshape(-1).double(),
+                                minlength=ctx.size)
+        return summed.to(grad.dtype), None
+
+
+class SharedLinear(nn.Module):
+    """A Linear layer whose weights are ``codebook[index]`` with ``codebook[0] == 0`` fixed.
+
+    Only the nonzero centroids (``centroids``) and the bias are trainable. Because the weight is
+    gathered from the centroids, autograd sums the gradients of every weight of a cluster into its
+    centroid: exactly the update of Deep Compression §3.3 (Han et al. 2016, Fig. 3). Masks and
+    assignments stay fixed, so a pruned weight (index 0) stays exactly zero.
+    """
+
+    def __init__(self, index: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("index", index.to(torch.long))
+        self.centroids = nn.Parameter(centroids.detach().clone().to(torch.float32))
+        self.bias = nn.Parameter(bias.detach().clone().to(torch.float32))
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return torch.cat([self.centroids.new_zeros(1), self.centroids])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return _CodebookLookup.apply(self.codebook, self.index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def canonical_sequential(linears: Sequence[nn.Module], relus: Sequence[bool]) -> nn.Sequential:
+    """``Flatten`` then each layer, with a ``ReLU`` after those flagged."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for layer, relu in zip(linears, relus):
+        layers.append(layer)
+        if relu:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    """Class predictions (argmax of the logits) for a float feature matrix."""
+    model.eval()
+    out = []
+    for start in range(0, len(x), batch_size):
+        out.append(model(torch.from_numpy(x[start:start + batch_size])).argmax(1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of samples classified correctly."""
+    return float((predict(model, x) == y).mean())
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float,
+          batch_size: int, seed: int, weight_decay: float = 0.0,
+          masks: dict[nn.Parameter, torch.Tensor] | None = None,
+          regularizer: Callable[[], torch.Tensor] | None = None,
+          on_epoch: Callable[[int], None] | None = None,
+          desc: str = "train", progress: bool = True) -> list[float]:
+    """Train with SGD (Nesterov momentum 0.9) and a cosine learning-rate schedule.
+
+    Parameters
+    ----------
+    masks : dict, optional
+        Parameter to 0/1 tensor of its shape. Masked entries get no gradient and are set back to
+        exactly zero after every step, so pruned weights stay zero.
+    regularizer : callable, optional
+        Returns an extra loss term, added to the cross entropy (DP-Net's clustering penalty).
+    on_epoch : callable, optional
+        Called with the epoch number before each epoch (e.g. to re-cluster).
+
+    Returns
+    -------
+    list of float
+        Mean training loss per epoch.
+    """
+    if epochs <= 0:
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+    steps_per_epoch = max(1, -(-len(x) // batch_size))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    loss_fn = nn.CrossEntropyLoss()
+    masks = masks or {}
+    history = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        if on_epoch is not None:
+            on_epoch(epoch)
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            batch = order[start:start + batch_size]
+            loss = loss_fn(model(x_t[batch]), y_t[batch])
+            if regularizer is not None:
+                loss = loss + regularizer()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            for param, mask in masks.items():
+                if param.grad is not None:
+                    param.grad.mul_(mask)
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                for param, mask in masks.items():
+                    param.mul_(mask)
+            total += loss.item() * len(batch)
+        history.append(total / len(x))
+        bar.set_postfix(loss=f"{history[-1]:.4f}")
+    model.eval()
+    return history
