@@ -4,8 +4,8 @@ Deep Compression (Han et al., 2016, §3.2) shares weights by running k-means on
 the weights of a layer. In one dimension k-means need not be heuristic: the
 optimal partition into k clusters consists of contiguous runs of the sorted
 values, so a dynamic program finds the exactly minimum sum of squared errors
-(Wang & Song, 2011, "Ckmeans.1d.dp" [3]_); DP-Net (Wang et al., 2018 [2]_)
-uses it for network compression. :func:`dp_kmeans` implements that program;
+(Wang & Song, 2011, "Ckmeans.1d.dp" [3]_); DP-Net (Yang et al., 2020 [2]_)
+uses such a program for network compression. :func:`dp_kmeans` implements that program;
 :func:`kmeans_1d` implements Lloyd's k-means with the three centroid
 initialisations compared in the Deep Compression paper, as baselines.
 
@@ -13,8 +13,8 @@ References
 ----------
 .. [1] S. Han, H. Mao, W. J. Dally, "Deep Compression: Compressing Deep Neural
    Networks with Pruning, Trained Quantization and Huffman Coding", ICLR 2016.
-.. [2] D. Wang, et al., "DP-Net: Dynamic Programming Guided Deep Neural Network
-   Compression", arXiv:1804.09396, 2018.
+.. [2] D. Yang, W. Yu, A. Zhou, H. Mu, G. Yao, X. Wang, "DP-Net: Dynamic
+   Programming Guided Deep Neural Network Compression", arXiv:2003.09615, 2020.
 .. [3] H. Wang, M. Song, "Ckmeans.1d.dp: Optimal k-means Clustering in One
    Dimension by Dynamic Programming", The R Journal 3(2), 2011.
 """
@@ -201,12 +201,21 @@ def _prefix_sums(u, uw, shift, scale):
     return p0, p1
 
 
+@_jit
 def _shift_scale(u, uw):
-    """Weighted mean of ``u`` and the largest distance of ``u`` from it."""
-    shift = float(np.dot(uw, u) / uw.sum())
-    shift = min(max(shift, u[0]), u[-1])  # rounding must not leave the range
+    """Weighted mean of the ascending ``u`` and the largest distance of ``u`` from it.
+
+    A plain loop, not np.dot: BLAS may wake its threads for a dot product,
+    which costs milliseconds on a busy machine.
+    """
+    tw = 0.0
+    twu = 0.0
+    for t in range(u.size):
+        tw += uw[t]
+        twu += uw[t] * u[t]
+    shift = min(max(twu / tw, u[0]), u[-1])  # rounding must not leave the range
     scale = max(u[-1] - shift, shift - u[0])
-    return shift, (scale if scale > 0 else 1.0)
+    return shift, (scale if scale > 0.0 else 1.0)
 
 
 @_jit
@@ -410,7 +419,7 @@ def dp_kmeans(values, k, *, weights=None):
     quadrangle inequality the (leftmost) argmin is non-decreasing in i, so
     each layer is solved by divide and conquer over i; the last layer only
     needs ``D[k][m]``, one O(m) scan. The kernels are compiled with numba
-    (no fastmath). An int32 argmin table of (k-2) x (m+1) entries is kept
+    (no fastmath). An int32 argmin table of (k-1) x (m+1) entries is kept
     for backtracking.
 
     Complexity: O(n log n) for the sort plus O(k m log m) time for the DP,
@@ -419,10 +428,11 @@ def dp_kmeans(values, k, *, weights=None):
 
     References
     ----------
-    .. [1] D. Wang, et al., "DP-Net: Dynamic Programming Guided Deep Neural
-       Network Compression", arXiv:1804.09396, 2018.
+    .. [1] D. Yang, W. Yu, A. Zhou, H. Mu, G. Yao, X. Wang, "DP-Net: Dynamic
+       Programming Guided Deep Neural Network Compression", arXiv:2003.09615,
+       2020.
     .. [2] H. Wang, M. Song, "Ckmeans.1d.dp: Optimal k-means Clustering in
-       One Dimension by Dynamic Programming", The R Journal 3(2), 2011.
+       One Dimension by Dynamic Programming", The R Journal 3(2):29-33, 2011.
 
     Examples
     --------
@@ -457,6 +467,20 @@ def dp_kmeans(values, k, *, weights=None):
 
 
 @_jit
+def _upper_bound(u, v):
+    """Number of entries of the ascending ``u`` that are <= v (binary search)."""
+    lo = 0
+    hi = u.size
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if u[mid] <= v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@_jit
 def _lloyd(u, uw, centroids, max_iter, shift):
     """Lloyd's iterations over sorted distinct values with weights.
 
@@ -473,14 +497,23 @@ def _lloyd(u, uw, centroids, max_iter, shift):
     m = u.size
     k = centroids.size
     p0, p1 = _prefix_sums(u, uw, shift, 1.0)
-    c = np.sort(centroids.copy())
+    c = centroids.copy()
     ends = np.full(k, -1, dtype=np.int64)
     new_ends = np.empty(k, dtype=np.int64)
     for _ in range(max_iter):
+        # Insertion sort: k is small and c is nearly sorted (only an empty
+        # cluster's stale centroid can fall out of order).
+        for i in range(1, k):
+            v = c[i]
+            j = i - 1
+            while j >= 0 and c[j] > v:
+                c[j + 1] = c[j]
+                j -= 1
+            c[j + 1] = v
         for i in range(k - 1):
             # Values up to the midpoint go to the lower centroid (ties too);
             # halving first cannot overflow.
-            new_ends[i] = np.searchsorted(u, 0.5 * c[i] + 0.5 * c[i + 1], side="right")
+            new_ends[i] = _upper_bound(u, 0.5 * c[i] + 0.5 * c[i + 1])
         new_ends[k - 1] = m
         same = True
         for i in range(k):
@@ -488,15 +521,13 @@ def _lloyd(u, uw, centroids, max_iter, shift):
                 same = False
         if same:
             break
-        ends[:] = new_ends
         start = 0
         for i in range(k):
-            e = ends[i]
+            e = new_ends[i]
+            ends[i] = e
             if e > start:
                 c[i] = (p1[e] - p1[start]) / (p0[e] - p0[start]) + shift
             start = max(start, e)
-        # An empty cluster's stale centroid can fall out of order.
-        c = np.sort(c)
     return ends
 
 

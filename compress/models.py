@@ -59,8 +59,8 @@ BUILTIN_MODELS: dict[str, _Builtin] = {
     "lenet-300-100": _Builtin(
         sizes=(784, 300, 100, 10), dataset="mnist",
         recipe=Recipe(epochs=30, lr=0.05, batch_size=64, weight_decay=1e-4,
-                      density=(0.06, 0.08, 0.3), prune_rounds=4, retrain_epochs=8,
-                      finetune_epochs=6, bits=(5, 5, 5))),
+                      density=(0.05, 0.05, 0.25), prune_rounds=4, retrain_epochs=8,
+                      finetune_epochs=6, bits=(4, 4, 5))),
 }
 
 
