@@ -10,7 +10,7 @@ from compress.pipeline import CompressConfig, compress_model
 def run(config: CompressConfig) -> dict:
     """Run one compression and return its headline figures."""
     start = time.perf_counter()
-    result = compress_model(config, log=lambda _: None)
+    result = compress_model(config, log=lambda line: print(f"  {line}", flush=True))
     sizes = result.model.sizes()
     original = sum(s.dense_bytes for s in sizes)
     compressed = sum(s.compressed_bytes for s in sizes)

@@ -36,8 +36,9 @@ def main() -> int:
     row = run(CompressConfig(model="lenet-300-100", dataset="mnist", data_dir=str(args.data_dir),
                              seed=args.seed, progress=False))
     print_rows([row])
-    error_float = 100 * (1 - row["accuracy_float"])
-    error = 100 * (1 - row["accuracy_compressed"])
+    # Errors as whole misclassified images (of 10,000), so 1.60% compares equal to 1.6%.
+    error_float = round(100 * (1 - row["accuracy_float"]), 4)
+    error = round(100 * (1 - row["accuracy_compressed"]), 4)
     print(f"\n{'':<22}{'error float':>12}{'error compressed':>18}{'ratio':>8}")
     print(f"{'Deep Compression':<22}{PAPER['error_float']:>11.2f}%"
           f"{PAPER['error_compressed']:>17.2f}%{PAPER['ratio']:>7}x")

@@ -30,6 +30,8 @@ from functools import cached_property
 
 import numpy as np
 
+from ._checks import as_index_array
+
 __all__ = ["HuffmanCode", "huffman_encode", "huffman_decode"]
 
 #: Longest code length accepted.  Codes are held in ``uint64``.
@@ -54,23 +56,6 @@ def _as_index(value, name: str) -> int:
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, not {value!r}") from None
-
-
-def _as_symbol_array(symbols, name: str = "symbols") -> np.ndarray:
-    """Validate a 1-D array of non-negative integers and return it as int64."""
-    arr = np.asarray(symbols)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, not an array of shape {arr.shape}")
-    if arr.size == 0:
-        # An empty list arrives as float64; its dtype is meaningless.
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, not dtype {arr.dtype}")
-    if arr.dtype.kind == "i" and arr.min() < 0:
-        raise ValueError(f"{name} must be non-negative, not {int(arr.min())!r}")
-    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64, not {int(arr.max())!r}")
-    return arr.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,7 +180,7 @@ class HuffmanCode:
             optimal code would need codewords longer than 64 bits (only
             possible for astronomically skewed, Fibonacci-like counts).
         """
-        counts = _as_symbol_array(counts, "counts")
+        counts = as_index_array(counts, "counts")
         present = np.flatnonzero(counts)
         lengths = np.zeros(counts.size, dtype=np.int64)
         if present.size == 1:
@@ -227,7 +212,7 @@ class HuffmanCode:
         alphabet_size = _as_index(alphabet_size, "alphabet_size")
         if alphabet_size < 0:
             raise ValueError(f"alphabet_size must be >= 0, not {alphabet_size!r}")
-        symbols = _as_symbol_array(symbols)
+        symbols = as_index_array(symbols)
         if symbols.size and symbols.max() >= alphabet_size:
             raise ValueError(
                 f"symbols must be < alphabet_size={alphabet_size}, not {int(symbols.max())!r}"
@@ -237,7 +222,7 @@ class HuffmanCode:
     # -- encoding -------------------------------------------------------------
 
     def _check_encodable(self, symbols) -> np.ndarray:
-        symbols = _as_symbol_array(symbols)
+        symbols = as_index_array(symbols)
         if symbols.size == 0:
             return symbols
         if symbols.max() >= self.alphabet_size:
@@ -541,7 +526,7 @@ def huffman_encode(symbols, alphabet_size) -> tuple[HuffmanCode, bytes, int]:
     -----
     Han et al., 2016, Deep Compression §4; Han et al., 2016, EIE §III.
     """
-    symbols = _as_symbol_array(symbols)
+    symbols = as_index_array(symbols)
     code = HuffmanCode.from_symbols(symbols, alphabet_size)
     data, n_bits = code.encode(symbols)
     return code, data, n_bits

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import as_index_array
+
 __all__ = ["RelativeIndexStream", "encode_relative", "decode_relative"]
 
 _MAX_ZERO_RUN_BITS = 16
@@ -104,23 +106,6 @@ def _check_zero_run_bits(zero_run_bits) -> int:
     return bits
 
 
-def _as_int_array(values, name: str) -> np.ndarray:
-    """Validate a 1-D array of non-negative integers and return it as int64."""
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, not an array of shape {arr.shape}")
-    if arr.size == 0:
-        # An empty list arrives as float64; its dtype is meaningless.
-        return np.zeros(0, dtype=np.int64)
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integers, not dtype {arr.dtype}")
-    if arr.dtype.kind == "i" and arr.min() < 0:
-        raise ValueError(f"{name} must be non-negative, not {int(arr.min())!r}")
-    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64, not {int(arr.max())!r}")
-    return arr.astype(np.int64, copy=False)
-
-
 def encode_relative(index_sequence, zero_run_bits) -> RelativeIndexStream:
     """Encode an index sequence in relative-index (``(v, z)``) form.
 
@@ -155,7 +140,7 @@ def encode_relative(index_sequence, zero_run_bits) -> RelativeIndexStream:
     ([3, 1, 0, 2], [2, 0, 15, 2])
     """
     bits = _check_zero_run_bits(zero_run_bits)
-    seq = _as_int_array(index_sequence, "index_sequence")
+    seq = as_index_array(index_sequence, "index_sequence")
     if seq.size and seq.max() > _MAX_INDEX:
         raise ValueError(
             f"index_sequence values must be <= {_MAX_INDEX}, not {int(seq.max())!r}"
@@ -209,8 +194,8 @@ def decode_relative(stream: RelativeIndexStream) -> np.ndarray:
     if not isinstance(stream, RelativeIndexStream):
         raise TypeError(f"stream must be a RelativeIndexStream, not {type(stream).__name__}")
     bits = _check_zero_run_bits(stream.zero_run_bits)
-    index = _as_int_array(stream.index, "index")
-    zero_run = _as_int_array(stream.zero_run, "zero_run")
+    index = as_index_array(stream.index, "index")
+    zero_run = as_index_array(stream.zero_run, "zero_run")
     if isinstance(stream.length, (bool, np.bool_)):
         raise TypeError(f"length must be an int, not {stream.length!r}")
     try:

@@ -110,3 +110,30 @@ def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "compress", "--help"], capture_output=True,
                             text=True, check=True)
     assert "--quantizer" in result.stdout and "--json" in result.stdout
+
+
+@pytest.mark.parametrize("options", [
+    dict(quality=(0.5, 0.8)),                      # the paper's quality factor x std
+    dict(cluster_reg=0.5),                         # DP-Net's clustering-friendly penalty
+    dict(quantizer="kmeans-linear"), dict(quantizer="kmeans-density"),
+    dict(quantizer="kmeans-random"),
+])
+def test_pipeline_options(options):
+    config = dict(epochs=2, prune_rounds=2, retrain_epochs=1, finetune_epochs=1, bits=(3,),
+                  progress=False)
+    config.update(options)
+    result = compress_model(CompressConfig(**config), log=lambda _: None)
+    assert result.model.metadata["settings"]["quantizer"] == config.get("quantizer", "dp")
+    for layer in result.model.layers:
+        assert 2 <= len(layer.codebook) <= 8
+    if "quality" in options:
+        # Pruning by threshold keeps more weights where the threshold factor is lower.
+        assert result.model.layers[0].density > result.model.layers[1].density
+
+
+def test_dp_sharing_error_is_lowest():
+    common = dict(epochs=2, prune_rounds=1, retrain_epochs=1, finetune_epochs=0, bits=(3,),
+                  progress=False)
+    errors = {q: compress_model(CompressConfig(quantizer=q, **common), log=lambda _: None
+                                ).sharing_sse for q in compress.QUANTIZERS}
+    assert errors["dp"] <= min(errors.values()) * (1 + 1e-9)

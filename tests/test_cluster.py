@@ -35,12 +35,16 @@ def _segment_costs(x, w):
     return cost
 
 
-def _brute_dp(values, k, weights=None):
-    """Plain O(k n^2) DP over the sorted values: the optimum with <= k clusters."""
+def _sorted_with_weights(values, weights):
     x = np.asarray(values, dtype=np.float64).ravel()
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     order = np.argsort(x, kind="stable")
-    x, w = x[order], w[order]
+    return x[order], w[order]
+
+
+def _brute_dp(values, k, weights=None):
+    """Plain O(k n^2) DP over the sorted values: the optimum with <= k clusters."""
+    x, w = _sorted_with_weights(values, weights)
     cost = _segment_costs(x, w)
     n = x.size
     d = np.full(n + 1, np.inf)
@@ -54,10 +58,7 @@ def _brute_dp(values, k, weights=None):
 
 def _exhaustive(values, k, weights=None):
     """Minimum over every partition of the sorted values into <= k runs."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
-    order = np.argsort(x, kind="stable")
-    x, w = x[order], w[order]
+    x, w = _sorted_with_weights(values, weights)
     cost = _segment_costs(x, w)
     n = x.size
     best = np.inf
