@@ -134,10 +134,14 @@ class CompressedLayer:
         """The relative-index stream: columns in order, rows ascending within a column (CSC)."""
         return encode_relative(self.index.T.reshape(-1), self.zero_run_bits)
 
-    def size(self) -> LayerSize:
+    def coded(self) -> tuple[RelativeIndexStream, HuffmanCode, HuffmanCode]:
+        """The sparse stream and the Huffman codes of its indices and of its zero runs."""
         stream = self.sparse_stream()
-        index_code = HuffmanCode.from_symbols(stream.index, 2 ** self.index_bits)
-        zero_run_code = HuffmanCode.from_symbols(stream.zero_run, 2 ** self.zero_run_bits)
+        return (stream, HuffmanCode.from_symbols(stream.index, 2 ** self.index_bits),
+                HuffmanCode.from_symbols(stream.zero_run, 2 ** self.zero_run_bits))
+
+    def size(self) -> LayerSize:
+        stream, index_code, zero_run_code = self.coded()
         return LayerSize(
             dense_bits=32 * (self.index.size + self.out_features),
             index_bits=index_code.encoded_bits(stream.index),
@@ -203,11 +207,6 @@ class CompressedModel:
     def sizes(self) -> list[LayerSize]:
         return [layer.size() for layer in self.layers]
 
-    def compression_ratio(self) -> float:
-        """fp32 bytes of the dense model / compressed bytes (Deep Compression's accounting)."""
-        sizes = self.sizes()
-        return sum(s.dense_bytes for s in sizes) / sum(s.compressed_bytes for s in sizes)
-
     # -- file I/O ---------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -224,9 +223,7 @@ class CompressedModel:
             return entry
 
         for layer in self.layers:
-            stream = layer.sparse_stream()
-            index_code = HuffmanCode.from_symbols(stream.index, 2 ** layer.index_bits)
-            zero_run_code = HuffmanCode.from_symbols(stream.zero_run, 2 ** layer.zero_run_bits)
+            stream, index_code, zero_run_code = layer.coded()
             index_data, index_nbits = index_code.encode(stream.index)
             zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
             layer_headers.append({

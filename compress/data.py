@@ -1,4 +1,5 @@
-"""Data sets: scikit-learn's bundled digits (the default), MNIST from IDX files, or a user's ``.npz``.
+"""Data sets: scikit-learn's bundled digits (the default), MNIST from IDX files, or a
+user's ``.npz``.
 
 Every data set is returned as 2-D float32 feature matrices (one row a sample) and int64 labels
 ``0 .. n_classes - 1``; image data sets are flattened row-major, so a model's ``Flatten`` is a

@@ -138,8 +138,8 @@ def linear_chain(module: nn.Module) -> list[LinearSpec]:
             specs.append(LinearSpec(item, False, name))
         elif isinstance(item, nn.ReLU) or item == "relu":
             if not specs:
-                raise ValueError(f"layer {name!r} (ReLU) comes before the first Linear; a ReLU must "
-                                 "follow a Linear layer")
+                raise ValueError(f"layer {name!r} (ReLU) comes before the first Linear; "
+                                 "a ReLU must follow a Linear layer")
             last = specs[-1]
             specs[-1] = LinearSpec(last.linear, True, last.name)
         elif isinstance(item, nn.Flatten) or item == "flatten":

@@ -2,9 +2,9 @@
 
 Deep Compression (Han et al., ICLR 2016) in order: §2 iterative magnitude pruning with
 retraining under fixed masks; §3 weight sharing, here by the exactly optimal 1-D clustering of
-DP-Net (Yang et al. 2020, arXiv:2003.09615) unless a baseline is asked for, optionally with DP-Net's
-clustering-friendly penalty during the last retraining; §3.3 fine-tuning of the shared centroids;
-§4 Huffman coding of the relative-index sparse format.
+DP-Net (Yang et al. 2020, arXiv:2003.09615) unless a baseline is asked for, optionally with
+DP-Net's clustering-friendly penalty during the last retraining; §3.3 fine-tuning of the shared
+centroids; §4 Huffman coding of the relative-index sparse format.
 """
 
 from __future__ import annotations
