@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from compress.pipeline import CompressConfig, compress_model
 
+#: Where benchmarks keep artifacts they build, so a later benchmark can reuse them.
+CACHE = Path(__file__).resolve().parent.parent / "out" / "bench"
 
-def run(config: CompressConfig) -> dict:
-    """Run one compression and return its headline figures."""
+
+def run(config: CompressConfig, *, save: Path | None = None) -> dict:
+    """Run one compression and return its headline figures (and save the artifact if asked)."""
     start = time.perf_counter()
     result = compress_model(config, log=lambda line: print(f"  {line}", flush=True))
+    if save is not None:
+        result.model.save(save)
     sizes = result.model.sizes()
     original = sum(s.dense_bytes for s in sizes)
     compressed = sum(s.compressed_bytes for s in sizes)
@@ -22,6 +28,7 @@ def run(config: CompressConfig) -> dict:
         "accuracy_shared": result.accuracy_shared,
         "accuracy_compressed": result.accuracy_compressed,
         "drop_points": 100 * (result.accuracy_float - result.accuracy_compressed),
+        "accuracy_int": result.accuracy_int,
         "sharing_sse": result.sharing_sse,
         "original_bytes": original,
         "compressed_bytes": compressed,

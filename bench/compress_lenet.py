@@ -5,6 +5,8 @@ Paper (Han et al. 2016, Table 1): error 1.64% -> 1.58% at 40x. Target here: repr
 <= 1.6%. Skips (exit 0 with a message) when MNIST is absent.
 
     python bench/compress_lenet.py [--data-dir ../shared/data/mnist] [--seed 0] [--json PATH]
+
+The artifact is kept as ``out/bench/lenet-300-100-seed{SEED}.dcz`` for the sim benchmarks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_rows, run  # noqa: E402
+from _common import CACHE, print_rows, run  # noqa: E402
 
 from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
@@ -34,7 +36,8 @@ def main() -> int:
         print(f"MNIST not found in {args.data_dir}: skipped (pass --data-dir)")
         return 0
     row = run(CompressConfig(model="lenet-300-100", dataset="mnist", data_dir=str(args.data_dir),
-                             seed=args.seed, progress=False))
+                             seed=args.seed, progress=False),
+              save=CACHE / f"lenet-300-100-seed{args.seed}.dcz")
     print_rows([row])
     # Errors as whole misclassified images (of 10,000), so 1.60% compares equal to 1.6%.
     error_float = round(100 * (1 - row["accuracy_float"]), 4)

@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster-reg", type=float, default=0.0,
                         help="DP-Net clustering-friendly penalty weight during the last "
                              "retraining (default: 0, off)")
+    parser.add_argument("--weight-bits", type=int, default=8,
+                        help="width B of the integer codebook values, 2..16 (default: 8; "
+                             "docs/arithmetic.md)")
+    parser.add_argument("--activation-bits", type=int, default=8,
+                        help="width A of the integer activations, 2..16 (default: 8)")
+    parser.add_argument("--calibration-samples", type=int, default=2048,
+                        help="training samples that set the integer scales (default: 2048)")
+    parser.add_argument("--no-integer", action="store_true",
+                        help="skip integer quantization (the artifact then has no data for "
+                             "sim and accel)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", type=Path, help="also write the report to this path")
@@ -89,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         prune_rounds=args.prune_rounds, retrain_epochs=args.retrain_epochs,
         finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, bits=args.bits,
         zero_run_bits=args.zero_run_bits,
-        quantizer=args.quantizer, cluster_reg=args.cluster_reg, progress=not args.quiet)
+        quantizer=args.quantizer, cluster_reg=args.cluster_reg, integer=not args.no_integer,
+        weight_bits=args.weight_bits, activation_bits=args.activation_bits,
+        calibration_samples=args.calibration_samples, progress=not args.quiet)
     try:
         result = compress_model(config)
     except ValueError as error:
@@ -101,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                           accuracy_float=result.accuracy_float,
                           accuracy_pruned=result.accuracy_pruned,
                           accuracy_compressed=result.accuracy_compressed,
+                          accuracy_int=result.accuracy_int,
                           timings=result.timings)
     if not args.no_plots:
         report["plots"] = [str(p) for p in write_plots(result.model, result.pruned_weights, out)]

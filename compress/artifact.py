@@ -5,6 +5,11 @@ A :class:`CompressedModel` is a chain of :class:`CompressedLayer`; each layer's 
 stored as Deep Compression stores it: the relative-index sparse stream of (codebook index, zero
 run) pairs, both Huffman-coded, plus the float32 codebook and bias. So the file is as small as the
 reported compressed size (plus a JSON header), and loading it decodes the real streams.
+
+Since format version 2 a layer may also carry its integer data (:class:`~compress.integer.
+IntegerLayer`, ``docs/arithmetic.md``): the integer codebook, biases, requantization and
+accumulator width the integer reference and the hardware use. Version 1 files still load,
+without it.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from .huffman import HuffmanCode
+from .integer import IntegerLayer
 from .sparse import RelativeIndexStream, decode_relative, encode_relative
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CompressedLayer", "CompressedModel", "LayerSize", "load"]
 
 MAGIC = b"DCACCEL\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _DIGEST = 32
 
@@ -72,6 +78,8 @@ class CompressedLayer:
         Whether a ReLU follows the layer.
     index_bits, zero_run_bits : int
         Widths ``b_w`` and ``b_z`` of the sparse format's (index, zero run) entries.
+    integer : IntegerLayer or None
+        The layer's integer data (``docs/arithmetic.md``), once quantized.
     """
 
     codebook: np.ndarray
@@ -80,6 +88,7 @@ class CompressedLayer:
     relu: bool
     index_bits: int = 4
     zero_run_bits: int = 4
+    integer: IntegerLayer | None = None
 
     def __post_init__(self):
         self.codebook = np.ascontiguousarray(self.codebook, dtype=np.float32)
@@ -108,6 +117,14 @@ class CompressedLayer:
                              f"{self.index.min()}..{self.index.max()}")
         if self.bias.shape != (self.out_features,):
             raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
+        if self.integer is not None:
+            if not isinstance(self.integer, IntegerLayer):
+                raise ValueError(f"integer must be an IntegerLayer or None, not "
+                                 f"{type(self.integer).__name__}")
+            if len(self.integer.codebook) != len(self.codebook):
+                raise ValueError(f"the integer codebook has {len(self.integer.codebook)} entries, "
+                                 f"the float codebook {len(self.codebook)}")
+            self.integer.check_against(self.index)
 
     @property
     def out_features(self) -> int:
@@ -168,6 +185,33 @@ class CompressedModel:
             if a.out_features != b.in_features:
                 raise ValueError(f"layer {i} gives {a.out_features} outputs but layer {i + 1} "
                                  f"takes {b.in_features} inputs")
+        quantized = [layer.integer is not None for layer in self.layers]
+        if any(quantized):
+            if not all(quantized):
+                raise ValueError("either every layer or no layer must carry integer data")
+            self._check_integer_chain()
+
+    def _check_integer_chain(self) -> None:
+        """The integer layers must connect (docs/arithmetic.md A1, A8)."""
+        first = self.layers[0].integer
+        for i, layer in enumerate(self.layers):
+            integer = layer.integer
+            if integer.activation_bits != first.activation_bits:
+                raise ValueError(f"layer {i} has activation_bits {integer.activation_bits}, "
+                                 f"layer 0 has {first.activation_bits}")
+            if integer.logits != (i == len(self.layers) - 1):
+                raise ValueError(f"only the last layer emits logits; layer {i} has "
+                                 f"logits={integer.logits}")
+            if i and integer.input_signed != (not self.layers[i - 1].relu):
+                raise ValueError(f"layer {i}'s input must be "
+                                 f"{'unsigned' if self.layers[i - 1].relu else 'signed'} "
+                                 f"(layer {i - 1} {'has' if self.layers[i - 1].relu else 'has no'}"
+                                 " ReLU), not the opposite")
+
+    @property
+    def has_integer(self) -> bool:
+        """Whether the layers carry integer data (``compress.integer.quantize_model``)."""
+        return self.layers[0].integer is not None
 
     @property
     def in_features(self) -> int:
@@ -226,7 +270,7 @@ class CompressedModel:
             stream, index_code, zero_run_code = layer.coded()
             index_data, index_nbits = index_code.encode(stream.index)
             zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
-            layer_headers.append({
+            header_entry = {
                 "in_features": layer.in_features,
                 "out_features": layer.out_features,
                 "relu": bool(layer.relu),
@@ -243,7 +287,10 @@ class CompressedModel:
                     "index_stream": put(index_data, "uint8"),
                     "zero_run_stream": put(zero_run_data, "uint8"),
                 },
-            })
+            }
+            if layer.integer is not None:
+                header_entry["integer"] = _integer_header(layer.integer, put)
+            layer_headers.append(header_entry)
         header = json.dumps({
             "format": "dcaccel-compressed-model",
             "version": FORMAT_VERSION,
@@ -296,8 +343,8 @@ def load(path: str | os.PathLike) -> CompressedModel:
 
 
 def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
-    def get(name: str) -> np.ndarray:
-        entry = header["arrays"][name]
+    def get(name: str, where: dict = header) -> np.ndarray:
+        entry = where["arrays"][name]
         offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
         if offset < 0 or nbytes < 0 or offset + nbytes > len(payload):
             raise ValueError(f"array {name!r} lies outside the payload")
@@ -316,6 +363,9 @@ def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
                                  length=in_features * out_features,
                                  zero_run_bits=int(header["zero_run_bits"]))
     index_bits = int(header["index_bits"])
+    integer = None
+    if "integer" in header:
+        integer = _read_integer(header["integer"], get)
     sequence = decode_relative(stream)
     index = sequence.reshape(in_features, out_features).T.astype(
         np.uint8 if index_bits <= 8 else np.uint16)
@@ -324,4 +374,32 @@ def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
                            bias=get("bias").astype(np.float32),
                            relu=bool(header["relu"]),
                            index_bits=index_bits,
-                           zero_run_bits=int(header["zero_run_bits"]))
+                           zero_run_bits=int(header["zero_run_bits"]),
+                           integer=integer)
+
+
+_INTEGER_SCALARS = {"weight_bits": int, "activation_bits": int, "input_signed": bool,
+                    "accumulator_bits": int, "multiplier": int, "shift": int, "logits": bool,
+                    "input_scale": float, "weight_scale": float, "output_scale": float}
+
+
+def _integer_header(integer: IntegerLayer, put) -> dict:
+    entry = {name: kind(getattr(integer, name)) for name, kind in _INTEGER_SCALARS.items()}
+    entry["arrays"] = {"codebook": put(integer.codebook, "int32"),
+                       "bias": put(integer.bias, "int32")}
+    return entry
+
+
+def _read_integer(entry: dict, get) -> IntegerLayer:
+    values = {}
+    for name, kind in _INTEGER_SCALARS.items():
+        value = entry[name]
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"integer field {name!r} must be a {kind.__name__}, not {value!r}")
+        values[name] = kind(value)
+    return IntegerLayer(codebook=get("codebook", entry).astype(np.int32),
+                        bias=get("bias", entry).astype(np.int32), **values)

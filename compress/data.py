@@ -1,5 +1,5 @@
-"""Data sets: scikit-learn's bundled digits (the default), MNIST from IDX files, or a
-user's ``.npz``.
+"""Data sets: scikit-learn's bundled digits (the default) and breast-cancer (signed tabular
+features), MNIST from IDX files, or a user's ``.npz``.
 
 Every data set is returned as 2-D float32 feature matrices (one row a sample) and int64 labels
 ``0 .. n_classes - 1``; image data sets are flattened row-major, so a model's ``Flatten`` is a
@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["Dataset", "DATASETS", "DEFAULT_MNIST_DIR", "load_dataset"]
 
 #: Names accepted by :func:`load_dataset` besides a path to an ``.npz`` file.
-DATASETS = ("digits", "mnist")
+DATASETS = ("digits", "breast-cancer", "mnist")
 
 #: Where :func:`load_dataset` looks for MNIST when no ``data_dir`` is given (the project's shared
 #: folder beside the checkout); ``$MNIST_DIR`` overrides it.
@@ -77,14 +77,17 @@ def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     ----------
     name : str or path
         ``"digits"`` (scikit-learn's 8x8 digits, 1,797 images, works offline; pixel values
-        0..16 scaled by 1/16; a stratified 75/25 split drawn with ``seed``), ``"mnist"`` (the
-        four standard IDX ``.gz`` files in ``data_dir``; pixels scaled by 1/255) or a path to an
-        ``.npz`` holding ``x_train, y_train, x_test, y_test``.
+        0..16 scaled by 1/16; a stratified 75/25 split drawn with ``seed``),
+        ``"breast-cancer"`` (scikit-learn's Wisconsin breast cancer table, 569 samples, 30
+        features, 2 classes, offline; the same kind of split, each feature standardized with
+        the training part's mean and standard deviation, so the features are signed),
+        ``"mnist"`` (the four standard IDX ``.gz`` files in ``data_dir``; pixels scaled by
+        1/255) or a path to an ``.npz`` holding ``x_train, y_train, x_test, y_test``.
     data_dir : path, optional
         MNIST folder; default ``$MNIST_DIR`` or :data:`DEFAULT_MNIST_DIR`. A ``SHA256SUMS`` file
         beside the data is checked when present.
     seed : int
-        Seed of the digits split.
+        Seed of the digits and breast-cancer splits.
 
     Raises
     ------
@@ -94,6 +97,8 @@ def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None 
     name_str = os.fspath(name)
     if name_str == "digits":
         return _load_digits(seed)
+    if name_str == "breast-cancer":
+        return _load_breast_cancer(seed)
     if name_str == "mnist":
         return _load_mnist(Path(data_dir) if data_dir is not None
                            else Path(os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR)))
@@ -119,6 +124,20 @@ def _load_digits(seed: int) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, random_state=seed, stratify=y)
     return _finish("digits", x_train, y_train, x_test, y_test)
+
+
+def _load_breast_cancer(seed: int) -> Dataset:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_breast_cancer()
+    x_train, x_test, y_train, y_test = train_test_split(
+        bunch.data, bunch.target.astype(np.int64), test_size=0.25, random_state=seed,
+        stratify=bunch.target)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    std[std == 0] = 1.0
+    return _finish("breast-cancer", ((x_train - mean) / std).astype(np.float32), y_train,
+                   ((x_test - mean) / std).astype(np.float32), y_test)
 
 
 def _read_checksums(folder: Path) -> dict[str, str]:

@@ -49,7 +49,8 @@ class _Builtin:
 
 
 #: Built-in models by name. ``digits-mlp`` (the default) suits scikit-learn's 8x8 digits;
-#: ``lenet-300-100`` is the Deep Compression paper's MNIST MLP (LeCun et al. 1998).
+#: ``lenet-300-100`` is the Deep Compression paper's MNIST MLP (LeCun et al. 1998);
+#: ``cancer-mlp`` a small MLP for the signed tabular ``breast-cancer`` data set.
 BUILTIN_MODELS: dict[str, _Builtin] = {
     "digits-mlp": _Builtin(
         sizes=(64, 256, 256, 10), dataset="digits",
@@ -61,6 +62,11 @@ BUILTIN_MODELS: dict[str, _Builtin] = {
         recipe=Recipe(epochs=30, lr=0.05, batch_size=64, weight_decay=1e-4,
                       density=(0.05, 0.05, 0.25), prune_rounds=4, retrain_epochs=8,
                       finetune_epochs=6, bits=(4, 4, 5))),
+    "cancer-mlp": _Builtin(
+        sizes=(30, 32, 16, 2), dataset="breast-cancer",
+        recipe=Recipe(epochs=60, lr=0.02, batch_size=32, weight_decay=1e-3,
+                      density=(0.3, 0.3, 0.6), prune_rounds=3, retrain_epochs=15,
+                      finetune_epochs=10, finetune_lr=0.0005, bits=(4,))),
 }
 
 

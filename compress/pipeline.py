@@ -20,6 +20,7 @@ from torch import nn
 from .artifact import CompressedLayer, CompressedModel
 from .cluster import QUANTIZERS, cluster, sse
 from .data import Dataset, load_dataset
+from .integer import quantize_model
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
 from .train import SharedLinear, accuracy, canonical_sequential, train
@@ -53,6 +54,10 @@ class CompressConfig:
     zero_run_bits: int = 5
     quantizer: str = "dp"
     cluster_reg: float = 0.0
+    integer: bool = True                # quantize to integers (docs/arithmetic.md) and check
+    weight_bits: int = 8                # B: integer codebook value width
+    activation_bits: int = 8            # A: activation width
+    calibration_samples: int = 2048     # training samples that set the integer scales
     progress: bool = True
 
     def check(self) -> None:
@@ -84,6 +89,13 @@ class CompressConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, not {value!r}")
+        for name in ("weight_bits", "activation_bits"):
+            value = getattr(self, name)
+            if not 2 <= value <= 16:
+                raise ValueError(f"{name} must be 2..16, not {value!r}")
+        if self.calibration_samples < 1:
+            raise ValueError(f"calibration_samples must be >= 1, not "
+                             f"{self.calibration_samples!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size!r}")
 
@@ -99,6 +111,7 @@ class CompressionResult:
     sharing_sse: float                    # sum of squared weight errors of the clustering
     pruned_weights: list[np.ndarray]      # float weights after pruning, before sharing (plots)
     timings: dict = field(default_factory=dict)
+    accuracy_int: float | None = None     # the integer reference (sim.run), if quantized
 
 
 def _per_layer(values: tuple | None, n: int, name: str) -> list:
@@ -258,8 +271,29 @@ def compress_model(config: CompressConfig, *,
         "torch_version": torch.__version__,
     })
     lap("code")
+    accuracy_int = None
+    if config.integer:
+        # 5. Integer quantization (docs/arithmetic.md), calibrated on a slice of the training set.
+        calibration = data.x_train[:config.calibration_samples]
+        compressed = quantize_model(compressed, calibration, weight_bits=config.weight_bits,
+                                    activation_bits=config.activation_bits,
+                                    input_signed=data.signed)
+        accuracy_int = _integer_accuracy(compressed, data)
+        compressed.metadata["accuracy_int"] = accuracy_int
+        log(f"integer accuracy: {accuracy_int:.4f} ({config.activation_bits}-bit activations, "
+            f"{config.weight_bits}-bit codebooks)")
+        lap("integer")
     return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
-                             accuracy_compressed, sharing_sse, pruned_weights, timings)
+                             accuracy_compressed, sharing_sse, pruned_weights, timings,
+                             accuracy_int)
+
+
+def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:
+    """Test accuracy of the integer reference (``sim``, the golden model the hardware equals)."""
+    import sim  # the next stage's public API; imported here so compress loads without it
+
+    logits = sim.run(model, sim.quantize_input(model, data.x_test))
+    return float((logits.argmax(axis=1) == data.y_test).mean())
 
 
 def _sorted_codebook(centroids: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ __all__ = ["build_report", "format_table", "write_plots"]
 
 def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: float,
                  accuracy_pruned: float, accuracy_compressed: float,
-                 timings: dict | None = None) -> dict:
+                 accuracy_int: float | None = None, timings: dict | None = None) -> dict:
     """The machine-readable report (``report.json``); every size is in bytes."""
     layers = []
     sizes = model.sizes()
@@ -41,6 +41,16 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
             "compressed_bytes": size.compressed_bytes,
             "compression_ratio": size.dense_bytes / size.compressed_bytes,
         })
+        if layer.integer is not None:
+            layers[-1]["integer"] = {
+                "weight_bits": layer.integer.weight_bits,
+                "activation_bits": layer.integer.activation_bits,
+                "input_signed": layer.integer.input_signed,
+                "accumulator_bits": layer.integer.accumulator_bits,
+                "multiplier": layer.integer.multiplier,
+                "shift": layer.integer.shift,
+                "logits": layer.integer.logits,
+            }
     original = sum(s.dense_bytes for s in sizes)
     compressed = sum(s.compressed_bytes for s in sizes)
     return {
@@ -55,6 +65,7 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
         "accuracy_pruned": accuracy_pruned,
         "accuracy_compressed": accuracy_compressed,
         "accuracy_drop_points": 100.0 * (accuracy_float - accuracy_compressed),
+        "accuracy_int": accuracy_int,
         "params": sum(layer["params"] for layer in layers),
         "nonzero_params": sum(layer["nonzero"] + layer["shape"][0] for layer in layers),
         "nonzero_weights": sum(layer["nonzero"] for layer in layers),
@@ -83,6 +94,14 @@ def format_table(report: dict) -> str:
     rows.append(f"accuracy: float {report['accuracy_float']:.2%}, pruned "
                 f"{report['accuracy_pruned']:.2%}, compressed {report['accuracy_compressed']:.2%} "
                 f"(drop {report['accuracy_drop_points']:+.2f} points)")
+    if report.get("accuracy_int") is not None:
+        widths = ", ".join(str(layer["integer"]["accumulator_bits"])
+                           for layer in report["layers"])
+        first = report["layers"][0]["integer"]
+        rows.append(f"integer reference: accuracy {report['accuracy_int']:.2%} "
+                    f"({'int' if first['input_signed'] else 'uint'}{first['activation_bits']} "
+                    f"inputs, {first['activation_bits']}-bit activations, int{first['weight_bits']} codebooks, accumulators {widths} "
+                    "bits; docs/arithmetic.md)")
     return "\n".join(rows)
 
 

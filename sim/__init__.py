@@ -1,4 +1,16 @@
-"""Bit-exact integer reference of compressed inference (the golden model).
+"""Bit-exact integer reference of compressed inference: the golden model.
 
-Not implemented yet: issue 3 builds it, with the arithmetic contract in docs/arithmetic.md.
+It implements ``docs/arithmetic.md`` (rules A1-A8) in vectorized numpy with no floating point on
+the integer path; the hardware (``accel``) must equal it bit for bit. The public API::
+
+    import compress, sim
+    model = compress.load("out/compress/model.dcz")     # an artifact with integer data
+    q = sim.quantize_input(model, x_float)              # A1, the host's float -> int step
+    logits = sim.run(model, q)                          # int64 (n, classes)
+    hidden = sim.run_layer(model, 0, q)                 # one layer, for hardware tests
+    every = sim.trace(model, q)                         # every layer's output
 """
+
+from .reference import quantize_input, requantize, run, run_layer, trace
+
+__all__ = ["quantize_input", "requantize", "run", "run_layer", "trace"]

@@ -93,7 +93,7 @@ def test_user_model_and_signed_npz(tmp_path):
     (["--density", "1.5"], r"density must be in \(0, 1\], not 1.5"),
     (["--quantizer", "median"], "invalid choice: 'median'"),
     (["--model", "resnet"], "model must be one of digits-mlp, lenet-300-100"),
-    (["--dataset", "cifar"], "dataset must be one of digits, mnist"),
+    (["--dataset", "cifar"], "dataset must be one of digits, breast-cancer, mnist"),
     (["--bits", "4,4,4,4"], "bits has 4 values but the model has 3 Linear layers"),
     (["--density", "0.1", "--quality", "1"], "not allowed with argument"),
     (["--model", "lenet-300-100", "--dataset", "digits"], "takes 784 inputs but data set "

@@ -55,7 +55,7 @@ def test_bad_npz_is_refused(tmp_path, arrays, message):
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="dataset must be one of digits, mnist or a path"):
+    with pytest.raises(ValueError, match="dataset must be one of digits, breast-cancer, mnist or a path"):
         load_dataset("cifar")
 
 
@@ -99,3 +99,12 @@ def test_real_mnist():
     assert data.x_train.shape == (60000, 784) and data.x_test.shape == (10000, 784)
     assert data.n_classes == 10 and not data.signed
     assert np.bincount(data.y_test).tolist()[:2] == [980, 1135]
+
+
+def test_breast_cancer_is_signed_and_standardized():
+    data = load_dataset("breast-cancer", seed=1)
+    assert data.x_train.shape == (426, 30) and data.x_test.shape == (143, 30)
+    assert data.signed and data.n_classes == 2 and data.x_train.dtype == np.float32
+    np.testing.assert_allclose(data.x_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(data.x_train.std(axis=0), 1, atol=1e-4)
+    np.testing.assert_array_equal(load_dataset("breast-cancer", seed=1).x_test, data.x_test)

@@ -1,0 +1,324 @@
+"""Integer quantization of a compressed model: the data of ``docs/arithmetic.md`` (rules A1-A8).
+
+:func:`quantize_model` calibrates scales on float data and puts every layer on the integer grid:
+a codebook of signed ``weight_bits``-bit integers (index 0 stays exactly 0), int32 biases at the
+accumulator's scale, a requantization multiplier and shift, and the accumulator width that
+provably cannot overflow. The result is stored in the artifact (format version 2), so one file
+carries everything the integer reference (``sim``) and the hardware (``accel``) need.
+
+Floating point is used here, at calibration, and nowhere on the integer path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+__all__ = [
+    "MAX_ACCUMULATOR_BITS",
+    "MAX_SHIFT",
+    "MULTIPLIER_BITS",
+    "IntegerLayer",
+    "accumulator_bound",
+    "accumulator_width",
+    "activation_range",
+    "quantize_model",
+    "requantization_parameters",
+]
+
+#: A6: the multiplier is an unsigned integer below ``2 ** MULTIPLIER_BITS``.
+MULTIPLIER_BITS = 15
+#: A6: the largest right shift.
+MAX_SHIFT = 62
+#: A5/A6: ``acc * multiplier + round`` must fit in a signed 64-bit integer.
+MAX_ACCUMULATOR_BITS = 63 - MULTIPLIER_BITS - 1
+_BIAS_BITS = 32
+
+
+def _check_bits(name: str, bits, low: int = 2, high: int = 16) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not low <= bits <= high:
+        raise ValueError(f"{name} must be {low}..{high}, not {bits!r}")
+
+
+def activation_range(bits: int, signed: bool) -> tuple[int, int]:
+    """A1: the integer range ``(lo, hi)`` of a ``bits``-wide activation tensor."""
+    _check_bits("activation_bits", bits)
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+def _largest_magnitude(bits: int, signed: bool) -> int:
+    """A5: ``X``, the largest |activation| of a tensor."""
+    lo, hi = activation_range(bits, signed)
+    return max(hi, -lo)
+
+
+def accumulator_bound(codebook: np.ndarray, index: np.ndarray, bias: np.ndarray,
+                      activation_bits: int, input_signed: bool) -> int:
+    """A5: ``max_r (|bias[r]| + X * sum_c |codebook[index[r, c]]|)``, an exact Python int."""
+    x_max = _largest_magnitude(activation_bits, input_signed)
+    # |w| < 2**15 and X <= 2**15, so int64 row sums are exact for any layer that fits in memory.
+    magnitude = np.abs(np.asarray(codebook, dtype=np.int64))
+    row_sums = magnitude[np.asarray(index)].sum(axis=1, dtype=np.int64)
+    bias = np.asarray(bias, dtype=np.int64)
+    return int(np.max(np.abs(bias) + x_max * row_sums, initial=0))
+
+
+def accumulator_width(bound: int) -> int:
+    """A5: the smallest two's-complement width holding ``-bound .. bound``."""
+    if bound < 0:
+        raise ValueError(f"bound must be >= 0, not {bound!r}")
+    return int(bound).bit_length() + 1
+
+
+def requantization_parameters(real_multiplier: float) -> tuple[int, int]:
+    """A6: ``(multiplier, shift)`` with ``multiplier * 2**-shift ~= real_multiplier``.
+
+    The multiplier is normalised to ``2**14 <= multiplier < 2**15`` unless the shift would pass
+    :data:`MAX_SHIFT`. Raises ValueError for a negative, non-finite or too large factor.
+    """
+    if not math.isfinite(real_multiplier) or real_multiplier < 0:
+        raise ValueError(f"requantization factor must be finite and >= 0, "
+                         f"not {real_multiplier!r}")
+    if real_multiplier == 0:
+        return 0, 0
+    top = 1 << MULTIPLIER_BITS
+    mantissa, exponent = math.frexp(real_multiplier)   # real = mantissa * 2**exponent, [0.5, 1)
+    shift = MULTIPLIER_BITS - exponent
+    if shift < 0:
+        raise ValueError(f"requantization factor {real_multiplier:.6g} is too large "
+                         f"(must be < 2**{MULTIPLIER_BITS}): the layer's output scale is far "
+                         "smaller than its accumulator's")
+    if shift > MAX_SHIFT:
+        return int(round(math.ldexp(real_multiplier, MAX_SHIFT))), MAX_SHIFT
+    multiplier = int(round(math.ldexp(mantissa, MULTIPLIER_BITS)))
+    if multiplier == top:               # rounding carried into the next power of two
+        if shift == 0:                  # M in [2**15 - 0.5, 2**15): the largest multiplier
+            return top - 1, 0
+        multiplier //= 2
+        shift -= 1
+    return multiplier, shift
+
+
+@dataclass(frozen=True)
+class IntegerLayer:
+    """The integer data of one layer (``docs/arithmetic.md``).
+
+    Attributes
+    ----------
+    codebook : numpy.ndarray
+        int32, shape ``(K,)``: signed ``weight_bits``-bit values, ``codebook[0] == 0`` (A2).
+    bias : numpy.ndarray
+        int32, shape ``(out_features,)``, at the accumulator's scale (A4).
+    weight_bits, activation_bits : int
+        ``B`` and ``A``, each 2..16.
+    input_signed : bool
+        Whether the layer's input tensor is signed (A1).
+    accumulator_bits : int
+        At least the width derived from the bound (A5), at most :data:`MAX_ACCUMULATOR_BITS`.
+    multiplier, shift : int
+        Requantization (A6); both 0 for the logits layer.
+    logits : bool
+        True for the last layer, which emits its accumulator (A8).
+    input_scale, weight_scale, output_scale : float
+        Real scales, for information and for converting float inputs; not used by the
+        integer path.
+    """
+
+    codebook: np.ndarray
+    bias: np.ndarray
+    weight_bits: int
+    activation_bits: int
+    input_signed: bool
+    accumulator_bits: int
+    multiplier: int
+    shift: int
+    logits: bool
+    input_scale: float = 1.0
+    weight_scale: float = 1.0
+    output_scale: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "codebook", _exact_int32("codebook", self.codebook))
+        object.__setattr__(self, "bias", _exact_int32("bias", self.bias))
+        _check_bits("weight_bits", self.weight_bits)
+        _check_bits("activation_bits", self.activation_bits)
+        if self.codebook.ndim != 1 or len(self.codebook) == 0:
+            raise ValueError(f"codebook must be a non-empty 1-D array, not shape "
+                             f"{self.codebook.shape}")
+        if self.codebook[0] != 0:
+            raise ValueError(f"codebook[0] must be 0 (the pruned weight), not {self.codebook[0]}")
+        limit = (1 << (self.weight_bits - 1)) - 1
+        if np.abs(self.codebook.astype(np.int64)).max() > limit:
+            raise ValueError(f"codebook values must be -{limit}..{limit} for weight_bits="
+                             f"{self.weight_bits}, found {self.codebook.min()}.."
+                             f"{self.codebook.max()}")
+        if self.bias.ndim != 1:
+            raise ValueError(f"bias must be 1-D, not shape {self.bias.shape}")
+        _check_bits("accumulator_bits", self.accumulator_bits, 1, MAX_ACCUMULATOR_BITS)
+        if self.logits:
+            if self.multiplier != 0 or self.shift != 0:
+                raise ValueError("the logits layer has no requantization: multiplier and shift "
+                                 f"must be 0, not {self.multiplier!r} and {self.shift!r}")
+        else:
+            if not 0 <= self.multiplier < (1 << MULTIPLIER_BITS):
+                raise ValueError(f"multiplier must be 0..{(1 << MULTIPLIER_BITS) - 1}, "
+                                 f"not {self.multiplier!r}")
+            if not 0 <= self.shift <= MAX_SHIFT:
+                raise ValueError(f"shift must be 0..{MAX_SHIFT}, not {self.shift!r}")
+        for name in ("input_scale", "weight_scale", "output_scale"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, not {value!r}")
+
+    def input_range(self) -> tuple[int, int]:
+        return activation_range(self.activation_bits, self.input_signed)
+
+    def output_range(self, relu: bool) -> tuple[int, int]:
+        """A7: the clamp range of a hidden layer's output."""
+        return activation_range(self.activation_bits, not relu)
+
+    def check_against(self, index: np.ndarray) -> None:
+        """Raise ValueError unless this data fits the layer's index matrix (shapes, A5 width)."""
+        if len(self.bias) != index.shape[0]:
+            raise ValueError(f"integer bias has {len(self.bias)} entries, the layer has "
+                             f"{index.shape[0]} rows")
+        if index.size and index.max() >= len(self.codebook):
+            raise ValueError(f"index values reach {index.max()} but the integer codebook has "
+                             f"{len(self.codebook)} entries")
+        needed = accumulator_width(accumulator_bound(
+            self.codebook, index, self.bias, self.activation_bits, self.input_signed))
+        if self.accumulator_bits < needed:
+            raise ValueError(f"accumulator_bits is {self.accumulator_bits} but the layer's "
+                             f"weights need {needed} (docs/arithmetic.md A5)")
+
+
+def _exact_int32(name: str, values) -> np.ndarray:
+    array = np.asarray(values)
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise ValueError(f"{name} must hold integers, not dtype {array.dtype}")
+    info = np.iinfo(np.int32)
+    if array.size and (array.min() < info.min or array.max() > info.max):
+        raise ValueError(f"{name} must fit in int32, found {array.min()}..{array.max()}")
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def _scale(largest: float, levels: int) -> float:
+    """Real scale mapping ``largest`` to ``levels``; 1.0 for an identically zero tensor."""
+    return float(largest) / levels if largest > 0 else 1.0
+
+
+def _input_scale(x: np.ndarray, levels: int) -> float:
+    """A1: the input scale. Features on a grid (pixels ``k / 16``, ``k / 255``) that fits in
+    ``levels`` steps keep their grid step, so the integer input is exact; others map
+    ``max|x|`` to ``levels``."""
+    magnitude = np.abs(x)
+    positive = magnitude[magnitude > 0]
+    if positive.size:
+        step = float(positive.min())
+        ratio = magnitude / step
+        if ratio.max() <= levels + 1e-6 and np.abs(ratio - np.rint(ratio)).max() < 1e-4:
+            return step
+    return _scale(magnitude.max(), levels)
+
+
+def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
+                   activation_bits: int = 8, input_signed: bool | None = None):
+    """Put a :class:`~compress.artifact.CompressedModel` on the integer grid.
+
+    Parameters
+    ----------
+    model : CompressedModel
+        The float shared-weight model.
+    x_calibration : numpy.ndarray
+        Float features, shape ``(n, in_features)``, ``n >= 1`` (a slice of the training set).
+    weight_bits, activation_bits : int
+        ``B`` (codebook value width) and ``A`` (activation width), each 2..16.
+    input_signed : bool, optional
+        Whether the network input is signed (A1); default: whether any calibration feature
+        is negative.
+
+    Returns
+    -------
+    CompressedModel
+        A copy whose layers carry :class:`IntegerLayer` data (``layer.integer``).
+
+    Raises
+    ------
+    ValueError
+        Bad widths or calibration data, a bias outside int32 (A4), an accumulator wider than
+        :data:`MAX_ACCUMULATOR_BITS` (A5) or a requantization factor of 2**15 or more (A6).
+    """
+    from .artifact import CompressedModel
+
+    _check_bits("weight_bits", weight_bits)
+    _check_bits("activation_bits", activation_bits)
+    x = np.asarray(x_calibration)
+    if x.ndim < 2 or len(x) == 0:
+        raise ValueError(f"calibration data must have shape (n_samples, {model.in_features}) "
+                         f"with n_samples >= 1, not {x.shape}")
+    x = x.reshape(len(x), -1).astype(np.float64)
+    if x.shape[1] != model.in_features:
+        raise ValueError(f"calibration data has {x.shape[1]} features, the model takes "
+                         f"{model.in_features}")
+    if not np.isfinite(x).all():
+        raise ValueError("calibration data must be finite; it holds NaN or inf")
+    if input_signed is None:
+        input_signed = bool(x.min() < 0)
+    elif not input_signed and x.min() < 0:
+        raise ValueError("input_signed is False but the calibration data has negative features")
+
+    unsigned_levels = (1 << activation_bits) - 1
+    signed_levels = (1 << (activation_bits - 1)) - 1
+    weight_levels = (1 << (weight_bits - 1)) - 1
+
+    signed = bool(input_signed)
+    scale_in = _input_scale(x, signed_levels if signed else unsigned_levels)
+    activations = x                      # float activations of the shared-weight model
+    layers = []
+    for i, layer in enumerate(model.layers):
+        where = f"layer {i} ({layer.out_features}x{layer.in_features})"
+        last = i == len(model.layers) - 1
+        centroids = layer.codebook.astype(np.float64)
+        scale_w = _scale(np.abs(centroids).max(), weight_levels)
+        codebook = np.rint(centroids / scale_w).astype(np.int64)
+        codebook[0] = 0
+        accumulator_scale = scale_in * scale_w
+        bias = np.rint(layer.bias.astype(np.float64) / accumulator_scale)
+        if np.abs(bias).max(initial=0) > (1 << (_BIAS_BITS - 1)) - 1:
+            raise ValueError(f"{where}: a bias of {np.abs(layer.bias).max():.6g} is "
+                             f"{np.abs(bias).max():.4g} at the accumulator's scale "
+                             f"{accumulator_scale:.4g}, beyond int32 (docs/arithmetic.md A4)")
+        bias = bias.astype(np.int64)
+        width = accumulator_width(accumulator_bound(codebook, layer.index, bias,
+                                                    activation_bits, signed))
+        if width > MAX_ACCUMULATOR_BITS:
+            raise ValueError(f"{where} needs a {width}-bit accumulator; at most "
+                             f"{MAX_ACCUMULATOR_BITS} bits are supported (docs/arithmetic.md "
+                             "A5): use fewer weight_bits or activation_bits")
+        activations = activations @ layer.weight.astype(np.float64).T + layer.bias
+        if layer.relu:
+            activations = np.maximum(activations, 0.0)
+        if last:
+            multiplier = shift = 0
+            scale_out = accumulator_scale
+            out_signed = signed
+        else:
+            out_signed = not layer.relu
+            scale_out = _scale(np.abs(activations).max(),
+                               signed_levels if out_signed else unsigned_levels)
+            try:
+                multiplier, shift = requantization_parameters(accumulator_scale / scale_out)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+        integer = IntegerLayer(
+            codebook=codebook, bias=bias, weight_bits=weight_bits,
+            activation_bits=activation_bits, input_signed=signed, accumulator_bits=width,
+            multiplier=multiplier, shift=shift, logits=last, input_scale=scale_in,
+            weight_scale=scale_w, output_scale=scale_out)
+        layers.append(replace(layer, integer=integer))
+        signed, scale_in = out_signed, scale_out
+    return CompressedModel(layers, dict(model.metadata))

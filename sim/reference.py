@@ -1,0 +1,159 @@
+"""The bit-exact integer reference: ``docs/arithmetic.md`` in vectorized numpy.
+
+Every function on the integer path takes and returns integer arrays and uses no floating point:
+the accumulation (A5) is an integer sparse-matrix product (scipy.sparse, which keeps integer
+dtypes and skips the pruned weights), requantization (A6) an int64 multiply, add and arithmetic
+shift, the activation function and clamp (A7) integer comparisons. Only
+:func:`quantize_input` (A1, the host's conversion of float features) touches floats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+
+from compress.integer import activation_range
+
+__all__ = ["quantize_input", "requantize", "run", "run_layer", "trace"]
+
+
+# -- edge checks -----------------------------------------------------------------------------
+
+def _integer_layers(model):
+    if not getattr(model, "has_integer", False):
+        raise ValueError("the model has no integer data: quantize it with "
+                         "compress.integer.quantize_model (python -m compress does by default) "
+                         "or load a format-2 artifact")
+    return model.layers
+
+
+def _layer_index(model, i) -> int:
+    layers = _integer_layers(model)
+    if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(layers):
+        raise ValueError(f"layer must be 0..{len(layers) - 1}, not {i!r}")
+    return int(i)
+
+
+def _check_input(x, features: int, lo: int, hi: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"{what} must have shape (n_samples, {features}), not {x.shape} "
+                         "(give a batch, even of one sample)")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what} must be an integer array, not dtype {x.dtype} "
+                         "(convert float features with sim.quantize_input)")
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != features:
+        raise ValueError(f"{what} must have {features} features per sample, not {x.shape[1]}")
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise ValueError(f"{what} values must be {lo}..{hi}, found {x.min()}..{x.max()}")
+    return x
+
+
+# -- the arithmetic ----------------------------------------------------------------------------
+
+def requantize(acc: np.ndarray, multiplier: int, shift: int, *, relu: bool,
+               bits: int) -> np.ndarray:
+    """A6-A7: ``clamp(relu((acc * multiplier + round) >> shift))`` to the ``bits``-wide range.
+
+    The output range is unsigned after a ReLU, signed without one (A1). ``acc`` must be an
+    integer array whose products with ``multiplier`` fit in int64 (guaranteed by A5).
+    """
+    acc = np.asarray(acc)
+    if not np.issubdtype(acc.dtype, np.integer):
+        raise ValueError(f"acc must be an integer array, not dtype {acc.dtype}")
+    rounding = (1 << shift) >> 1                    # 2**(shift-1), or 0 for shift 0
+    t = (acc.astype(np.int64) * np.int64(multiplier) + np.int64(rounding)) >> np.int64(shift)
+    if relu:
+        t = np.maximum(t, 0)
+    lo, hi = activation_range(bits, not relu)
+    return np.clip(t, lo, hi)
+
+
+def _weights(layer) -> scipy.sparse.csr_array:
+    """The layer's integer weights ``codebook[index]`` (A3) as a sparse matrix, zeros dropped."""
+    dtype = np.int32 if layer.integer.accumulator_bits <= 32 else np.int64
+    dense = layer.integer.codebook.astype(dtype)[layer.index]
+    return scipy.sparse.csr_array(dense)
+
+
+def _accumulate(layer, x: np.ndarray) -> np.ndarray:
+    """A5: ``bias + W x`` for a batch, exactly, in int32 when the derived width allows."""
+    integer = layer.integer
+    weights = _weights(layer)
+    dtype = weights.dtype
+    # W @ x.T walks each nonzero once and adds a whole row of the batch: integer throughout.
+    columns = np.ascontiguousarray(x.T, dtype=dtype)
+    acc = weights @ columns
+    acc = np.asarray(acc, dtype=dtype).T + integer.bias.astype(dtype)
+    return acc.astype(np.int64)
+
+
+def _layer(layer, x: np.ndarray) -> np.ndarray:
+    integer = layer.integer
+    acc = _accumulate(layer, x)
+    if integer.logits:                              # A8
+        return np.maximum(acc, 0) if layer.relu else acc
+    return requantize(acc, integer.multiplier, integer.shift, relu=layer.relu,
+                      bits=integer.activation_bits)
+
+
+def run_layer(model, i: int, x) -> np.ndarray:
+    """Layer ``i``'s integer output for its integer input ``x``, shape ``(n, in_features)``.
+
+    Hidden layers return their requantized activations (A6-A7), the last layer its logits (A8);
+    always as int64, shape ``(n, out_features)``.
+    """
+    i = _layer_index(model, i)
+    layer = model.layers[i]
+    lo, hi = layer.integer.input_range()
+    x = _check_input(x, layer.in_features, lo, hi, f"layer {i}'s input")
+    return _layer(layer, x)
+
+
+def trace(model, x) -> list[np.ndarray]:
+    """Every layer's integer output for a batch of integer network inputs (int64 arrays)."""
+    layers = _integer_layers(model)
+    lo, hi = layers[0].integer.input_range()
+    activations = _check_input(x, model.in_features, lo, hi, "x")
+    outputs = []
+    for layer in layers:
+        activations = _layer(layer, activations)
+        outputs.append(activations)
+    return outputs
+
+
+def run(model, x) -> np.ndarray:
+    """Integer logits (int64, shape ``(n, out_features)``) for integer inputs ``x``.
+
+    ``x`` has shape ``(n, in_features)`` (or ``(n, ...)`` flattening to it) and values in the
+    input range of ``docs/arithmetic.md`` A1: ``0..2**A-1`` for unsigned inputs (uint8),
+    ``-2**(A-1)..2**(A-1)-1`` for signed ones (int8).
+    """
+    return trace(model, x)[-1]
+
+
+def quantize_input(model, x) -> np.ndarray:
+    """A1: float features to the network's integer inputs, ``clamp(rint(x / s_in))``.
+
+    The host's step, before the integer path. Returns uint8/int8 for 8-bit activations
+    (uint16/int16 up to 16 bits).
+    """
+    layers = _integer_layers(model)
+    x = np.asarray(x)
+    if x.ndim < 2 or not (np.issubdtype(x.dtype, np.floating)
+                          or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"x must be a numeric array of shape (n_samples, {model.in_features}), "
+                         f"not {x.dtype} {x.shape}")
+    x = x.reshape(len(x), -1).astype(np.float64)
+    if x.shape[1] != model.in_features:
+        raise ValueError(f"x must have {model.in_features} features per sample, not {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise ValueError("x must be finite; it holds NaN or inf")
+    first = layers[0].integer
+    lo, hi = first.input_range()
+    q = np.clip(np.rint(x / first.input_scale), lo, hi)
+    bits = first.activation_bits
+    dtype = {(False, True): np.uint8, (True, True): np.int8,
+             (False, False): np.uint16, (True, False): np.int16}[first.input_signed, bits <= 8]
+    return q.astype(dtype)
