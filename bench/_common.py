@@ -11,6 +11,14 @@ from compress.pipeline import CompressConfig, compress_model
 CACHE = Path(__file__).resolve().parent.parent / "out" / "bench"
 
 
+def mnist_missing(data_dir) -> bool:
+    """True (after saying so) when the MNIST test files are not in ``data_dir``."""
+    if (Path(data_dir) / "t10k-images-idx3-ubyte.gz").exists():
+        return False
+    print(f"MNIST not found in {data_dir}: skipped (pass --data-dir)")
+    return True
+
+
 def run(config: CompressConfig, *, save: Path | None = None) -> dict:
     """Run one compression and return its headline figures (and save the artifact if asked)."""
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, print_rows, run  # noqa: E402
+from _common import CACHE, mnist_missing, print_rows, run  # noqa: E402
 
 from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
@@ -32,8 +32,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not (Path(args.data_dir) / "t10k-images-idx3-ubyte.gz").exists():
-        print(f"MNIST not found in {args.data_dir}: skipped (pass --data-dir)")
+    if mnist_missing(args.data_dir):
         return 0
     row = run(CompressConfig(model="lenet-300-100", dataset="mnist", data_dir=str(args.data_dir),
                              seed=args.seed, progress=False),

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE  # noqa: E402
+from _common import CACHE, mnist_missing  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
@@ -50,8 +50,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if not (Path(args.data_dir) / "t10k-images-idx3-ubyte.gz").exists():
-        print(f"MNIST not found in {args.data_dir}: skipped (pass --data-dir)")
+    if mnist_missing(args.data_dir):
         return 0
     if not args.model.exists():
         print(f"{args.model} not found: run bench/compress_lenet.py first (or pass --model)")
