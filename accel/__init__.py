@@ -1,4 +1,6 @@
 """Amaranth HDL generator of the EIE-style codebook-decoding sparse MAC engine.
 
-Not implemented yet: issue 4 builds it.
+In progress (issue 4): :mod:`accel.pack` builds the processing elements' memory images from a
+quantized artifact (``docs/accelerator.md``); the Amaranth engine and its cocotb verification
+follow.
 """
