@@ -19,6 +19,27 @@ def mnist_missing(data_dir) -> bool:
     return True
 
 
+def lenet_arguments(parser) -> None:
+    """The ``--model`` and ``--data-dir`` options of the benchmarks that reuse LeNet-300-100."""
+    import os
+
+    from compress.data import DEFAULT_MNIST_DIR
+
+    parser.add_argument("--model", type=Path, default=CACHE / "lenet-300-100-seed0.dcz",
+                        help="artifact (default: the one bench/compress_lenet.py keeps)")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR))
+
+
+def lenet_missing(args) -> int | None:
+    """An exit code when MNIST (0, skipped) or the artifact (2) is missing, else None."""
+    if mnist_missing(args.data_dir):
+        return 0
+    if not args.model.exists():
+        print(f"{args.model} not found: run bench/compress_lenet.py first (or pass --model)")
+        return 2
+    return None
+
+
 def run(config: CompressConfig, *, save: Path | None = None) -> dict:
     """Run one compression and return its headline figures (and save the artifact if asked)."""
     start = time.perf_counter()

@@ -13,7 +13,6 @@ Default model: ``out/bench/lenet-300-100-seed0.dcz`` (``bench/compress_lenet.py`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, mnist_missing  # noqa: E402
+from _common import lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
 from accel.pack import pack_model  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
 
 PIPELINE_CYCLES = 6     # pointer read, entry read, codebook, multiply, accumulate, handshakes
 
@@ -92,16 +90,13 @@ def predict(model, images: np.ndarray, n_pes: int, lanes: int, lockstep: bool) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=CACHE / "lenet-300-100-seed0.dcz")
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR))
+    lenet_arguments(parser)
     parser.add_argument("--pes", type=int, default=16)
     parser.add_argument("--images", type=int, default=300)
     args = parser.parse_args()
-    if mnist_missing(args.data_dir):
-        return 0
-    if not args.model.exists():
-        print(f"{args.model} not found: run bench/compress_lenet.py first (or pass --model)")
-        return 2
+    missing = lenet_missing(args)
+    if missing is not None:
+        return missing
     model = compress.load(args.model)
     data = compress.load_dataset("mnist", data_dir=args.data_dir)
     images = sim.quantize_input(model, data.x_test[:args.images])

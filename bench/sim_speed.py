@@ -27,11 +27,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import CACHE, mnist_missing  # noqa: E402
+from _common import lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
 
 
 def _best(function, repeats: int) -> tuple[float, object]:
@@ -45,16 +44,13 @@ def _best(function, repeats: int) -> tuple[float, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=CACHE / "lenet-300-100-seed0.dcz")
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR))
+    lenet_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    if mnist_missing(args.data_dir):
-        return 0
-    if not args.model.exists():
-        print(f"{args.model} not found: run bench/compress_lenet.py first (or pass --model)")
-        return 2
+    missing = lenet_missing(args)
+    if missing is not None:
+        return missing
     torch.set_num_threads(1)
     model = compress.load(args.model)
     data = compress.load_dataset("mnist", data_dir=args.data_dir)
