@@ -177,10 +177,6 @@ class IntegerLayer:
     def input_range(self) -> tuple[int, int]:
         return activation_range(self.activation_bits, self.input_signed)
 
-    def output_range(self, relu: bool) -> tuple[int, int]:
-        """A7: the clamp range of a hidden layer's output."""
-        return activation_range(self.activation_bits, not relu)
-
     def check_against(self, index: np.ndarray) -> None:
         """Raise ValueError unless this data fits the layer's index matrix (shapes, A5 width)."""
         if len(self.bias) != index.shape[0]:
