@@ -40,15 +40,12 @@ def _seeds(text: str) -> list[int]:
 
 
 def _row(name: str, seed: int, model, data) -> dict:
-    q = sim.quantize_input(model, data.x_test)
-    integer = sim.run(model, q).argmax(1)
-    floating = model.forward(data.x_test).argmax(1)
-    accuracy_int = float((integer == data.y_test).mean())
-    accuracy_compressed = float((floating == data.y_test).mean())
-    return {"dataset": name, "seed": seed, "samples": int(len(data.y_test)),
-            "accuracy_compressed": accuracy_compressed, "accuracy_int": accuracy_int,
-            "difference_points": 100 * (accuracy_int - accuracy_compressed),
-            "agreement": float((integer == floating).mean()),
+    figures = sim.evaluate(model, data.x_test, data.y_test)
+    return {"dataset": name, "seed": seed, "samples": figures["samples"],
+            "accuracy_compressed": figures["accuracy_compressed"],
+            "accuracy_int": figures["accuracy_int"],
+            "difference_points": 100 * (figures["accuracy_int"] - figures["accuracy_compressed"]),
+            "agreement": figures["agreement"],
             "accumulator_bits": [layer.integer.accumulator_bits for layer in model.layers]}
 
 

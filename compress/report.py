@@ -42,15 +42,9 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
             "compression_ratio": size.dense_bytes / size.compressed_bytes,
         })
         if layer.integer is not None:
-            layers[-1]["integer"] = {
-                "weight_bits": layer.integer.weight_bits,
-                "activation_bits": layer.integer.activation_bits,
-                "input_signed": layer.integer.input_signed,
-                "accumulator_bits": layer.integer.accumulator_bits,
-                "multiplier": layer.integer.multiplier,
-                "shift": layer.integer.shift,
-                "logits": layer.integer.logits,
-            }
+            layers[-1]["integer"] = {name: getattr(layer.integer, name) for name in (
+                "weight_bits", "activation_bits", "input_signed", "accumulator_bits",
+                "multiplier", "shift", "logits")}
     original = sum(s.dense_bytes for s in sizes)
     compressed = sum(s.compressed_bytes for s in sizes)
     return {
@@ -100,8 +94,9 @@ def format_table(report: dict) -> str:
         first = report["layers"][0]["integer"]
         rows.append(f"integer reference: accuracy {report['accuracy_int']:.2%} "
                     f"({'int' if first['input_signed'] else 'uint'}{first['activation_bits']} "
-                    f"inputs, {first['activation_bits']}-bit activations, int{first['weight_bits']} codebooks, accumulators {widths} "
-                    "bits; docs/arithmetic.md)")
+                    f"inputs, {first['activation_bits']}-bit activations, "
+                    f"int{first['weight_bits']} codebooks, accumulators {widths} bits; "
+                    "docs/arithmetic.md)")
     return "\n".join(rows)
 
 

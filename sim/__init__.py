@@ -9,8 +9,10 @@ the integer path; the hardware (``accel``) must equal it bit for bit. The public
     logits = sim.run(model, q)                          # int64 (n, classes)
     hidden = sim.run_layer(model, 0, q)                 # one layer, for hardware tests
     every = sim.trace(model, q)                         # every layer's output
+    figures = sim.evaluate(model, x_test, y_test)       # accuracy_int, agreement, ...
 """
 
+from .evaluate import evaluate
 from .reference import quantize_input, requantize, run, run_layer, trace
 
-__all__ = ["quantize_input", "requantize", "run", "run_layer", "trace"]
+__all__ = ["evaluate", "quantize_input", "requantize", "run", "run_layer", "trace"]

@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 import compress
 from compress.data import DATASETS
 
-from .reference import quantize_input, run
+from .evaluate import evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,30 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the digits split (default: the artifact's)")
     parser.add_argument("--json", type=Path, help="also write the figures to this path")
     return parser
-
-
-def evaluate(model, x_test: np.ndarray, y_test: np.ndarray) -> dict:
-    """Integer and float predictions on a test set, with timings."""
-    start = time.perf_counter()
-    q = quantize_input(model, x_test)
-    quantized = time.perf_counter()
-    logits = run(model, q)
-    integer_done = time.perf_counter()
-    float_logits = model.forward(x_test)
-    float_done = time.perf_counter()
-    predicted_int = logits.argmax(axis=1)
-    predicted_float = float_logits.argmax(axis=1)
-    run_seconds = integer_done - quantized
-    return {
-        "samples": int(len(y_test)),
-        "accuracy_int": float((predicted_int == y_test).mean()),
-        "accuracy_compressed": float((predicted_float == y_test).mean()),
-        "agreement": float((predicted_int == predicted_float).mean()),
-        "timings": {"quantize_input_s": round(quantized - start, 6),
-                    "run_int_s": round(run_seconds, 6),
-                    "run_float_numpy_s": round(float_done - integer_done, 6)},
-        "samples_per_second_int": len(y_test) / run_seconds if run_seconds > 0 else None,
-    }
 
 
 def _layer_rows(model) -> list[dict]:
