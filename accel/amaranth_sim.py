@@ -1,0 +1,174 @@
+"""Run the engine in Amaranth's own simulator (pure Python, no Verilog tools needed).
+
+Slower than the cocotb/Icarus co-simulation (:mod:`accel.cosim`) but needs nothing outside
+PyPI, so the main job and the fast unit tests use it. The testbench streams input beats with
+optional random idle cycles, takes logits with optional random backpressure, and records every
+hidden activation the PEs emit on the trace bus.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.sim import Simulator
+
+from accel.engine import Engine
+from accel.plan import EnginePlan
+
+__all__ = ["EngineRun", "run_engine"]
+
+
+@dataclass
+class EngineRun:
+    """What :func:`run_engine` observed.
+
+    Attributes
+    ----------
+    logits : numpy.ndarray
+        int64 ``(n, out_features)``.
+    hidden : list of numpy.ndarray
+        Per hidden layer, int64 ``(n, out_features)`` rebuilt from the trace bus.
+    cycles : int
+        Clocks from the first input beat accepted to the last logit accepted.
+    busy_cycles : int
+        The engine's own ``cycles`` counter at the end.
+    latency : list of int
+        Per image, clocks from its first beat accepted to its last logit accepted.
+    """
+
+    logits: np.ndarray
+    hidden: list = field(default_factory=list)
+    cycles: int = 0
+    busy_cycles: int = 0
+    latency: list = field(default_factory=list)
+
+
+def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 0.0,
+               seed: int = 0, writes=(), max_cycles: int | None = None,
+               vcd: str | None = None) -> EngineRun:
+    """Stream integer inputs ``x`` ``(n, in_features)`` through ``Engine(plan)``.
+
+    Parameters
+    ----------
+    idle, backpressure : float
+        Probability, each clock, of withholding an input beat / refusing a logit (0 .. <1).
+    writes : sequence of (int, int)
+        Words to send through the write port before the first image
+        (:meth:`EnginePlan.write_image`).
+    max_cycles : int, optional
+        Give up (RuntimeError) after this many clocks; default from the input size.
+    vcd : str, optional
+        Write a waveform file here.
+    """
+    for name, value in [("idle", idle), ("backpressure", backpressure)]:
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), not {value!r}")
+    beats = plan.encode_inputs(x)
+    n = len(np.asarray(x))
+    if max_cycles is None:
+        per_image = sum(layer.image.entry_counts.max() + layer.in_features
+                        for layer in plan.layers) + plan.beats_per_image + 200
+        max_cycles = int((n + 2) * per_image * (1 + 4 * max(idle, backpressure))) + 1000
+    engine = Engine(plan)
+    rng = random.Random(seed)
+    logits: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    hidden_parts: dict[tuple[int, int], dict] = {}
+    completed: dict[int, list[dict]] = {i: [] for i in range(plan.n_layers - 1)}
+    ends_seen: dict[tuple[int, int], int] = {}
+    state = {"clock": 0, "first": None, "last": None, "busy": 0}
+
+    async def clock_counter(ctx):
+        async for _ in ctx.tick():
+            state["clock"] += 1
+
+    async def writer_and_driver(ctx):
+        for address, data in writes:
+            ctx.set(engine.write.valid, 1)
+            ctx.set(engine.write.payload.addr, address)
+            ctx.set(engine.write.payload.data, data)
+            await ctx.tick().until(engine.write.ready)
+        ctx.set(engine.write.valid, 0)
+        for index, word in enumerate(beats):
+            while idle and rng.random() < idle:
+                await ctx.tick()
+            ctx.set(engine.i.valid, 1)
+            ctx.set(engine.i.payload, word)
+            await ctx.tick().until(engine.i.ready)
+            if index % plan.beats_per_image == 0:
+                starts.append(state["clock"])
+                if state["first"] is None:
+                    state["first"] = state["clock"]
+            ctx.set(engine.i.valid, 0)
+
+    async def monitor(ctx):
+        trace_bits = plan.trace_bits * plan.n_pes
+        async for clk_edge, rst, o_valid, o_ready, o_payload, trace, cycles in ctx.tick().sample(
+                engine.o.valid, engine.o.ready, engine.o.payload, engine.trace,
+                engine.cycles):
+            if o_valid and o_ready:
+                logits.append(plan.decode_logit(o_payload))
+                if len(logits) % plan.out_features == 0:
+                    ends.append(state["clock"])
+                    state["last"] = state["clock"]
+            state["busy"] = cycles
+            if trace and trace_bits:
+                for record in plan.decode_trace(trace):
+                    if not record.valid:
+                        continue
+                    key = (record.layer, record.bank)
+                    if record.end:
+                        ends_seen[key] = ends_seen.get(key, 0) + 1
+                        if ends_seen[key] == plan.n_pes:
+                            ends_seen[key] = 0
+                            completed[record.layer].append(
+                                (record.bank, hidden_parts.pop(key, {})))
+                    else:
+                        hidden_parts.setdefault(key, {})[record.column] = record.value
+            ready = not (backpressure and rng.random() < backpressure)
+            ctx.set(engine.o.ready, ready)
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_process(clock_counter)
+    sim.add_testbench(writer_and_driver)
+    sim.add_process(monitor)
+
+    async def watchdog(ctx):
+        while len(logits) < n * plan.out_features:
+            await ctx.tick()
+            if state["clock"] > max_cycles:
+                raise RuntimeError(
+                    f"engine produced {len(logits)} of {n * plan.out_features} logits in "
+                    f"{max_cycles} clocks")
+        await ctx.tick().repeat(2)
+
+    sim.add_testbench(watchdog)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+
+    out = np.array(logits, dtype=np.int64).reshape(n, plan.out_features)
+    hidden = []
+    for layer in range(plan.n_layers - 1):
+        size = plan.layers[layer].out_features
+        matrix = np.zeros((len(completed[layer]), size), dtype=np.int64)
+        # The k-th completed context of bank b belongs to the k-th image with that bank.
+        order = {b: list(range(b, n, plan.banks)) for b in range(plan.banks)}
+        rows = np.zeros((n, size), dtype=np.int64)
+        used = dict.fromkeys(order, 0)
+        for bank, values in completed[layer]:
+            image = order[bank][used[bank]]
+            used[bank] += 1
+            for column, value in values.items():
+                rows[image, column] = value
+        del matrix
+        hidden.append(rows)
+    cycles = (state["last"] - state["first"]) if n else 0
+    return EngineRun(logits=out, hidden=hidden, cycles=cycles, busy_cycles=int(state["busy"]),
+                     latency=[e - s for s, e in zip(starts, ends)])

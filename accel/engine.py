@@ -1,0 +1,920 @@
+"""The EIE-style sparse engine in Amaranth 0.5: loader, broadcaster, PEs, collector, top level.
+
+Every block is a :class:`wiring.Component` whose parameters all come from an
+:class:`accel.plan.EnginePlan`. The dataflow (``docs/accelerator.md``, "Datapath"):
+
+- the **loader** turns input beats into lists of nonzero input activations, one list per
+  input lane, each image closed by an end mark;
+- the **broadcaster** hands up to ``lanes`` nonzero activations per clock, from the input lists
+  (first layer) or the PEs' output lists (later layers), to the queues of the PEs whose column
+  mask bit is set, and, once every list has closed a (layer, image) context, a *fence* to all;
+- each **PE** reads the column's pointer pair, walks its entries one per clock, decodes the
+  relative row, looks the codebook up, multiplies and accumulates (rules A2-A5 of
+  ``docs/arithmetic.md``); a fence retires after every earlier product is in its accumulator;
+- when all PEs have retired a context's fence, the top level tells every PE to **drain** it:
+  bias, requantize, ReLU, clamp (A4, A6, A7) and append the nonzero outputs to the PE's list,
+  or, for the last layer, send its logits (A8) to the **collector**, which streams them out in
+  neuron order.
+
+Two images are in flight at a time (accumulator banks 0 and 1), so one image's last layers
+overlap the next image's first layer and a PE idles only when no image has work for it.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accel.plan import SHIFT_BITS, EnginePlan, _bits
+from compress.integer import MULTIPLIER_BITS, activation_range
+
+__all__ = ["Broadcaster", "Collector", "Engine", "Loader", "ProcessingElement", "layouts"]
+
+#: Width of the ``cycles`` status counter.
+CYCLE_COUNTER_BITS = 48
+
+
+# -- layouts ------------------------------------------------------------------------------------
+
+class _Layouts:
+    """The struct layouts of one plan's buses."""
+
+    def __init__(self, plan: EnginePlan):
+        self.item = data.StructLayout({
+            "column": unsigned(plan.column_bits),
+            "value": signed(plan.value_bits),
+            "layer": unsigned(plan.layer_bits),       # the layer that consumes the value
+            "bank": unsigned(plan.bank_bits),
+        })
+        self.source = data.StructLayout({"present": 1, "end": 1, "item": self.item})
+        self.group = data.StructLayout({
+            "valid": unsigned(plan.lanes),
+            "items": data.ArrayLayout(self.item, plan.lanes),
+            "fence": 1,
+            "fence_layer": unsigned(plan.layer_bits),
+            "fence_bank": unsigned(plan.bank_bits),
+        })
+        bank = unsigned(plan.bank_bits)
+        self.context = data.StructLayout({"layer": unsigned(plan.layer_bits), "bank": bank})
+        self.retire = data.StructLayout({"valid": 1, "layer": unsigned(plan.layer_bits),
+                                         "bank": bank})
+        self.trace = data.StructLayout({
+            "valid": 1, "end": 1, "layer": unsigned(plan.layer_bits), "bank": bank,
+            "column": unsigned(plan.column_bits), "value": signed(plan.value_bits),
+        })
+        self.write = data.StructLayout({"addr": unsigned(plan.address_bits),
+                                        "data": unsigned(plan.data_bits)})
+        self.bus = data.StructLayout({"en": 1, "addr": unsigned(plan.address_bits),
+                                      "data": unsigned(plan.data_bits)})
+        self.logit = signed(plan.logit_bits)
+        assert self.trace.size == plan.trace_bits
+
+
+def layouts(plan: EnginePlan) -> _Layouts:
+    """The struct layouts (``item``, ``source``, ``group``, ``trace``, ``write``, ...) of ``plan``."""
+    return _Layouts(plan)
+
+
+def _check_plan(component, plan):
+    if not isinstance(plan, EnginePlan):
+        component._MustUse__used = True         # never built: no "created but never used"
+        raise TypeError(f"plan must be an EnginePlan, not {plan!r}")
+
+
+def _memory(m, name, plan, bus, region_name, layer, pe, shape):
+    """A memory initialised from the plan, with a write port on the write bus."""
+    region = plan.region(region_name, layer, pe)
+    mem = Memory(shape=shape, depth=region.depth, init=plan.init(region_name, layer, pe))
+    m.submodules[name] = mem
+    size_bits = _bits(region.depth)
+    port = mem.write_port()
+    m.d.comb += [
+        port.addr.eq(bus.addr[:size_bits]),
+        port.data.eq(bus.data),
+        port.en.eq(bus.en & (bus.addr[size_bits:] == (region.base >> size_bits))),
+    ]
+    return mem
+
+
+def _register(m, plan, bus, region_name, layer, index, shape, init):
+    """A register on the write bus: word ``index`` of a register region."""
+    region = plan.region(region_name, layer)
+    reg = Signal(shape, init=init, name=f"{region_name}{layer}_{index}")
+    with m.If(bus.en & (bus.addr == region.base + index)):
+        m.d.sync += reg.eq(bus.data)
+    return reg
+
+
+def _switch(m, selector, choices, shape, name):
+    """``choices[selector]`` as a combinational signal (the first choice when out of range)."""
+    out = Signal(shape, name=name)
+    with m.Switch(selector):
+        for i, choice in enumerate(choices):
+            with m.Case(i):
+                m.d.comb += out.eq(choice)
+    return out
+
+
+# -- loader -------------------------------------------------------------------------------------
+
+class Loader(wiring.Component):
+    """Input beats to per-lane lists of nonzero first-layer activations.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+
+    Attributes
+    ----------
+    i : In(stream.Signature(unsigned(input_lanes * input_bits)))
+        Input beats: ``beats_per_image`` per image, lane ``l`` in bits ``l * A ..`` (two's
+        complement when the network input is signed, A1).
+    o : Out(stream.Signature(source)).array(input_lanes)
+        Per lane, the image's nonzero activations in column order, then an end mark (on the
+        entry of the image's last beat, which carries that beat's activation if nonzero).
+    started : Out(1)
+        Strobe: the first beat of an image was accepted.
+
+    Latency and throughput: one beat per clock while every lane's list has room; an entry is in
+    its list the clock after its beat. Images alternate accumulator banks 0, 1, 0, ...
+    """
+
+    def __init__(self, plan: EnginePlan):
+        _check_plan(self, plan)
+        self._plan = plan
+        self._layouts = layouts(plan)
+        super().__init__({
+            "i": In(stream.Signature(unsigned(plan.input_lanes * plan.input_bits))),
+            "o": Out(stream.Signature(self._layouts.source)).array(plan.input_lanes),
+            "started": Out(1),
+        })
+
+    def elaborate(self, platform):
+        plan = self._plan
+        m = Module()
+        beat = Signal(range(plan.beats_per_image), name="beat")
+        bank = Signal(range(plan.banks), name="bank")
+        last = beat == plan.beats_per_image - 1
+        room = Cat(o.ready for o in self.o).all()
+        do_beat = self.i.valid & room
+        bits = plan.input_bits
+        for lane, o in enumerate(self.o):
+            raw = self.i.payload[lane * bits:(lane + 1) * bits]
+            value = raw.as_signed() if plan.input_signed else raw.as_unsigned()
+            column = beat * plan.input_lanes + lane
+            present = (value != 0) & (column < plan.in_features)
+            m.d.comb += [
+                o.valid.eq(self.i.valid & room & (present | last)),
+                o.payload.present.eq(present),
+                o.payload.end.eq(last),
+                o.payload.item.column.eq(column),
+                o.payload.item.value.eq(value),
+                o.payload.item.layer.eq(0),
+                o.payload.item.bank.eq(bank),
+            ]
+        m.d.comb += [
+            self.i.ready.eq(room),
+            self.started.eq(do_beat & (beat == 0)),
+        ]
+        with m.If(do_beat):
+            with m.If(last):
+                m.d.sync += [beat.eq(0),
+                             bank.eq(Mux(bank == plan.banks - 1, 0, bank + 1))]
+            with m.Else():
+                m.d.sync += beat.eq(beat + 1)
+        return m
+
+
+# -- broadcaster --------------------------------------------------------------------------------
+
+class Broadcaster(wiring.Component):
+    """Hands nonzero activations to the PEs that hold weights in their columns (EIE's broadcast).
+
+    Parameters
+    ----------
+    plan : EnginePlan
+
+    Attributes
+    ----------
+    inputs : In(stream.Signature(source)).array(input_lanes)
+        The loader's lists (first layer; images tagged with their bank).
+    lists : In(stream.Signature(source)).array(n_pes)
+        The PEs' output lists (later layers).
+    o : Out(stream.Signature(group)).array(n_pes)
+        One group per clock to each PE that has work in it: up to ``lanes`` activations (the
+        ``valid`` bits are already masked by the PE's column mask bits) or a fence. A group is
+        committed to all its PEs in the same clock, when all of them are ready.
+    release : In(1), release_bank : In(bank_bits)
+        Strobe: the image in ``release_bank`` has left the engine; its bank may take the next
+        image's inputs.
+    write : In(bus)
+        The write port (column masks).
+
+    Behaviour: an entry of a list is taken only if its context is open: a first-layer entry of
+    bank ``b`` after that bank's last image left; a later-layer entry at once. Once every input
+    lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
+    (layer, bank), a fence for that context is sent to all PEs before any later group.
+
+    Latency and throughput: ``lanes`` entries per clock; a group reaches the PE queues two clocks
+    after its entries leave their lists (one to read the column masks).
+    """
+
+    def __init__(self, plan: EnginePlan):
+        _check_plan(self, plan)
+        self._plan = plan
+        self._layouts = lay = layouts(plan)
+        super().__init__({
+            "inputs": In(stream.Signature(lay.source)).array(plan.input_lanes),
+            "lists": In(stream.Signature(lay.source)).array(plan.n_pes),
+            "o": Out(stream.Signature(lay.group)).array(plan.n_pes),
+            "release": In(1),
+            "release_bank": In(plan.bank_bits),
+            "write": In(lay.bus),
+        })
+
+    def elaborate(self, platform):
+        plan, lay = self._plan, self._layouts
+        m = Module()
+        n_in, n_pe, lanes = plan.input_lanes, plan.n_pes, plan.lanes
+        banks = plan.banks
+        # The PEs' lists come first: an older image's later layers go before new inputs.
+        sources = list(self.lists) + list(self.inputs)
+
+        # Context bookkeeping: which lists have closed which context.
+        input_done = [Signal(n_in, name=f"input_done{b}") for b in range(banks)]
+        fence0_sent = [Signal(name=f"fence0_sent{b}") for b in range(banks)]
+        end_seen = {(layer, b): Signal(n_pe, name=f"end_seen{layer}_{b}")
+                    for layer in range(1, plan.n_layers) for b in range(banks)}
+
+        # Stage 2: the group being committed.
+        s2_valid = Signal()
+        s2 = Signal(lay.group)
+
+        # Column masks: one memory per layer, one read port per lane.
+        mask_ports = []
+        for layer in range(plan.n_layers):
+            mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
+                          unsigned(n_pe))
+            mask_ports.append([mem.read_port() for _ in range(lanes)])
+        masks = [
+            _switch(m, s2.items[k].layer, [ports[k].data for ports in mask_ports],
+                    unsigned(n_pe), f"mask{k}")
+            for k in range(lanes)
+        ]
+
+        target = Signal(n_pe)
+        for p in range(n_pe):
+            hit = s2.fence
+            for k in range(lanes):
+                hit = hit | (s2.valid[k] & masks[k][p])
+            m.d.comb += target[p].eq(hit)
+        ready = Cat(o.ready for o in self.o)
+        commit = s2_valid & ((ready | ~target) == (1 << n_pe) - 1)
+        for p, o in enumerate(self.o):
+            m.d.comb += [
+                o.valid.eq(s2_valid & target[p] & commit),
+                o.payload.items.eq(s2.items),
+                o.payload.fence.eq(s2.fence),
+                o.payload.fence_layer.eq(s2.fence_layer),
+                o.payload.fence_bank.eq(s2.fence_bank),
+                o.payload.valid.eq(Cat(s2.valid[k] & masks[k][p] for k in range(lanes))),
+            ]
+        advance = ~s2_valid | commit
+
+        # Stage 1: a pending fence, or up to `lanes` entries from the open lists.
+        fences = []                                     # (condition, layer, bank)
+        for b in range(banks):
+            fences.append((input_done[b].all() & ~fence0_sent[b], 0, b))
+        for (layer, b), seen in end_seen.items():
+            fences.append((seen.all(), layer, b))
+        fence_pending = Signal()
+        m.d.comb += fence_pending.eq(Cat(c for c, _, _ in fences).any())
+
+        eligible = Signal(len(sources))
+        for s, src in enumerate(sources):
+            if s >= n_pe:
+                closed = _switch(m, src.payload.item.bank,
+                                 [done[s - n_pe] for done in input_done], 1, f"closed{s}")
+                m.d.comb += eligible[s].eq(src.valid & ~closed)
+            else:
+                m.d.comb += eligible[s].eq(src.valid)
+
+        remaining = eligible
+        chosen = []
+        for k in range(lanes):
+            pick = Signal(len(sources), name=f"pick{k}")
+            m.d.comb += pick.eq(remaining & -remaining)     # lowest set bit
+            chosen.append(pick)
+            rest = Signal(len(sources), name=f"rest{k}")
+            m.d.comb += rest.eq(remaining & ~pick)
+            remaining = rest
+        take_any = Signal(len(sources))
+        m.d.comb += take_any.eq(_or_all(chosen))
+        do_take = advance & ~fence_pending
+        for s, src in enumerate(sources):
+            m.d.comb += src.ready.eq(do_take & take_any[s])
+
+        entries = []
+        for k in range(lanes):
+            entry = Signal(lay.source, name=f"entry{k}")
+            for s, src in enumerate(sources):
+                with m.If(chosen[k][s]):
+                    m.d.comb += entry.eq(src.payload)
+            entries.append(entry)
+            for ports in mask_ports:
+                m.d.comb += [ports[k].addr.eq(entry.item.column),
+                             ports[k].en.eq(advance)]
+
+        with m.If(advance):
+            m.d.sync += s2_valid.eq(0)
+            with m.If(fence_pending):
+                m.d.sync += [s2_valid.eq(1), s2.valid.eq(0), s2.fence.eq(1)]
+                first = True
+                for cond, layer, b in fences:
+                    with (m.If(cond) if first else m.Elif(cond)):
+                        m.d.sync += [s2.fence_layer.eq(layer), s2.fence_bank.eq(b)]
+                        if layer == 0:
+                            m.d.sync += fence0_sent[b].eq(1)
+                        else:
+                            m.d.sync += end_seen[layer, b].eq(0)
+                    first = False
+            with m.Elif(eligible.any()):
+                m.d.sync += [s2_valid.eq(0), s2.fence.eq(0)]
+                any_present = []
+                for k in range(lanes):
+                    present = chosen[k].any() & entries[k].present
+                    any_present.append(present)
+                    m.d.sync += [s2.valid[k].eq(present), s2.items[k].eq(entries[k].item)]
+                m.d.sync += s2_valid.eq(Cat(any_present).any())
+                # Record end marks.
+                for s, src in enumerate(sources):
+                    end = take_any[s] & src.payload.end
+                    bank = src.payload.item.bank
+                    if s >= n_pe:
+                        for b in range(banks):
+                            with m.If(end & (bank == b)):
+                                m.d.sync += input_done[b][s - n_pe].eq(1)
+                    else:
+                        p = s
+                        for (layer, b), seen in end_seen.items():
+                            with m.If(end & (src.payload.item.layer == layer) & (bank == b)):
+                                m.d.sync += seen[p].eq(1)
+        with m.If(self.release):
+            for b in range(banks):
+                with m.If(self.release_bank == b):
+                    m.d.sync += [input_done[b].eq(0), fence0_sent[b].eq(0)]
+        return m
+
+
+def _or_all(values):
+    result = values[0]
+    for v in values[1:]:
+        result = result | v
+    return result
+
+
+# -- processing element -------------------------------------------------------------------------
+
+class ProcessingElement(wiring.Component):
+    """One PE: interleaved-CSC weights of its rows of every layer, a MAC pipeline and a drain.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+    pe : int
+        This PE's index ``p``; it owns output rows ``k * N + p`` of every (reordered) layer.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(group))
+        Groups of activations for this PE, and fences (queued, ``queue_depth`` deep).
+    drain : In(stream.Signature(context))
+        Commands: drain accumulator bank ``bank`` of layer ``layer`` (its context is complete).
+    retire : Out(retire)
+        Strobe with a context: this PE's fence of the context has retired, every product of the
+        context before it is in the accumulators.
+    o : Out(stream.Signature(source))
+        The PE's list: nonzero hidden outputs ``(row, value)`` tagged with the next layer and the
+        bank, then an end mark per drained context.
+    logits : Out(stream.Signature(logit))
+        The last layer's outputs of this PE's rows, in local row order.
+    trace : Out(trace)
+        Every entry appended to ``o`` (for verification).
+    write : In(bus)
+        The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
+
+    Pipeline: an activation is queued, its pointer pair read (1 clock) and put in a 4-deep column
+    queue; the entry stage then issues one entry per clock, with no bubble between columns, into
+    the MAC pipeline: entry read, row decode and codebook read, weight register, multiply and
+    accumulator read, add and write (5 clocks). The accumulator read is transparent to the
+    write, so back-to-back updates of one row need no stall. Throughput: one entry per clock.
+    The drain reads one row per clock: accumulator and bias, requantization multiply, rounding
+    shift with ReLU and clamp, append (4 clocks), and clears the row for the next image.
+    """
+
+    def __init__(self, plan: EnginePlan, pe: int):
+        _check_plan(self, plan)
+        if isinstance(pe, bool) or not isinstance(pe, int) or not 0 <= pe < plan.n_pes:
+            self._MustUse__used = True
+            raise ValueError(f"pe must be 0..{plan.n_pes - 1}, not {pe!r}")
+        self._plan = plan
+        self._pe = pe
+        self._layouts = lay = layouts(plan)
+        super().__init__({
+            "i": In(stream.Signature(lay.group)),
+            "drain": In(stream.Signature(lay.context)),
+            "retire": Out(lay.retire),
+            "o": Out(stream.Signature(lay.source)),
+            "logits": Out(stream.Signature(lay.logit)),
+            "trace": Out(lay.trace),
+            "write": In(lay.bus),
+        })
+
+    def elaborate(self, platform):
+        plan, lay, p = self._plan, self._layouts, self._pe
+        m = Module()
+        layers = plan.layers
+        n_layers = plan.n_layers
+        pointer_bits = max(layer.image.pointer_bits for layer in layers)
+        row_bits = max(layer.image.row_bits for layer in layers) + 1
+        weight_bits = max(layer.weight_bits for layer in layers)
+        acc_bits = max(layer.accumulator_bits for layer in layers)
+        value_shape = signed(plan.value_bits)
+
+        # -- memories ------------------------------------------------------------------------
+        entries, pointers, codebooks, biases, row_ids = [], [], [], [], []
+        for i, layer in enumerate(layers):
+            image = layer.image
+            entries.append(_memory(m, f"entries{i}", plan, self.write, "entries", i, p,
+                                   unsigned(image.entry_bits)).read_port())
+            pointers.append(_memory(m, f"pointers{i}", plan, self.write, "pointers", i, p,
+                                    unsigned(image.pointer_word_bits)).read_port())
+            codebooks.append(_memory(m, f"codebook{i}", plan, self.write, "codebook", i, None,
+                                     signed(layer.weight_bits)).read_port())
+            biases.append(_memory(m, f"bias{i}", plan, self.write, "bias", i, p,
+                                  signed(layer.accumulator_bits)).read_port())
+            if not layer.logits:
+                row_ids.append(_memory(m, f"row_ids{i}", plan, self.write, "row_ids", i, p,
+                                       unsigned(_bits(image.out_features))).read_port())
+            else:
+                row_ids.append(None)
+        multipliers = [_register(m, plan, self.write, "requant", i, 0, unsigned(MULTIPLIER_BITS),
+                                 layer.multiplier) for i, layer in enumerate(layers)]
+        shifts = [_register(m, plan, self.write, "requant", i, 1, unsigned(SHIFT_BITS),
+                            layer.shift) for i, layer in enumerate(layers)]
+        # Accumulators: one memory per (layer, bank), shared by the MAC and the drain (never on
+        # the same context at once). The read is transparent to the write: read-modify-write
+        # of one row on consecutive clocks sees the newest sum.
+        acc_mems = {}
+        for i, layer in enumerate(layers):
+            for b in range(plan.banks):
+                mem = Memory(shape=signed(layer.accumulator_bits), depth=layer.image.rows_per_pe,
+                             init=[])
+                m.submodules[f"acc{i}_{b}"] = mem
+                wport = mem.write_port()
+                rport = mem.read_port(transparent_for=(wport,))
+                acc_mems[i, b] = (rport, wport)
+
+        # -- activation queue and pointer stage ----------------------------------------------
+        m.submodules.queue = queue = SyncFIFOBuffered(width=lay.group.size,
+                                                      depth=plan.queue_depth)
+        m.d.comb += [
+            queue.w_data.eq(self.i.payload),
+            queue.w_en.eq(self.i.valid),
+            self.i.ready.eq(queue.w_rdy),
+        ]
+        head = lay.group(queue.r_data)
+        column_layout = data.StructLayout({
+            "start": unsigned(pointer_bits), "end": unsigned(pointer_bits),
+            "value": value_shape, "layer": unsigned(plan.layer_bits), "bank": unsigned(plan.bank_bits), "fence": 1,
+        })
+        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=4)
+
+        taken = Signal(plan.lanes)
+        remaining = Signal(plan.lanes)
+        lowest = Signal(plan.lanes)
+        m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
+        p1_valid = Signal()
+        can_issue = queue.r_rdy & (columns.level + p1_valid < columns.depth)
+        issue_item = can_issue & remaining.any()
+        issue_fence = can_issue & ~remaining.any() & head.fence
+        pop_group = can_issue & ((remaining & ~lowest) == 0)
+        item = Signal(lay.item)
+        for k in range(plan.lanes):
+            with m.If(lowest[k]):
+                m.d.comb += item.eq(head.items[k])
+        m.d.comb += queue.r_en.eq(pop_group)
+        with m.If(pop_group):
+            m.d.sync += taken.eq(0)
+        with m.Elif(issue_item):
+            m.d.sync += taken.eq(taken | lowest)
+        for port, layer in zip(pointers, layers):
+            m.d.comb += port.addr.eq(item.column[:len(port.addr)])
+
+        p1 = Signal(data.StructLayout({"value": value_shape, "layer": unsigned(plan.layer_bits),
+                                       "bank": unsigned(plan.bank_bits), "fence": 1}))
+        m.d.sync += p1_valid.eq(issue_item | issue_fence)
+        with m.If(issue_fence):
+            m.d.sync += [p1.fence.eq(1), p1.layer.eq(head.fence_layer),
+                         p1.bank.eq(head.fence_bank), p1.value.eq(0)]
+        with m.Else():
+            m.d.sync += [p1.fence.eq(0), p1.layer.eq(item.layer), p1.bank.eq(item.bank),
+                         p1.value.eq(item.value)]
+        column = Signal(column_layout)
+        starts = [port.data[:layer.image.pointer_bits] for port, layer in zip(pointers, layers)]
+        ends = [port.data[layer.image.pointer_bits:] for port, layer in zip(pointers, layers)]
+        m.d.comb += [
+            column.start.eq(Mux(p1.fence, 0, _switch(m, p1.layer, starts,
+                                                     unsigned(pointer_bits), "start"))),
+            column.end.eq(Mux(p1.fence, 0, _switch(m, p1.layer, ends,
+                                                   unsigned(pointer_bits), "end"))),
+            column.value.eq(p1.value), column.layer.eq(p1.layer), column.bank.eq(p1.bank),
+            column.fence.eq(p1.fence),
+            columns.w_data.eq(column),
+            columns.w_en.eq(p1_valid),
+        ]
+
+        # -- entry stage (E0): one entry per clock from the head column -----------------------
+        current = column_layout(columns.r_data)
+        offset = Signal(pointer_bits)
+        address = Signal(pointer_bits)
+        m.d.comb += address.eq(current.start + offset)
+        last_entry = current.fence | (address + 1 == current.end)
+        m.d.comb += columns.r_en.eq(last_entry)
+        with m.If(columns.r_rdy):
+            m.d.sync += offset.eq(Mux(last_entry, 0, offset + 1))
+        for port in entries:
+            m.d.comb += port.addr.eq(address[:len(port.addr)])
+
+        stage = data.StructLayout({"valid": 1, "fence": 1, "first": 1,
+                                   "layer": unsigned(plan.layer_bits), "bank": unsigned(plan.bank_bits),
+                                   "value": value_shape, "row": unsigned(row_bits)})
+        e1, e2, e3 = Signal(stage), Signal(stage), Signal(stage)
+        m.d.sync += [
+            e1.valid.eq(columns.r_rdy), e1.fence.eq(current.fence), e1.first.eq(offset == 0),
+            e1.layer.eq(current.layer), e1.bank.eq(current.bank), e1.value.eq(current.value),
+        ]
+
+        # -- E1: decode the relative row, read the codebook ----------------------------------
+        word = _switch(m, e1.layer, [port.data for port in entries],
+                       unsigned(max(layer.image.entry_bits for layer in layers)), "word")
+        bz = layers[0].image.zero_run_bits
+        v = _switch(m, e1.layer, [word[:layer.image.index_bits] for layer in layers],
+                    unsigned(max(layer.image.index_bits for layer in layers)), "v")
+        z = _switch(m, e1.layer, [word[layer.image.index_bits:layer.image.index_bits + bz]
+                                  for layer in layers], unsigned(bz), "z")
+        row = Signal(row_bits)
+        row_next = Signal(row_bits)
+        m.d.comb += row_next.eq(Mux(e1.first, 0, row + 1) + z)     # row = row + z + 1 from -1
+        with m.If(e1.valid & ~e1.fence):
+            m.d.sync += row.eq(row_next)
+        for port in codebooks:
+            m.d.comb += port.addr.eq(v[:len(port.addr)])
+        m.d.sync += [e2.eq(e1), e2.row.eq(row_next)]
+
+        # -- E2: the weight (A3) ----------------------------------------------------------------
+        weight = Signal(signed(weight_bits))
+        m.d.sync += [e3.eq(e2),
+                     weight.eq(_switch(m, e2.layer, [port.data for port in codebooks],
+                                       signed(weight_bits), "codebook_value"))]
+
+        # -- E3: multiply, read the accumulator ------------------------------------------------
+        e4 = Signal(stage)
+        product = Signal(signed(weight_bits + plan.value_bits))
+        m.d.sync += [e4.eq(e3), product.eq(weight * e3.value)]
+
+        # -- drain commands --------------------------------------------------------------------
+        m.submodules.commands = commands = SyncFIFO(width=lay.context.size,
+                                                    depth=2 * n_layers + 2)
+        m.d.comb += [
+            commands.w_data.eq(self.drain.payload),
+            commands.w_en.eq(self.drain.valid),
+            self.drain.ready.eq(commands.w_rdy),
+        ]
+        command = lay.context(commands.r_data)
+        k = Signal(row_bits)
+        d_layout = data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
+                                      "bank": unsigned(plan.bank_bits), "row": unsigned(row_bits)})
+        d1 = Signal(d_layout)
+
+        # -- E4: accumulate (A5); the drain shares the accumulator ports -----------------------
+        sums = []
+        for (i, b), (rport, wport) in acc_mems.items():
+            draining = commands.r_rdy & (command.layer == i) & (command.bank == b)
+            clearing = d1.valid & ~d1.end & (d1.layer == i) & (d1.bank == b)
+            mac = e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)
+            total = Signal(signed(acc_bits + 1), name=f"sum{i}_{b}")
+            m.d.comb += total.eq(rport.data + product)
+            m.d.comb += [
+                rport.addr.eq(Mux(draining, k, e3.row)[:len(rport.addr)]),
+                wport.addr.eq(Mux(clearing, d1.row, e4.row)[:len(wport.addr)]),
+                wport.data.eq(Mux(clearing, 0, total)),
+                wport.en.eq(clearing | mac),
+            ]
+        m.d.comb += [
+            self.retire.valid.eq(e4.valid & e4.fence),
+            self.retire.layer.eq(e4.layer),
+            self.retire.bank.eq(e4.bank),
+        ]
+
+        # -- drain (D0): issue one row per clock while the destination list has room ----------
+        list_depth = max(2, max(layer.image.rows_per_pe for layer in layers) + 2)
+        logit_depth = max(2, layers[-1].image.rows_per_pe + 1)
+        m.submodules.list = out_list = SyncFIFOBuffered(width=lay.source.size, depth=list_depth)
+        m.submodules.logit_list = logit_list = SyncFIFOBuffered(width=lay.logit.width,
+                                                                depth=logit_depth)
+        credit = Signal(range(list_depth + 1), init=list_depth)
+        logit_credit = Signal(range(logit_depth + 1), init=logit_depth)
+        rows_here = _switch(m, command.layer, [layer.image.rows(p) for layer in layers],
+                            unsigned(row_bits), "rows_here")
+        is_last = command.layer == n_layers - 1
+        more_rows = commands.r_rdy & (k < rows_here)
+        at_end = commands.r_rdy & (k == rows_here)
+        issue_row = more_rows & Mux(is_last, logit_credit != 0, credit != 0)
+        issue_end = at_end & ~is_last & (credit != 0)
+        finish_last = at_end & is_last
+        m.d.comb += commands.r_en.eq(issue_end | finish_last)
+        with m.If(issue_end | finish_last):
+            m.d.sync += k.eq(0)
+        with m.Elif(issue_row):
+            m.d.sync += k.eq(k + 1)
+        for port in biases + [r for r in row_ids if r is not None]:
+            m.d.comb += port.addr.eq(k[:len(port.addr)])
+        m.d.sync += [
+            d1.valid.eq(issue_row | issue_end), d1.end.eq(issue_end), d1.layer.eq(command.layer),
+            d1.bank.eq(command.bank), d1.row.eq(k),
+        ]
+
+        # -- D1: bias (A4, A5) -----------------------------------------------------------------
+        acc_value = Signal(signed(acc_bits))
+        with m.Switch(Cat(d1.bank, d1.layer)):
+            for (i, b), (rport, _) in acc_mems.items():
+                with m.Case(b | (i << plan.bank_bits)):
+                    m.d.comb += acc_value.eq(rport.data)
+        bias = _switch(m, d1.layer, [port.data for port in biases], signed(acc_bits), "bias")
+        row_id = _switch(m, d1.layer, [0 if port is None else port.data for port in row_ids],
+                         unsigned(plan.column_bits), "row_id")
+        d2 = Signal(d_layout)
+        d2_sum = Signal(signed(acc_bits + 1))
+        d2_column = Signal(plan.column_bits)
+        m.d.sync += [d2.eq(d1), d2_sum.eq(acc_value + bias), d2_column.eq(row_id)]
+
+        # -- D2: requantization multiply (A6) --------------------------------------------------
+        multiplier = _switch(m, d2.layer, multipliers, unsigned(MULTIPLIER_BITS), "multiplier")
+        d3 = Signal(d_layout)
+        d3_product = Signal(signed(acc_bits + 1 + MULTIPLIER_BITS + 1))
+        d3_sum = Signal(signed(acc_bits + 1))
+        d3_column = Signal(plan.column_bits)
+        m.d.sync += [d3.eq(d2), d3_product.eq(d2_sum * multiplier), d3_sum.eq(d2_sum),
+                     d3_column.eq(d2_column)]
+
+        # -- D3: rounding shift (A6), ReLU and clamp (A7), or the logit (A8) -------------------
+        shift = _switch(m, d3.layer, shifts, unsigned(SHIFT_BITS), "shift")
+        rounding = Signal(unsigned(64))
+        m.d.comb += rounding.eq((Const(1, 64) << shift)[1:])    # 2**(shift-1), 0 for shift 0
+        shifted = Signal(signed(len(d3_product) + 1))
+        m.d.comb += shifted.eq((d3_product + rounding) >> shift)
+        hidden = Signal(value_shape)
+        logit = Signal(lay.logit)
+        with m.Switch(d3.layer):
+            for i, layer in enumerate(layers):
+                with m.Case(i):
+                    if layer.logits:
+                        m.d.comb += logit.eq(Mux(d3_sum < 0, 0, d3_sum) if layer.relu
+                                             else d3_sum)
+                    else:
+                        lo, hi = activation_range(layer.output_bits, layer.output_signed)
+                        t = Mux(shifted < 0, 0, shifted) if layer.relu else shifted
+                        m.d.comb += hidden.eq(Mux(t < lo, lo, Mux(t > hi, hi, t)))
+        d4 = Signal(d_layout)
+        d4_value = Signal(value_shape)
+        d4_logit = Signal(lay.logit)
+        d4_column = Signal(plan.column_bits)
+        m.d.sync += [d4.eq(d3), d4_value.eq(hidden), d4_logit.eq(logit),
+                     d4_column.eq(d3_column)]
+
+        # -- D4: append ------------------------------------------------------------------------
+        last_layer = d4.layer == n_layers - 1
+        push = d4.valid & ~last_layer & (d4.end | (d4_value != 0))
+        dropped = d4.valid & ~last_layer & ~d4.end & (d4_value == 0)
+        push_logit = d4.valid & last_layer
+        entry = Signal(lay.source)
+        m.d.comb += [
+            entry.present.eq(~d4.end), entry.end.eq(d4.end),
+            entry.item.column.eq(d4_column), entry.item.value.eq(Mux(d4.end, 0, d4_value)),
+            entry.item.layer.eq(d4.layer + 1), entry.item.bank.eq(d4.bank),
+            out_list.w_data.eq(entry), out_list.w_en.eq(push),
+            logit_list.w_data.eq(d4_logit), logit_list.w_en.eq(push_logit),
+            self.trace.valid.eq(push), self.trace.end.eq(d4.end),
+            self.trace.layer.eq(d4.layer), self.trace.bank.eq(d4.bank),
+            self.trace.column.eq(d4_column), self.trace.value.eq(entry.item.value),
+        ]
+        popped = self.o.valid & self.o.ready
+        m.d.sync += credit.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped)
+        popped_logit = self.logits.valid & self.logits.ready
+        m.d.sync += logit_credit.eq(logit_credit - (issue_row & is_last) + popped_logit)
+        m.d.comb += [
+            self.o.valid.eq(out_list.r_rdy), self.o.payload.eq(out_list.r_data),
+            out_list.r_en.eq(self.o.ready),
+            self.logits.valid.eq(logit_list.r_rdy), self.logits.payload.eq(logit_list.r_data),
+            logit_list.r_en.eq(self.logits.ready),
+        ]
+        return m
+
+
+# -- collector ----------------------------------------------------------------------------------
+
+class Collector(wiring.Component):
+    """Streams the last layer's logits out in neuron order.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+
+    Attributes
+    ----------
+    i : In(stream.Signature(logit)).array(n_pes)
+        Each PE's logits of its rows (row ``k * N + p`` is PE ``p``'s ``k``-th).
+    o : Out(stream.Signature(logit))
+        ``out_features`` logits per image, neuron 0 first.
+    finished : Out(1)
+        Strobe: an image's last logit was accepted.
+
+    Latency and throughput: combinational; one logit per clock.
+    """
+
+    def __init__(self, plan: EnginePlan):
+        _check_plan(self, plan)
+        self._plan = plan
+        lay = layouts(plan)
+        super().__init__({
+            "i": In(stream.Signature(lay.logit)).array(plan.n_pes),
+            "o": Out(stream.Signature(lay.logit)),
+            "finished": Out(1),
+        })
+
+    def elaborate(self, platform):
+        plan = self._plan
+        m = Module()
+        pe = Signal(range(plan.n_pes))
+        neuron = Signal(range(plan.out_features))
+        with m.Switch(pe):
+            for p, i in enumerate(self.i):
+                with m.Case(p):
+                    m.d.comb += [self.o.valid.eq(i.valid), self.o.payload.eq(i.payload),
+                                 i.ready.eq(self.o.ready)]
+        do_transfer = self.o.valid & self.o.ready
+        last = neuron == plan.out_features - 1
+        m.d.comb += self.finished.eq(do_transfer & last)
+        with m.If(do_transfer):
+            with m.If(last):
+                m.d.sync += [neuron.eq(0), pe.eq(0)]
+            with m.Else():
+                m.d.sync += [neuron.eq(neuron + 1),
+                             pe.eq(Mux(pe == plan.n_pes - 1, 0, pe + 1))]
+        return m
+
+
+# -- top level ----------------------------------------------------------------------------------
+
+class Engine(wiring.Component):
+    """The whole network on chip: stream in activations, stream out logits.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+        Every size and memory image (:meth:`EnginePlan.from_model`).
+
+    Attributes
+    ----------
+    i : In(stream.Signature(unsigned(input_lanes * input_bits)))
+        Input beats, ``beats_per_image`` per image (:meth:`EnginePlan.encode_inputs`).
+    o : Out(stream.Signature(signed(logit_bits)))
+        ``out_features`` integer logits per image (A8), images in order.
+    write : In(stream.Signature(write))
+        Reload port: ``addr``, ``data`` words (:meth:`EnginePlan.write_image`); accepted only
+        while the engine is idle (``ready`` is ``~busy``).
+    busy : Out(1)
+        An image has entered and not yet left.
+    done : Out(1)
+        Strobe: an image's last logit was accepted.
+    cycles : Out(48)
+        Clocks during which ``busy`` was high, since reset.
+    trace : Out(unsigned(n_pes * trace_bits))
+        Every PE's appended hidden activations (:meth:`EnginePlan.decode_trace`).
+
+    Latency and throughput: see ``docs/accelerator.md``; up to two images are processed at once,
+    and input beats for the next images are buffered (two images per lane) while they run.
+    """
+
+    def __init__(self, plan: EnginePlan):
+        _check_plan(self, plan)
+        self._plan = plan
+        self._layouts = lay = layouts(plan)
+        super().__init__({
+            "i": In(stream.Signature(unsigned(plan.input_lanes * plan.input_bits))),
+            "o": Out(stream.Signature(lay.logit)),
+            "write": In(stream.Signature(lay.write)),
+            "busy": Out(1),
+            "done": Out(1),
+            "cycles": Out(CYCLE_COUNTER_BITS),
+            "trace": Out(plan.n_pes * plan.trace_bits),
+        })
+
+    @property
+    def plan(self) -> EnginePlan:
+        return self._plan
+
+    def elaborate(self, platform):
+        plan, lay = self._plan, self._layouts
+        m = Module()
+        n_pe = plan.n_pes
+
+        bus = Signal(lay.bus)
+        m.d.comb += [
+            self.write.ready.eq(~self.busy),
+            bus.en.eq(self.write.valid & ~self.busy),
+            bus.addr.eq(self.write.payload.addr),
+            bus.data.eq(self.write.payload.data),
+        ]
+
+        m.submodules.loader = loader = Loader(plan)
+        m.submodules.broadcaster = broadcaster = Broadcaster(plan)
+        m.submodules.collector = collector = Collector(plan)
+        pes = []
+        for p in range(n_pe):
+            pe = ProcessingElement(plan, p)
+            m.submodules[f"pe{p}"] = pe
+            pes.append(pe)
+        wiring.connect(m, wiring.flipped(self.i), loader.i)
+        wiring.connect(m, collector.o, wiring.flipped(self.o))
+        m.d.comb += broadcaster.write.eq(bus)
+
+        input_depth = 2 * plan.beats_per_image + 2           # two images per lane
+        for lane in range(plan.input_lanes):
+            fifo = SyncFIFOBuffered(width=lay.source.size, depth=input_depth)
+            m.submodules[f"inputs{lane}"] = fifo
+            m.d.comb += [
+                fifo.w_data.eq(loader.o[lane].payload),
+                fifo.w_en.eq(loader.o[lane].valid),
+                loader.o[lane].ready.eq(fifo.w_rdy),
+                broadcaster.inputs[lane].valid.eq(fifo.r_rdy),
+                broadcaster.inputs[lane].payload.eq(fifo.r_data),
+                fifo.r_en.eq(broadcaster.inputs[lane].ready),
+            ]
+        for p, pe in enumerate(pes):
+            wiring.connect(m, broadcaster.o[p], pe.i)
+            wiring.connect(m, pe.o, broadcaster.lists[p])
+            wiring.connect(m, pe.logits, collector.i[p])
+            m.d.comb += [pe.write.eq(bus),
+                         self.trace[p * plan.trace_bits:(p + 1) * plan.trace_bits].eq(pe.trace)]
+
+        # Sequencer: a context is complete when every PE has retired its fence; then every PE
+        # drains it. The last layer drains in image order (the collector streams in order).
+        done = {(i, b): Signal(n_pe, name=f"retired{i}_{b}")
+                for i in range(plan.n_layers) for b in range(plan.banks)}
+        out_bank = Signal(range(plan.banks))
+        drain_ready = Cat(pe.drain.ready for pe in pes).all()
+        issue = Signal()
+        issue_context = Signal(lay.context)
+        first = True
+        for (i, b), bits in done.items():
+            cond = bits.all()
+            if i == plan.n_layers - 1:
+                cond = cond & (out_bank == b)
+            with (m.If(cond) if first else m.Elif(cond)):
+                m.d.comb += [issue.eq(drain_ready), issue_context.layer.eq(i),
+                             issue_context.bank.eq(b)]
+            first = False
+        for pe in pes:
+            m.d.comb += [pe.drain.valid.eq(issue), pe.drain.payload.eq(issue_context)]
+        with m.If(issue):
+            for (i, b), bits in done.items():
+                with m.If((issue_context.layer == i) & (issue_context.bank == b)):
+                    m.d.sync += bits.eq(0)
+            with m.If(issue_context.layer == plan.n_layers - 1):
+                m.d.sync += out_bank.eq(Mux(out_bank == plan.banks - 1, 0, out_bank + 1))
+        for p, pe in enumerate(pes):
+            for (i, b), bits in done.items():
+                with m.If(pe.retire.valid & (pe.retire.layer == i) & (pe.retire.bank == b)):
+                    m.d.sync += bits[p].eq(1)
+
+        # Status, and the bank an image frees when its last logit leaves.
+        in_flight = Signal(8)
+        release_bank = Signal(range(plan.banks))
+        m.d.sync += in_flight.eq(in_flight + loader.started - collector.finished)
+        with m.If(collector.finished):
+            m.d.sync += release_bank.eq(Mux(release_bank == plan.banks - 1, 0,
+                                            release_bank + 1))
+        m.d.comb += [
+            broadcaster.release.eq(collector.finished),
+            broadcaster.release_bank.eq(release_bank),
+            self.busy.eq(in_flight != 0),
+            self.done.eq(collector.finished),
+        ]
+        with m.If(self.busy):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+        return m

@@ -1,0 +1,511 @@
+"""The engine plan: every size, width and memory image of the accelerator, derived from a model.
+
+:class:`EnginePlan` is the one place where the hardware's parameters come from. It packs each
+layer with :func:`accel.pack.pack_layer` (optionally with its hidden neurons assigned to PEs by
+expected work, :func:`balance_rows`), derives the widths of every signal and memory, lays out
+the write port's address map, and encodes what crosses the engine's ports: input beats,
+logits, the trace bus. :mod:`accel.engine` reads only this object; the co-simulation and the
+host read only this object and the ports.
+
+The datapath and the interfaces are described in ``docs/accelerator.md``; the arithmetic in
+``docs/arithmetic.md`` (rules A1-A8).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import namedtuple
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from compress.artifact import CompressedModel
+from compress.integer import MULTIPLIER_BITS, activation_range
+from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, pack_layer
+
+__all__ = [
+    "EnginePlan",
+    "LayerPlan",
+    "Region",
+    "TraceRecord",
+    "balance_rows",
+]
+
+#: Width of the ``shift`` register of a layer (A6: ``0 <= shift <= 62``).
+SHIFT_BITS = 6
+
+#: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
+TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
+
+
+def _check_int(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an int {low}..{high}, not {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int {low}..{high}, not {value!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {low}..{high}, not {value!r}")
+    return value
+
+
+def _bits(count: int) -> int:
+    """Width of an index ``0 .. count - 1``, at least 1."""
+    return max(1, (count - 1).bit_length())
+
+
+# -- load balance -------------------------------------------------------------------------------
+
+def balance_rows(index: np.ndarray, column_rate: np.ndarray, n_pes: int) -> np.ndarray:
+    """Row order ``order`` (new row ``i`` is row ``order[i]``) balancing work over the PEs.
+
+    Each row costs its nonzeros weighted by how often their input column is nonzero
+    (``column_rate``); rows go, most expensive first, to the least loaded PE that still has a
+    free slot (longest processing time first), and PE ``p``'s ``k``-th row becomes row
+    ``k * N + p``, so row interleaving ``r mod N`` on the reordered rows gives that assignment.
+    """
+    cost = (np.asarray(index) != 0).astype(np.float64) @ np.asarray(column_rate, np.float64)
+    slots = np.array([len(range(p, len(cost), n_pes)) for p in range(n_pes)])
+    load = np.zeros(n_pes)
+    assigned: list[list[int]] = [[] for _ in range(n_pes)]
+    for row in np.argsort(-cost, kind="stable"):
+        free = np.flatnonzero([len(a) < s for a, s in zip(assigned, slots)])
+        pe = int(free[np.argmin(load[free])])          # lowest index among the least loaded
+        load[pe] += cost[row]
+        assigned[pe].append(int(row))
+    order = np.empty(len(cost), dtype=np.int64)
+    for pe, rows in enumerate(assigned):
+        order[np.arange(len(rows)) * n_pes + pe] = rows
+    return order
+
+
+def _column_rates(model: CompressedModel, calibration: np.ndarray) -> list[np.ndarray]:
+    import sim                                          # the golden model gives the activations
+    inputs = [calibration] + sim.trace(model, calibration)[:-1]
+    return [(x != 0).mean(axis=0) for x in inputs]
+
+
+# -- plan ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """One layer on the engine: its memory images and its arithmetic constants.
+
+    Attributes
+    ----------
+    image : LayerImage
+        The layer packed with its rows in ``row_order`` (``accel.pack``).
+    row_order : numpy.ndarray
+        int64 ``(out_features,)``: packed row ``i`` is the layer's row ``row_order[i]``
+        (identity for the last layer, whose logits leave in order).
+    row_ids : numpy.ndarray
+        int64 ``(N, rows_per_pe)``: the layer's row (the next layer's column) of PE ``p``'s
+        local row ``k``; 0 where the PE has no such row.
+    input_signed : bool
+        Whether the layer's input activations are signed (A1).
+    input_bits, output_bits : int
+        Activation widths of the layer's input and (hidden layers) output.
+    relu, logits : bool
+        The activation function; ``logits`` for the last layer (A8).
+    weight_bits, accumulator_bits : int
+        Codebook value width (signed) and accumulator width (A5).
+    multiplier, shift : int
+        Requantization constants (A6); 0 for the last layer.
+    column_nonzeros : numpy.ndarray
+        int64 ``(in_features,)``: nonzero weights per input column (useful MACs).
+    """
+
+    image: LayerImage
+    row_order: np.ndarray
+    row_ids: np.ndarray
+    input_signed: bool
+    input_bits: int
+    output_bits: int
+    relu: bool
+    logits: bool
+    weight_bits: int
+    accumulator_bits: int
+    multiplier: int
+    shift: int
+    column_nonzeros: np.ndarray
+
+    __hash__ = None
+
+    @property
+    def in_features(self) -> int:
+        return self.image.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.image.out_features
+
+    @property
+    def column_bits(self) -> int:
+        """Width of an input column index."""
+        return _bits(self.in_features)
+
+    @property
+    def output_signed(self) -> bool:
+        return not self.relu
+
+
+@dataclass(frozen=True)
+class Region:
+    """One memory (or register file) on the write port: words ``base .. base + depth - 1``.
+
+    ``pe`` is None for a memory shared by all PEs (a write goes to every copy).
+    """
+
+    name: str
+    layer: int
+    pe: int | None
+    depth: int
+    width: int
+    base: int
+    signed: bool = False
+
+
+def _pack(layer, n_pes, zero_run_bits, order):
+    integer = layer.integer
+    permuted = replace(layer, index=layer.index[order],
+                       bias=None if layer.bias is None else layer.bias[order],
+                       integer=replace(integer, bias=integer.bias[order]))
+    image = pack_layer(permuted, n_pes, zero_run_bits=zero_run_bits)
+    ids = np.zeros(image.rows_per_pe * n_pes, dtype=np.int64)
+    ids[:len(order)] = order
+    return image, ids.reshape(image.rows_per_pe, n_pes).T.copy()
+
+
+class EnginePlan:
+    """Every parameter of the engine for one model (``docs/accelerator.md``).
+
+    Build it with :meth:`from_model`. The plan fixes the shapes and widths the hardware is
+    generated with; :meth:`write_image` turns another model of the same shapes into the words to
+    reload through the write port.
+
+    Parameters
+    ----------
+    layers : sequence of LayerPlan
+    n_pes : int
+        ``N``, processing elements, 1 .. 64.
+    lanes : int
+        Activations the broadcaster hands out per clock, 1 .. 4.
+    input_lanes : int
+        Activations per input beat, 1 .. 16.
+    queue_depth : int
+        Depth of each PE's activation queue (groups of ``lanes`` activations), 2 .. 4096.
+    banks : int
+        Images in flight at once, each with its own bank of accumulators, 1 .. 8. Image ``i``
+        uses bank ``i mod banks``.
+    """
+
+    def __init__(self, layers, *, n_pes: int, lanes: int, input_lanes: int, queue_depth: int,
+                 banks: int):
+        self.layers = tuple(layers)
+        self.banks = banks
+        self.bank_bits = _bits(banks)
+        self.n_pes = n_pes
+        self.lanes = lanes
+        self.input_lanes = input_lanes
+        self.queue_depth = queue_depth
+        first, last = self.layers[0], self.layers[-1]
+        self.n_layers = len(self.layers)
+        self.in_features = first.in_features
+        self.out_features = last.out_features
+        self.input_bits = first.input_bits
+        self.input_signed = first.input_signed
+        self.beats_per_image = -(-self.in_features // input_lanes)
+        self.logit_bits = last.accumulator_bits
+        # Widths of the activations in flight: any layer's input fits a signed value this wide.
+        self.value_bits = max(layer.input_bits for layer in self.layers) + 1
+        self.column_bits = max(layer.column_bits for layer in self.layers)
+        self.layer_bits = _bits(self.n_layers)
+        self.regions = self._address_map()
+        top = max(r.base + (1 << _bits(r.depth)) for r in self.regions)
+        self.address_bits = _bits(top)
+        self.data_bits = max(r.width for r in self.regions)
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_model(cls, model: CompressedModel, *, n_pes: int = 16, zero_run_bits: int = 4,
+                   lanes: int = 2, input_lanes: int = 4, queue_depth: int = 64,
+                   banks: int = 3, calibration=None) -> "EnginePlan":
+        """Plan the engine for ``model``.
+
+        Parameters
+        ----------
+        model : CompressedModel
+            With integer data (``docs/arithmetic.md``).
+        n_pes, zero_run_bits, lanes, input_lanes, queue_depth, banks : int
+            See the class; ``zero_run_bits`` is ``b_z`` of ``accel.pack`` (1 .. 8).
+        calibration : array_like of int, optional
+            Integer network inputs ``(n, in_features)``. When given, hidden neurons are assigned
+            to PEs by expected work (:func:`balance_rows`); otherwise row ``r`` goes to PE
+            ``r mod N``. Either way the results are identical; only the cycle count changes.
+
+        Raises
+        ------
+        ValueError
+            A bad parameter or a model without integer data.
+        """
+        if not isinstance(model, CompressedModel):
+            raise ValueError(f"model must be a CompressedModel, not {type(model).__name__}")
+        if not model.has_integer:
+            raise ValueError("the model has no integer data: quantize it with "
+                             "compress.integer.quantize_model (python -m compress does by "
+                             "default)")
+        n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)
+        zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
+        lanes = _check_int("lanes", lanes, 1, 4)
+        input_lanes = _check_int("input_lanes", input_lanes, 1, 16)
+        queue_depth = _check_int("queue_depth", queue_depth, 2, 4096)
+        banks = _check_int("banks", banks, 1, 8)
+        orders = cls._row_orders(model, n_pes, calibration)
+        layers = [cls._layer_plan(model, i, n_pes, zero_run_bits, orders[i])
+                  for i in range(len(model.layers))]
+        return cls(layers, n_pes=n_pes, lanes=lanes, input_lanes=input_lanes,
+                   queue_depth=queue_depth, banks=banks)
+
+    @staticmethod
+    def _row_orders(model, n_pes, calibration):
+        orders = [np.arange(layer.out_features) for layer in model.layers]
+        if calibration is None:
+            return orders
+        calibration = np.asarray(calibration)
+        if not np.issubdtype(calibration.dtype, np.integer) or calibration.ndim != 2 \
+                or calibration.shape[1] != model.in_features or len(calibration) == 0:
+            raise ValueError(f"calibration must be integer network inputs of shape "
+                             f"(n, {model.in_features}), not {calibration.dtype} "
+                             f"{calibration.shape}")
+        rates = _column_rates(model, calibration)
+        for i in range(len(model.layers) - 1):       # the last layer keeps its logit order
+            orders[i] = balance_rows(model.layers[i].index, rates[i], n_pes)
+        return orders
+
+    @staticmethod
+    def _layer_plan(model, i, n_pes, zero_run_bits, order):
+        layer = model.layers[i]
+        integer = layer.integer
+        try:
+            image, row_ids = _pack(layer, n_pes, zero_run_bits, order)
+        except ValueError as error:
+            raise ValueError(f"layer {i}: {error}") from None
+        last = i == len(model.layers) - 1
+        if not last and not integer.logits and model.layers[i + 1].integer.input_signed \
+                != (not layer.relu):
+            raise ValueError(f"layer {i}'s output signedness does not match layer {i + 1}'s "
+                             "input")
+        return LayerPlan(
+            image=image, row_order=np.asarray(order, dtype=np.int64), row_ids=row_ids,
+            input_signed=bool(integer.input_signed), input_bits=int(integer.activation_bits),
+            output_bits=int(integer.activation_bits), relu=bool(layer.relu),
+            logits=bool(integer.logits), weight_bits=int(integer.weight_bits),
+            accumulator_bits=int(integer.accumulator_bits),
+            multiplier=int(integer.multiplier), shift=int(integer.shift),
+            column_nonzeros=np.count_nonzero(layer.index, axis=0).astype(np.int64))
+
+    # -- address map --------------------------------------------------------------------------
+
+    def _address_map(self) -> tuple[Region, ...]:
+        regions = []
+        for i, layer in enumerate(self.layers):
+            image = layer.image
+            regions.append(("codebook", i, None, 1 << image.index_bits, layer.weight_bits, True))
+            regions.append(("col_mask", i, None, image.in_features, self.n_pes, False))
+            regions.append(("requant", i, None, 2, max(MULTIPLIER_BITS, SHIFT_BITS), False))
+            for p in range(self.n_pes):
+                regions.append(("entries", i, p, image.depth, image.entry_bits, False))
+                regions.append(("pointers", i, p, image.in_features, image.pointer_word_bits,
+                                False))
+                regions.append(("bias", i, p, image.rows_per_pe, layer.accumulator_bits, True))
+                if not layer.logits:
+                    regions.append(("row_ids", i, p, image.rows_per_pe,
+                                    _bits(image.out_features), False))
+        # Largest first, each aligned to its own power-of-two size: decoding is a compare of the
+        # upper address bits.
+        regions.sort(key=lambda r: -(1 << _bits(r[3])))
+        placed, base = [], 0
+        for name, layer, pe, depth, width, signed in regions:
+            placed.append(Region(name, layer, pe, depth, width, base, signed))
+            base += 1 << _bits(depth)
+        return tuple(placed)
+
+    def region(self, name: str, layer: int, pe: int | None = None) -> Region:
+        for r in self.regions:
+            if (r.name, r.layer, r.pe) == (name, layer, pe):
+                return r
+        raise KeyError((name, layer, pe))
+
+    def _contents(self, i: int, name: str, pe: int | None, layer: LayerPlan) -> np.ndarray:
+        image = layer.image
+        if name == "codebook":
+            words = np.zeros(1 << image.index_bits, dtype=np.int64)
+            words[:len(image.codebook)] = image.codebook
+            return words
+        if name == "col_mask":
+            return image.col_mask.astype(np.uint64)
+        if name == "requant":
+            return np.array([layer.multiplier, layer.shift], dtype=np.int64)
+        if name == "entries":
+            return image.entries[pe].astype(np.int64)
+        if name == "pointers":
+            return image.pointer_words[pe].astype(np.uint64)
+        if name == "bias":
+            return image.bias[pe].astype(np.int64)
+        if name == "row_ids":
+            return layer.row_ids[pe]
+        raise KeyError(name)
+
+    def init(self, name: str, layer: int, pe: int | None = None) -> list[int]:
+        """Initial contents of one memory, as Python ints (signed where the memory is)."""
+        return [int(v) for v in self._contents(layer, name, pe, self.layers[layer])]
+
+    def write_image(self, model: CompressedModel) -> list[tuple[int, int]]:
+        """The ``(address, data)`` words that load ``model`` into an engine built from this plan.
+
+        ``model`` must have this plan's layer shapes, activation widths and signedness, codebook
+        index widths, and fit its memory depths and accumulator widths; its rows keep this
+        plan's assignment to PEs.
+
+        Raises
+        ------
+        ValueError
+            Naming the first layer and quantity that does not fit.
+        """
+        if not isinstance(model, CompressedModel) or not model.has_integer:
+            raise ValueError("model must be a CompressedModel with integer data")
+        if len(model.layers) != self.n_layers:
+            raise ValueError(f"model must have {self.n_layers} layers, not {len(model.layers)}")
+        plans = []
+        for i, (mine, layer) in enumerate(zip(self.layers, model.layers)):
+            if layer.index.shape != (mine.out_features, mine.in_features):
+                raise ValueError(f"layer {i} must be {mine.out_features}x{mine.in_features}, "
+                                 f"not {layer.out_features}x{layer.in_features}")
+            new = self._layer_plan(model, i, self.n_pes, mine.image.zero_run_bits,
+                                   mine.row_order)
+            for field, allowed, compare in [
+                ("index_bits", mine.image.index_bits, new.image.index_bits.__eq__),
+                ("entry depth", mine.image.depth, lambda a: new.image.depth <= a),
+                ("pointer_bits", mine.image.pointer_bits, lambda a: new.image.pointer_bits <= a),
+                ("weight_bits", mine.weight_bits, lambda a: new.weight_bits <= a),
+                ("accumulator_bits", mine.accumulator_bits,
+                 lambda a: new.accumulator_bits <= a),
+                ("input_bits", mine.input_bits, new.input_bits.__eq__),
+                ("input_signed", mine.input_signed, new.input_signed.__eq__),
+                ("relu", mine.relu, new.relu.__eq__),
+            ]:
+                if not compare(allowed):
+                    got = {"index_bits": new.image.index_bits, "entry depth": new.image.depth,
+                           "pointer_bits": new.image.pointer_bits,
+                           "weight_bits": new.weight_bits,
+                           "accumulator_bits": new.accumulator_bits,
+                           "input_bits": new.input_bits, "input_signed": new.input_signed,
+                           "relu": new.relu}[field]
+                    raise ValueError(f"layer {i}: {field} is {got}; this engine was built for "
+                                     f"{allowed}")
+            plans.append(new)
+        words = []
+        for region in self.regions:
+            layer = plans[region.layer]
+            values = self._contents(region.layer, region.name, region.pe, layer)
+            if region.name == "pointers":
+                # Re-encode the pointer pairs at the engine's pointer width.
+                shift = self.layers[region.layer].image.pointer_bits
+                starts = layer.image.col_start[region.pe, :-1].astype(np.uint64)
+                ends = layer.image.col_start[region.pe, 1:].astype(np.uint64)
+                values = starts | (ends << np.uint64(shift))
+            full = np.zeros(region.depth, dtype=np.int64 if values.dtype != np.uint64
+                            else np.uint64)
+            full[:len(values)] = values
+            mask = (1 << region.width) - 1
+            for k, value in enumerate(full):
+                words.append((region.base + k, int(value) & mask))
+        return words
+
+    # -- port encodings -----------------------------------------------------------------------
+
+    def encode_inputs(self, x) -> list[int]:
+        """Input beats for integer network inputs ``x`` ``(n, in_features)``.
+
+        Beat ``t`` of an image carries columns ``t * L .. t * L + L - 1`` (``L`` =
+        ``input_lanes``), lane ``l`` in bits ``l * A .. l * A + A - 1`` (two's complement when
+        the input is signed), 0 past the last column.
+        """
+        x = np.asarray(x)
+        lo, hi = activation_range(self.input_bits, self.input_signed)
+        if x.ndim != 2 or x.shape[1] != self.in_features or not np.issubdtype(x.dtype,
+                                                                               np.integer):
+            raise ValueError(f"x must be an integer array of shape (n, {self.in_features}), "
+                             f"not {x.dtype} {x.shape}")
+        if x.size and (x.min() < lo or x.max() > hi):
+            raise ValueError(f"x values must be {lo}..{hi}, found {x.min()}..{x.max()}")
+        lanes, bits = self.input_lanes, self.input_bits
+        padded = np.zeros((len(x), self.beats_per_image * lanes), dtype=np.int64)
+        padded[:, :self.in_features] = x
+        raw = padded & ((1 << bits) - 1)
+        beats = raw.reshape(len(x), self.beats_per_image, lanes)
+        words = []
+        for image in beats:
+            for beat in image:
+                word = 0
+                for lane, value in enumerate(beat):
+                    word |= int(value) << (lane * bits)
+                words.append(word)
+        return words
+
+    def decode_logit(self, word: int) -> int:
+        """A raw output payload to its signed logit."""
+        bits = self.logit_bits
+        word = int(word) & ((1 << bits) - 1)
+        return word - (1 << bits) if word >> (bits - 1) else word
+
+    @property
+    def trace_bits(self) -> int:
+        """Width of one PE's trace record."""
+        return 2 + self.layer_bits + self.bank_bits + self.column_bits + self.value_bits
+
+    def decode_trace(self, word: int) -> list[TraceRecord]:
+        """The raw ``trace`` bus to one :class:`TraceRecord` per PE.
+
+        Record ``p`` sits in bits ``p * T ..`` (``T`` = :attr:`trace_bits`), fields from the least
+        significant bit: ``valid``, ``end``, ``layer``, ``bank``, ``column``, ``value`` (signed).
+        ``layer`` is the hidden layer that produced the value.
+        """
+        word = int(word)
+        records = []
+        for p in range(self.n_pes):
+            r = (word >> (p * self.trace_bits)) & ((1 << self.trace_bits) - 1)
+            valid, r = r & 1, r >> 1
+            end, r = r & 1, r >> 1
+            layer, r = r & ((1 << self.layer_bits) - 1), r >> self.layer_bits
+            bank, r = r & ((1 << self.bank_bits) - 1), r >> self.bank_bits
+            column, r = r & ((1 << self.column_bits) - 1), r >> self.column_bits
+            value = r - (1 << self.value_bits) if r >> (self.value_bits - 1) else r
+            records.append(TraceRecord(valid, end, layer, bank, column, value))
+        return records
+
+    # -- analytic model -----------------------------------------------------------------------
+
+    def work(self, activations: list[np.ndarray]) -> dict:
+        """Per image, layer and PE: entries read (``work``) and useful multiply-accumulates.
+
+        ``activations`` is every layer's input for a batch (``[x] + sim.trace(model, x)[:-1]``).
+        Returns ``work`` (n, layers, N), ``columns`` (n, layers, N) columns delivered to each PE,
+        ``nonzeros`` (n, layers) nonzero inputs, and ``useful`` (n,) nonzero weight x nonzero
+        activation products.
+        """
+        n = len(activations[0])
+        work = np.zeros((n, self.n_layers, self.n_pes), dtype=np.int64)
+        columns = np.zeros_like(work)
+        nonzeros = np.zeros((n, self.n_layers), dtype=np.int64)
+        useful = np.zeros(n, dtype=np.int64)
+        for i, (layer, x) in enumerate(zip(self.layers, activations)):
+            active = (np.asarray(x) != 0).astype(np.int64)
+            per_column = np.diff(layer.image.col_start, axis=1)
+            work[:, i] = active @ per_column.T
+            columns[:, i] = active @ (per_column > 0).T
+            nonzeros[:, i] = active.sum(axis=1)
+            useful += active @ layer.column_nonzeros
+        return {"work": work, "columns": columns, "nonzeros": nonzeros, "useful": useful}
