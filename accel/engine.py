@@ -704,13 +704,14 @@ class ProcessingElement(wiring.Component):
         entry = Signal(lay.source)
         m.d.comb += [
             entry.present.eq(~d4.end), entry.end.eq(d4.end),
-            entry.item.column.eq(d4_column), entry.item.value.eq(Mux(d4.end, 0, d4_value)),
+            entry.item.column.eq(Mux(d4.end, 0, d4_column)),
+            entry.item.value.eq(Mux(d4.end, 0, d4_value)),
             entry.item.layer.eq(d4.layer + 1), entry.item.bank.eq(d4.bank),
             out_list.w_data.eq(entry), out_list.w_en.eq(push),
             logit_list.w_data.eq(d4_logit), logit_list.w_en.eq(push_logit),
             self.trace.valid.eq(push), self.trace.end.eq(d4.end),
             self.trace.layer.eq(d4.layer), self.trace.bank.eq(d4.bank),
-            self.trace.column.eq(d4_column), self.trace.value.eq(entry.item.value),
+            self.trace.column.eq(entry.item.column), self.trace.value.eq(entry.item.value),
         ]
         popped = self.o.valid & self.o.ready
         m.d.sync += credit.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped)

@@ -34,6 +34,11 @@ __all__ = [
 #: Width of the ``shift`` register of a layer (A6: ``0 <= shift <= 62``).
 SHIFT_BITS = 6
 
+#: Clocks from a layer's last accumulate to the next layer's first one: fence retire and drain
+#: command (2), drain pipeline (5), list (2), broadcast (2), PE queue (2), pointer read and
+#: column queue (3), MAC pipeline (5).
+LAYER_LATENCY = 21
+
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
 
@@ -509,3 +514,43 @@ class EnginePlan:
             nonzeros[:, i] = active.sum(axis=1)
             useful += active @ layer.column_nonzeros
         return {"work": work, "columns": columns, "nonzeros": nonzeros, "useful": useful}
+
+    def predict(self, activations: list[np.ndarray]) -> dict:
+        """The analytic cycle model of a stream of images (``docs/accelerator.md``).
+
+        Per image and layer, the layer takes as long as its bottleneck: the busiest PE's entries
+        over the nonzero input columns (one entry per clock), the busiest PE's columns (one
+        pointer read per clock), or the broadcast (``lanes`` activations per clock). An image
+        takes the sum over its layers, or its input beats if more. Images overlap (up to
+        ``banks`` in flight), so a stream of ``n`` images takes the sum over images plus, once,
+        the pipeline latency of the last image's layer boundaries and its logits.
+
+        Parameters
+        ----------
+        activations : list of numpy.ndarray
+            Every layer's integer input for the images (``[x] + sim.trace(model, x)[:-1]``).
+
+        Returns
+        -------
+        dict
+            ``per_image`` (n,) predicted clocks per image, ``cycles`` for the stream,
+            ``cycles_per_inference``, ``useful_macs`` (n,), ``work_bound`` (clocks per image of
+            the busiest PE summed over all layers: no design on these PEs can beat it) and
+            ``work`` (see :meth:`work`).
+        """
+        work = self.work(activations)
+        broadcast = -(-work["nonzeros"] // self.lanes)
+        per_layer = np.maximum(np.maximum(work["work"].max(axis=2), work["columns"].max(axis=2)),
+                               broadcast)
+        per_image = np.maximum(per_layer.sum(axis=1), self.beats_per_image)
+        n = len(per_image)
+        tail = self.n_layers * LAYER_LATENCY + self.out_features
+        cycles = int(per_image.sum()) + (tail if n else 0)
+        return {
+            "per_image": per_image,
+            "cycles": cycles,
+            "cycles_per_inference": cycles / n if n else 0.0,
+            "useful_macs": work["useful"],
+            "work_bound": float(work["work"].sum(axis=1).max(axis=1).mean()) if n else 0.0,
+            "work": work,
+        }

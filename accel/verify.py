@@ -1,0 +1,221 @@
+"""``python -m accel.verify``: prove the generated engine equals the integer reference.
+
+Generates the engine for a quantized artifact, runs test-set images through it in simulation
+(cocotb on Icarus Verilog by default, or Amaranth's own simulator), compares every logit and
+every hidden activation with ``sim.trace``, and reports:
+
+- ``samples``, ``mismatches`` (must be 0) and the first differing sample, layer and neuron;
+- ``cycles_per_inference`` measured in simulation (images streamed back to back, no idle input
+  and no output backpressure unless asked), next to ``predicted_cycles`` from the analytic model
+  (:meth:`accel.plan.EnginePlan.predict`) and their ratio;
+- ``pe_utilization``: useful multiply-accumulates (nonzero weight x nonzero activation) /
+  (PEs x measured cycles), and the busiest-PE work bound, so load imbalance is visible.
+
+Exits 1 on any mismatch, 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["build_parser", "main", "verify"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from compress.data import DATASETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m accel.verify",
+        description="Generate the accelerator for a quantized artifact, simulate it on test-set "
+                    "images and compare every output with the integer reference (sim).")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="artifact with integer data (python -m compress writes "
+                             "OUT/model.dcz)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"{', '.join(DATASETS)} or path to an .npz with x_train, y_train, "
+                             "x_test, y_test (default: the data set the artifact was "
+                             "compressed on)")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (see python -m compress)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the digits split (default: the artifact's)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="test images to run (default: the whole test set)")
+    parser.add_argument("--pes", type=int, default=16, help="processing elements (default 16)")
+    parser.add_argument("--lanes", type=int, default=2,
+                        help="activations broadcast per clock (default 2)")
+    parser.add_argument("--input-lanes", type=int, default=4,
+                        help="activations per input beat (default 4)")
+    parser.add_argument("--banks", type=int, default=3,
+                        help="images in flight at once (default 3)")
+    parser.add_argument("--queue-depth", type=int, default=64,
+                        help="PE activation queue depth (default 64)")
+    parser.add_argument("--zero-run-bits", type=int, default=4,
+                        help="b_z, relative row index width (default 4)")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="assign row r to PE r mod N instead of balancing the PEs' expected "
+                             "work on training data")
+    parser.add_argument("--simulator", choices=["icarus", "amaranth"], default="icarus",
+                        help="cocotb on Icarus Verilog (default) or Amaranth's simulator")
+    parser.add_argument("--idle", type=float, default=0.0,
+                        help="probability of an idle input cycle (default 0: cycle counts are "
+                             "the engine's own)")
+    parser.add_argument("--backpressure", type=float, default=0.0,
+                        help="probability the output refuses a logit in a cycle (default 0)")
+    parser.add_argument("--build-dir", type=Path, default=Path("out/verify"),
+                        help="where the Verilog, simulator build and waveforms go")
+    parser.add_argument("--waves", action="store_true", help="always write a waveform")
+    parser.add_argument("--json", type=Path, help="also write the report to this path")
+    return parser
+
+
+def verify(model, x, *, calibration=None, n_pes: int = 16, lanes: int = 2, input_lanes: int = 4,
+           banks: int = 3, queue_depth: int = 64, zero_run_bits: int = 4,
+           simulator: str = "icarus", idle: float = 0.0, backpressure: float = 0.0,
+           build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
+    """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc)."""
+    import sim
+    from accel.plan import EnginePlan
+
+    plan = EnginePlan.from_model(model, n_pes=n_pes, zero_run_bits=zero_run_bits, lanes=lanes,
+                                 input_lanes=input_lanes, queue_depth=queue_depth, banks=banks,
+                                 calibration=calibration)
+    expected = sim.trace(model, x)
+    start = time.perf_counter()
+    if simulator == "icarus":
+        from accel.cosim import simulate
+        result = simulate(model, plan, x, build_dir=build_dir, seed=seed, idle=idle,
+                          backpressure=backpressure, waves=waves)
+        cycles, latency = result.cycles, list(result.latency)
+        mismatches, first, waveform = result.mismatches, result.first_mismatch, result.waveform
+    elif simulator == "amaranth":
+        from accel.amaranth_sim import run_engine
+        build_dir.mkdir(parents=True, exist_ok=True)
+        vcd = str(build_dir / "engine.vcd") if waves else None
+        run = run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=vcd)
+        cycles, latency, waveform = run.cycles, run.latency, vcd
+        mismatches, first = _compare(run, expected)
+        if mismatches and not waves:                # keep a waveform of a failing run
+            waveform = str(build_dir / "engine.vcd")
+            run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=waveform)
+    else:
+        raise ValueError(f"simulator must be 'icarus' or 'amaranth', not {simulator!r}")
+    elapsed = time.perf_counter() - start
+
+    n = len(x)
+    prediction = plan.predict([x] + expected[:-1])
+    useful = int(prediction["useful_macs"].sum())
+    per_inference = cycles / n if n else 0.0
+    return {
+        "samples": n,
+        "mismatches": int(mismatches),
+        "first_mismatch": first,
+        "cycles": int(cycles),
+        "cycles_per_inference": per_inference,
+        "predicted_cycles": prediction["cycles_per_inference"],
+        "measured_over_predicted": (cycles / prediction["cycles"]) if prediction["cycles"]
+        else None,
+        "pe_utilization": useful / (plan.n_pes * cycles) if cycles else 0.0,
+        "work_bound_cycles": prediction["work_bound"],
+        "useful_macs_per_inference": useful / n if n else 0.0,
+        "latency_cycles": {"min": int(min(latency)), "mean": float(np.mean(latency)),
+                           "max": int(max(latency))} if latency else None,
+        "simulator": simulator,
+        "simulation_seconds": round(elapsed, 2),
+        "waveform": waveform,
+        "engine": {"n_pes": plan.n_pes, "lanes": plan.lanes, "input_lanes": plan.input_lanes,
+                   "banks": plan.banks, "queue_depth": plan.queue_depth,
+                   "balanced": calibration is not None,
+                   "layers": [{"shape": [layer.out_features, layer.in_features],
+                               "entry_depth": layer.image.depth,
+                               "rows_per_pe": layer.image.rows_per_pe,
+                               "padding_entries": layer.image.padding,
+                               "accumulator_bits": layer.accumulator_bits}
+                              for layer in plan.layers]},
+    }
+
+
+def _compare(run, expected) -> tuple[int, dict | None]:
+    """Samples that differ anywhere, and the first difference (sample, layer, neuron)."""
+    outputs = list(run.hidden) + [run.logits]
+    bad = np.zeros(len(run.logits), dtype=bool)
+    first = None
+    for layer, (got, want) in enumerate(zip(outputs, expected)):
+        differs = got != want
+        bad |= differs.any(axis=1)
+    for sample in np.flatnonzero(bad)[:1]:
+        for layer, (got, want) in enumerate(zip(outputs, expected)):
+            neurons = np.flatnonzero(got[sample] != want[sample])
+            if len(neurons):
+                neuron = int(neurons[0])
+                first = {"sample": int(sample), "layer": layer, "neuron": neuron,
+                         "expected": int(want[sample, neuron]), "got": int(got[sample, neuron])}
+                break
+    return int(bad.sum()), first
+
+
+def main(argv: list[str] | None = None) -> int:
+    import compress
+    import sim
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.samples is not None and args.samples < 1:
+            raise ValueError(f"--samples must be >= 1, not {args.samples}")
+        if not args.model.exists():
+            raise ValueError(f"{args.model} does not exist (python -m compress writes "
+                             "OUT/model.dcz)")
+        model = compress.load(args.model)
+        if not model.has_integer:
+            raise ValueError(f"{args.model} has no integer data (written by an older version "
+                             "or without it): rerun python -m compress")
+        settings = model.metadata.get("settings", {})
+        dataset = args.dataset or model.metadata.get("dataset") or "digits"
+        seed = args.seed if args.seed is not None else int(settings.get("seed", 0))
+        data = compress.load_dataset(dataset, data_dir=args.data_dir, seed=seed)
+        if data.n_features != model.in_features:
+            raise ValueError(f"data set {data.name!r} has {data.n_features} features, the model "
+                             f"takes {model.in_features}")
+        x_test = data.x_test if args.samples is None else data.x_test[:args.samples]
+        x = sim.quantize_input(model, x_test).astype(np.int64)
+        calibration = None if args.no_balance else \
+            sim.quantize_input(model, data.x_train[:1000]).astype(np.int64)
+        print(f"verify: {data.name}, {len(x)} test samples, {args.pes} PEs, "
+              f"{args.simulator} simulation ...", flush=True)
+        report = verify(model, x, calibration=calibration, n_pes=args.pes, lanes=args.lanes,
+                        input_lanes=args.input_lanes, banks=args.banks,
+                        queue_depth=args.queue_depth, zero_run_bits=args.zero_run_bits,
+                        simulator=args.simulator, idle=args.idle,
+                        backpressure=args.backpressure, build_dir=args.build_dir,
+                        waves=args.waves)
+    except (ValueError, RuntimeError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    report = {"model": str(args.model), "dataset": data.name, **report}
+    print(f"samples {report['samples']}, mismatches {report['mismatches']}")
+    print(f"cycles per inference {report['cycles_per_inference']:.1f} measured, "
+          f"{report['predicted_cycles']:.1f} predicted "
+          f"(ratio {report['measured_over_predicted']:.3f}); busiest-PE work bound "
+          f"{report['work_bound_cycles']:.1f}")
+    print(f"PE utilization {report['pe_utilization']:.1%} "
+          f"({report['useful_macs_per_inference']:.0f} useful MACs per inference on "
+          f"{args.pes} PEs); simulated in {report['simulation_seconds']:.1f} s")
+    if report["first_mismatch"] is not None:
+        m = report["first_mismatch"]
+        print(f"FIRST MISMATCH: sample {m['sample']}, layer {m['layer']}, neuron {m['neuron']}: "
+              f"expected {m['expected']}, got {m['got']}")
+    if report["waveform"]:
+        print(f"waveform: {report['waveform']}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if report["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

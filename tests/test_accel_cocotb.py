@@ -1,0 +1,213 @@
+"""Co-simulation of the generated engine (cocotb + Icarus Verilog) against ``sim.trace``.
+
+``accel.cosim.simulate`` converts ``accel.engine.Engine`` to Verilog, runs the cocotb testbench
+``accel._cocotb_engine`` on it and compares every logit and every hidden activation (rebuilt
+from the trace port) with the integer reference, under random idle input cycles and random
+output backpressure. Tiny models keep the file fast: quantized float models with random weights
+(as ``tests/test_integer.py`` builds them), one fed with the bundled digits images.
+
+Skipped when Icarus Verilog is not installed or the engine cannot be imported.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sim
+from compress.artifact import CompressedLayer, CompressedModel
+from compress.integer import quantize_model
+
+engine = pytest.importorskip("accel.engine", reason="accel.engine cannot be imported yet")
+from accel import cosim  # noqa: E402
+from accel.plan import EnginePlan  # noqa: E402
+
+needs_icarus = pytest.mark.skipif(
+    shutil.which("iverilog") is None or shutil.which("vvp") is None,
+    reason="Icarus Verilog (iverilog) not installed: apt-get install -y iverilog")
+
+
+# -- tiny models -------------------------------------------------------------------------------
+
+def _float_model(features: list[int], *, seed: int, relu_hidden: bool = True,
+                 density: float = 0.4) -> CompressedModel:
+    """Random weight-shared layers (16-entry codebooks, index 0 pruned), no training."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(features, features[1:])):
+        index = rng.integers(1, 16, size=(n_out, n_in))
+        index[rng.random((n_out, n_in)) >= density] = 0
+        codebook = np.concatenate([[0.0], np.sort(rng.normal(scale=0.3, size=15))])
+        last = i == len(features) - 2
+        layers.append(CompressedLayer(codebook=codebook, index=index.astype(np.uint8),
+                                      bias=rng.normal(scale=0.1, size=n_out),
+                                      relu=relu_hidden and not last))
+    return CompressedModel(layers, metadata={"model": "cosim test"})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A digits-shaped model (64 -> 24 -> 12 -> 10, ReLU) calibrated on the digits images, its
+    plan on 4 PEs, and 6 test images as integer inputs (pixels 0..16)."""
+    from compress import load_dataset
+
+    data = load_dataset("digits")
+    model = quantize_model(_float_model([64, 24, 12, 10], seed=0), data.x_train[:300])
+    x = sim.quantize_input(model, data.x_test[:6])
+    plan = EnginePlan.from_model(model, n_pes=4, lanes=2, input_lanes=4)
+    return model, plan, x
+
+
+@pytest.fixture(scope="module")
+def build_dir(tmp_path_factory):
+    """One build directory for the module, so the simulator built for a plan is reused."""
+    return tmp_path_factory.mktemp("cosim")
+
+
+# -- matching runs -----------------------------------------------------------------------------
+
+@needs_icarus
+def test_digits_match_with_idle_and_backpressure(digits, build_dir):
+    model, plan, x = digits
+    result = cosim.simulate(model, plan, x, build_dir=build_dir, seed=1, idle=0.3,
+                            backpressure=0.3)
+    assert result.mismatches == 0 and result.first_mismatch is None and result.ok
+    assert result.samples == len(x) and result.hidden_checked
+    assert len(result.latency) == len(x) and all(v > 0 for v in result.latency)
+    assert result.cycles >= max(result.latency)
+    assert result.cycles_per_inference == pytest.approx(result.cycles / len(x))
+    assert result.waveform is None                     # passed, and no waves asked for
+    # Images overlap in the engine: the run is shorter than the latencies end to end.
+    assert result.cycles < sum(result.latency)
+
+
+@needs_icarus
+def test_signed_model_odd_shapes_match(tmp_path):
+    """Signed inputs and hidden layers without ReLU (signed activations), 3 PEs that divide no
+    layer, an input width that is not a multiple of the input lanes, heavy idle cycles and no
+    backpressure; the waveform is written when asked."""
+    rng = np.random.default_rng(5)
+    calibration = rng.normal(size=(200, 13))
+    model = quantize_model(_float_model([13, 11, 7, 4], seed=3, relu_hidden=False,
+                                        density=0.5), calibration)
+    assert model.layers[0].integer.input_signed and model.layers[1].integer.input_signed
+    x = sim.quantize_input(model, rng.normal(size=(5, 13)) * 1.5)
+    plan = EnginePlan.from_model(model, n_pes=3, lanes=1, input_lanes=3)
+    result = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=7, idle=0.6,
+                            backpressure=0.0, waves=True)
+    assert result.ok and result.samples == 5 and result.hidden_checked
+    assert result.waveform is not None and Path(result.waveform).is_file()
+
+
+# -- detected mismatches -----------------------------------------------------------------------
+
+@needs_icarus
+def test_a_wrong_reference_is_reported_with_a_kept_waveform(digits, build_dir, capsys):
+    """The engine against deliberately altered expectations (the module's hook): a hidden
+    activation of sample 2 and a logit of sample 4."""
+    model, plan, x = digits
+    expected = [out.copy() for out in sim.trace(model, x)]
+    expected[1][2, 5] += 1                      # hidden layer 1, sample 2, neuron 5
+    expected[2][4, 3] -= 7                      # logits, sample 4, neuron 3
+    result = cosim._simulate(model, plan, x, expected, build_dir=build_dir, seed=2, idle=0.25,
+                             backpressure=0.25, waves=False, check_hidden=True, max_cycles=None)
+    assert result.mismatches == 2 and not result.ok
+    assert result.first_mismatch == {"sample": 2, "layer": 1, "neuron": 5,
+                                     "expected": int(expected[1][2, 5]),
+                                     "got": int(expected[1][2, 5]) - 1}
+    # Failed without waves: rerun once with them, and the waveform is kept and named.
+    assert result.waveform is not None and Path(result.waveform).suffix == ".fst"
+    assert Path(result.waveform).is_file() and Path(result.waveform).stat().st_size > 0
+    printed = capsys.readouterr().err
+    assert "sample 2, layer 1, neuron 5" in printed and result.waveform in printed
+    # Without the trace, only the logit is compared.
+    logits_only = cosim._simulate(model, plan, x, expected, build_dir=build_dir, seed=2,
+                                  idle=0.0, backpressure=0.5, waves=True, check_hidden=False,
+                                  max_cycles=None)
+    assert not logits_only.hidden_checked and logits_only.mismatches == 1
+    assert logits_only.first_mismatch == {"sample": 4, "layer": 2, "neuron": 3,
+                                          "expected": int(expected[2][4, 3]),
+                                          "got": int(expected[2][4, 3]) + 7}
+
+
+@needs_icarus
+def test_another_models_expectation_mismatches(digits, build_dir):
+    """The engine built for one model, checked against another model of the same shapes."""
+    model, plan, x = digits
+    from compress import load_dataset
+
+    other = quantize_model(_float_model([64, 24, 12, 10], seed=1),
+                           load_dataset("digits").x_train[:300])
+    expected = sim.trace(other, x)
+    got = sim.trace(model, x)
+    result = cosim.simulate(other, plan, x, build_dir=build_dir, seed=3)
+    differs = [s for s in range(len(x)) if any((e[s] != g[s]).any()
+                                               for e, g in zip(expected, got))]
+    assert result.mismatches == len(differs) > 0
+    first = result.first_mismatch
+    sample, layer, neuron = first["sample"], first["layer"], first["neuron"]
+    assert sample == differs[0]
+    assert first["expected"] == expected[layer][sample, neuron]
+    assert first["got"] == got[layer][sample, neuron]
+    # Nothing differs in an earlier layer of that sample, nor earlier in that layer.
+    assert all((expected[i][sample] == got[i][sample]).all() for i in range(layer))
+    assert (expected[layer][sample, :neuron] == got[layer][sample, :neuron]).all()
+    assert result.waveform is not None and Path(result.waveform).is_file()
+
+
+@needs_icarus
+def test_a_hang_fails_with_a_clear_message(digits, build_dir):
+    model, plan, x = digits
+    with pytest.raises(cosim.CosimError, match=r"timeout: no completion within 40 cycles") \
+            as info:
+        cosim.simulate(model, plan, x, build_dir=build_dir, max_cycles=40)
+    assert info.value.waveform is not None and Path(info.value.waveform).is_file()
+    assert info.value.waveform in str(info.value)
+
+
+# -- bad arguments -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    (dict(x=np.zeros(64, dtype=np.int64)), "shape"),
+    (dict(x=np.zeros((2, 64))), "integer array"),
+    (dict(x=np.zeros((2, 63), dtype=np.int64)), "64 features"),
+    (dict(x=np.zeros((0, 64), dtype=np.int64)), "at least one sample"),
+    (dict(x=np.full((2, 64), 300)), "values must be"),
+    (dict(idle=1.0), "idle must be in"),
+    (dict(idle=-0.1), "idle must be in"),
+    (dict(backpressure=1), "backpressure must be in"),
+    (dict(backpressure=float("nan")), "backpressure must be in"),
+    (dict(idle=True), "idle must be a number"),
+    (dict(seed=-1), "seed must be"),
+    (dict(seed=1.5), "seed must be"),
+    (dict(waves="yes"), "waves must be"),
+    (dict(max_cycles=0), "max_cycles must be"),
+    (dict(build_dir=None), "build_dir must be"),
+])
+def test_bad_arguments_raise_value_error(digits, tmp_path, change, message):
+    model, plan, x = digits
+    arguments = dict(x=x, build_dir=tmp_path) | change
+    with pytest.raises(ValueError, match=message):
+        cosim.simulate(model, plan, **arguments)
+    assert not any(tmp_path.iterdir())            # refused before anything was written
+
+
+def test_a_plan_of_another_model_is_refused(digits, tmp_path):
+    model, plan, x = digits
+    other = quantize_model(_float_model([64, 24, 10], seed=0), np.random.default_rng(0).random(
+        (50, 64)))
+    with pytest.raises(ValueError, match="plan was built for another model"):
+        cosim.simulate(other, plan, x, build_dir=tmp_path)
+    with pytest.raises(ValueError, match="EnginePlan"):
+        cosim.simulate(model, object(), x, build_dir=tmp_path)
+
+
+def test_missing_icarus_is_named(digits, tmp_path, monkeypatch):
+    model, plan, x = digits
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match=r"Icarus Verilog \(iverilog\) not found: "
+                                           r"apt-get install -y iverilog"):
+        cosim.simulate(model, plan, x, build_dir=tmp_path)
