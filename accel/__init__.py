@@ -1,6 +1,14 @@
 """Amaranth HDL generator of the EIE-style codebook-decoding sparse MAC engine.
 
-In progress (issue 4): :mod:`accel.pack` builds the processing elements' memory images from a
-quantized artifact (``docs/accelerator.md``); the Amaranth engine and its cocotb verification
-follow.
+- :mod:`accel.pack`: the processing elements' memory images (interleaved CSC) of a quantized
+  artifact;
+- :mod:`accel.plan`: :class:`~accel.plan.EnginePlan`, every size, width and memory of the engine
+  derived from the model, the write port's address map and the cycle model;
+- :mod:`accel.engine`: the Amaranth 0.5 components (loader, broadcaster, PEs, collector) and the
+  top level :class:`~accel.engine.Engine`;
+- :mod:`accel.amaranth_sim` and :mod:`accel.cosim`: the engine in Amaranth's simulator and in
+  cocotb on Icarus Verilog, compared output for output with ``sim``;
+- ``python -m accel.verify``: that comparison on a test set, with cycle and utilization figures.
+
+See ``docs/accelerator.md``.
 """

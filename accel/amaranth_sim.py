@@ -157,7 +157,6 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
     hidden = []
     for layer in range(plan.n_layers - 1):
         size = plan.layers[layer].out_features
-        matrix = np.zeros((len(completed[layer]), size), dtype=np.int64)
         # The k-th completed context of bank b belongs to the k-th image with that bank.
         order = {b: list(range(b, n, plan.banks)) for b in range(plan.banks)}
         rows = np.zeros((n, size), dtype=np.int64)
@@ -167,7 +166,6 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
             used[bank] += 1
             for column, value in values.items():
                 rows[image, column] = value
-        del matrix
         hidden.append(rows)
     cycles = (state["last"] - state["first"]) if n else 0
     return EngineRun(logits=out, hidden=hidden, cycles=cycles, busy_cycles=int(state["busy"]),

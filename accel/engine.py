@@ -709,10 +709,13 @@ class ProcessingElement(wiring.Component):
             entry.item.layer.eq(d4.layer + 1), entry.item.bank.eq(d4.bank),
             out_list.w_data.eq(entry), out_list.w_en.eq(push),
             logit_list.w_data.eq(d4_logit), logit_list.w_en.eq(push_logit),
-            self.trace.valid.eq(push), self.trace.end.eq(d4.end),
-            self.trace.layer.eq(d4.layer), self.trace.bank.eq(d4.bank),
-            self.trace.column.eq(entry.item.column), self.trace.value.eq(entry.item.value),
         ]
+        with m.If(push):                    # all zero otherwise: no stale (or X) fields
+            m.d.comb += [
+                self.trace.valid.eq(1), self.trace.end.eq(d4.end),
+                self.trace.layer.eq(d4.layer), self.trace.bank.eq(d4.bank),
+                self.trace.column.eq(entry.item.column), self.trace.value.eq(entry.item.value),
+            ]
         popped = self.o.valid & self.o.ready
         m.d.sync += credit.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped)
         popped_logit = self.logits.valid & self.logits.ready

@@ -518,12 +518,14 @@ class EnginePlan:
     def predict(self, activations: list[np.ndarray]) -> dict:
         """The analytic cycle model of a stream of images (``docs/accelerator.md``).
 
-        Per image and layer, the layer takes as long as its bottleneck: the busiest PE's entries
-        over the nonzero input columns (one entry per clock), the busiest PE's columns (one
-        pointer read per clock), or the broadcast (``lanes`` activations per clock). An image
-        takes the sum over its layers, or its input beats if more. Images overlap (up to
-        ``banks`` in flight), so a stream of ``n`` images takes the sum over images plus, once,
-        the pipeline latency of the last image's layer boundaries and its logits.
+        With ``banks`` images in flight, a PE that has finished its share of one image's layer
+        works on another image's instead of waiting for the layer's busiest PE, so imbalance
+        between the PEs within a layer is absorbed; what is left is each PE's total over an
+        image. An image therefore costs the largest of: its busiest PE's entries summed over all
+        layers (one entry per clock), that PE's columns (one pointer read per clock), the
+        broadcast (``ceil(nonzeros / lanes)`` clocks per layer) and its input beats. A stream
+        costs the sum over its images plus, once, the last image's layer latencies
+        (:data:`LAYER_LATENCY` per layer) and its logits.
 
         Parameters
         ----------
@@ -533,16 +535,23 @@ class EnginePlan:
         Returns
         -------
         dict
-            ``per_image`` (n,) predicted clocks per image, ``cycles`` for the stream,
-            ``cycles_per_inference``, ``useful_macs`` (n,), ``work_bound`` (clocks per image of
-            the busiest PE summed over all layers: no design on these PEs can beat it) and
-            ``work`` (see :meth:`work`).
+            ``per_image`` (n,) predicted clocks, ``cycles`` for the stream,
+            ``cycles_per_inference``; ``layer_by_layer`` (clocks per image if layers did not
+            overlap: the sum over layers of each layer's bottleneck, for comparison);
+            ``stream_bound`` (clocks per image of the PE with the most work over the whole
+            stream: no schedule on these PEs can beat it); ``useful_macs`` (n,) and ``work``
+            (see :meth:`work`).
         """
         work = self.work(activations)
-        broadcast = -(-work["nonzeros"] // self.lanes)
-        per_layer = np.maximum(np.maximum(work["work"].max(axis=2), work["columns"].max(axis=2)),
-                               broadcast)
-        per_image = np.maximum(per_layer.sum(axis=1), self.beats_per_image)
+        broadcast = -(-work["nonzeros"] // self.lanes)                  # (n, layers)
+        per_image = np.maximum.reduce([
+            work["work"].sum(axis=1).max(axis=1),
+            work["columns"].sum(axis=1).max(axis=1),
+            broadcast.sum(axis=1),
+            np.full(len(broadcast), self.beats_per_image),
+        ])
+        per_layer = np.maximum.reduce([work["work"].max(axis=2), work["columns"].max(axis=2),
+                                       broadcast])
         n = len(per_image)
         tail = self.n_layers * LAYER_LATENCY + self.out_features
         cycles = int(per_image.sum()) + (tail if n else 0)
@@ -550,7 +559,8 @@ class EnginePlan:
             "per_image": per_image,
             "cycles": cycles,
             "cycles_per_inference": cycles / n if n else 0.0,
+            "layer_by_layer": float(per_layer.sum(axis=1).mean()) if n else 0.0,
+            "stream_bound": float(work["work"].sum(axis=(0, 1)).max()) / n if n else 0.0,
             "useful_macs": work["useful"],
-            "work_bound": float(work["work"].sum(axis=1).max(axis=1).mean()) if n else 0.0,
             "work": work,
         }

@@ -121,7 +121,8 @@ def verify(model, x, *, calibration=None, n_pes: int = 16, lanes: int = 2, input
         "measured_over_predicted": (cycles / prediction["cycles"]) if prediction["cycles"]
         else None,
         "pe_utilization": useful / (plan.n_pes * cycles) if cycles else 0.0,
-        "work_bound_cycles": prediction["work_bound"],
+        "layer_by_layer_cycles": prediction["layer_by_layer"],
+        "stream_bound_cycles": prediction["stream_bound"],
         "useful_macs_per_inference": useful / n if n else 0.0,
         "latency_cycles": {"min": int(min(latency)), "mean": float(np.mean(latency)),
                            "max": int(max(latency))} if latency else None,
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"samples {report['samples']}, mismatches {report['mismatches']}")
     print(f"cycles per inference {report['cycles_per_inference']:.1f} measured, "
           f"{report['predicted_cycles']:.1f} predicted "
-          f"(ratio {report['measured_over_predicted']:.3f}); busiest-PE work bound "
-          f"{report['work_bound_cycles']:.1f}")
+          f"(ratio {report['measured_over_predicted']:.3f}); layers not overlapped "
+          f"{report['layer_by_layer_cycles']:.1f}, busiest-PE bound over the stream "
+          f"{report['stream_bound_cycles']:.1f}")
     print(f"PE utilization {report['pe_utilization']:.1%} "
           f"({report['useful_macs_per_inference']:.0f} useful MACs per inference on "
           f"{args.pes} PEs); simulated in {report['simulation_seconds']:.1f} s")

@@ -25,30 +25,9 @@ from _common import lenet_arguments, lenet_missing  # noqa: E402
 import compress  # noqa: E402
 import sim  # noqa: E402
 from accel.pack import pack_model  # noqa: E402
+from accel.plan import balance_rows as balanced_rows  # noqa: E402
 
 PIPELINE_CYCLES = 6     # pointer read, entry read, codebook, multiply, accumulate, handshakes
-
-
-def balanced_rows(index: np.ndarray, column_rate: np.ndarray, n_pes: int) -> np.ndarray:
-    """Row order ``perm`` (new row ``i`` = old row ``perm[i]``) so that ``r mod N`` balances work.
-
-    Each row costs its nonzeros weighted by how often their input is nonzero; rows go, most
-    expensive first, to the least loaded PE that still has a free slot (longest processing
-    time first), and PE ``p``'s ``k``-th row becomes row ``k * N + p``.
-    """
-    cost = (index != 0).astype(np.float64) @ column_rate
-    slots = [len(range(p, len(cost), n_pes)) for p in range(n_pes)]
-    load = np.zeros(n_pes)
-    assigned: list[list[int]] = [[] for _ in range(n_pes)]
-    for row in np.argsort(-cost, kind="stable"):
-        free = [p for p in range(n_pes) if len(assigned[p]) < slots[p]]
-        pe = min(free, key=lambda p: (load[p], p))
-        load[pe] += cost[row]
-        assigned[pe].append(int(row))
-    perm = np.empty(len(cost), dtype=np.int64)
-    for pe, rows in enumerate(assigned):
-        perm[np.arange(len(rows)) * n_pes + pe] = rows
-    return perm
 
 
 def reorder_hidden(model, calibration: np.ndarray, n_pes: int):
