@@ -601,7 +601,6 @@ class ProcessingElement(wiring.Component):
         d1 = Signal(d_layout)
 
         # -- E4: accumulate (A5); the drain shares the accumulator ports -----------------------
-        sums = []
         for (i, b), (rport, wport) in acc_mems.items():
             draining = commands.r_rdy & (command.layer == i) & (command.bank == b)
             clearing = d1.valid & ~d1.end & (d1.layer == i) & (d1.bank == b)

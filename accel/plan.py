@@ -13,7 +13,6 @@ The datapath and the interfaces are described in ``docs/accelerator.md``; the ar
 
 from __future__ import annotations
 
-import operator
 from collections import namedtuple
 from dataclasses import dataclass, replace
 
@@ -21,7 +20,7 @@ import numpy as np
 
 from compress.artifact import CompressedModel
 from compress.integer import MULTIPLIER_BITS, activation_range
-from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, pack_layer
+from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_layer
 
 __all__ = [
     "EnginePlan",
@@ -41,18 +40,6 @@ LAYER_LATENCY = 21
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
-
-
-def _check_int(name: str, value, low: int, high: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be an int {low}..{high}, not {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an int {low}..{high}, not {value!r}") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be {low}..{high}, not {value!r}")
-    return value
 
 
 def _bits(count: int) -> int:

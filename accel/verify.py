@@ -28,22 +28,13 @@ __all__ = ["build_parser", "main", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compress.data import DATASETS
+    import sim
 
     parser = argparse.ArgumentParser(
         prog="python -m accel.verify",
         description="Generate the accelerator for a quantized artifact, simulate it on test-set "
                     "images and compare every output with the integer reference (sim).")
-    parser.add_argument("--model", required=True, type=Path,
-                        help="artifact with integer data (python -m compress writes "
-                             "OUT/model.dcz)")
-    parser.add_argument("--dataset", default=None,
-                        help=f"{', '.join(DATASETS)} or path to an .npz with x_train, y_train, "
-                             "x_test, y_test (default: the data set the artifact was "
-                             "compressed on)")
-    parser.add_argument("--data-dir", default=None, help="MNIST folder (see python -m compress)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the digits split (default: the artifact's)")
+    sim.add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=None,
                         help="test images to run (default: the whole test set)")
     parser.add_argument("--pes", type=int, default=16, help="processing elements (default 16)")
@@ -70,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--build-dir", type=Path, default=Path("out/verify"),
                         help="where the Verilog, simulator build and waveforms go")
     parser.add_argument("--waves", action="store_true", help="always write a waveform")
-    parser.add_argument("--json", type=Path, help="also write the report to this path")
     return parser
 
 
@@ -161,7 +151,6 @@ def _compare(run, expected) -> tuple[int, dict | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import compress
     import sim
 
     parser = build_parser()
@@ -169,20 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.samples is not None and args.samples < 1:
             raise ValueError(f"--samples must be >= 1, not {args.samples}")
-        if not args.model.exists():
-            raise ValueError(f"{args.model} does not exist (python -m compress writes "
-                             "OUT/model.dcz)")
-        model = compress.load(args.model)
-        if not model.has_integer:
-            raise ValueError(f"{args.model} has no integer data (written by an older version "
-                             "or without it): rerun python -m compress")
-        settings = model.metadata.get("settings", {})
-        dataset = args.dataset or model.metadata.get("dataset") or "digits"
-        seed = args.seed if args.seed is not None else int(settings.get("seed", 0))
-        data = compress.load_dataset(dataset, data_dir=args.data_dir, seed=seed)
-        if data.n_features != model.in_features:
-            raise ValueError(f"data set {data.name!r} has {data.n_features} features, the model "
-                             f"takes {model.in_features}")
+        model, data = sim.load_model_and_data(args.model, dataset=args.dataset,
+                                              data_dir=args.data_dir, seed=args.seed)
         x_test = data.x_test if args.samples is None else data.x_test[:args.samples]
         x = sim.quantize_input(model, x_test).astype(np.int64)
         calibration = None if args.no_balance else \

@@ -73,8 +73,8 @@ def main() -> int:
 
     ok = all(r["mismatches"] == 0 for r in reports.values())
     print("\ntargets:")
-    print(f"  0 mismatches: {'met' if ok else 'NOT MET'} "
-          f"({', '.join(f'{k} {r['mismatches']}/{r['samples']}' for k, r in reports.items())})")
+    counts = ", ".join(f"{k} {r['mismatches']}/{r['samples']}" for k, r in reports.items())
+    print(f"  0 mismatches: {'met' if ok else 'NOT MET'} ({counts})")
     if "mnist" in reports:
         r = reports["mnist"]
         util_ok = r["pe_utilization"] >= TARGET_UTILIZATION

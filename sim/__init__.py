@@ -12,7 +12,8 @@ the integer path; the hardware (``accel``) must equal it bit for bit. The public
     figures = sim.evaluate(model, x_test, y_test)       # accuracy_int, agreement, ...
 """
 
-from .evaluate import evaluate
+from .evaluate import add_model_arguments, evaluate, load_model_and_data
 from .reference import quantize_input, requantize, run, run_layer, trace
 
-__all__ = ["evaluate", "quantize_input", "requantize", "run", "run_layer", "trace"]
+__all__ = ["add_model_arguments", "evaluate", "load_model_and_data", "quantize_input",
+           "requantize", "run", "run_layer", "trace"]

@@ -9,12 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-import compress
-from compress.data import DATASETS
-
-from .evaluate import evaluate
+from .evaluate import add_model_arguments, evaluate, load_model_and_data
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,16 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m sim",
         description="Run the bit-exact integer reference (docs/arithmetic.md) of a compressed "
                     "model on a test set and compare it with the float shared-weight model.")
-    parser.add_argument("--model", required=True, type=Path,
-                        help="artifact with integer data (python -m compress writes "
-                             "OUT/model.dcz)")
-    parser.add_argument("--dataset", default=None,
-                        help=f"{', '.join(DATASETS)} or path to an .npz (default: the data set "
-                             "the artifact was compressed on)")
-    parser.add_argument("--data-dir", default=None, help="MNIST folder (see python -m compress)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the digits split (default: the artifact's)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this path")
+    add_model_arguments(parser)
     return parser
 
 
@@ -58,17 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        model = compress.load(args.model)
-        if not model.has_integer:
-            raise ValueError(f"{args.model} has no integer data (written by an older version "
-                             "or without it): rerun python -m compress")
-        settings = model.metadata.get("settings", {})
-        dataset = args.dataset or model.metadata.get("dataset") or "digits"
-        seed = args.seed if args.seed is not None else int(settings.get("seed", 0))
-        data = compress.load_dataset(dataset, data_dir=args.data_dir, seed=seed)
-        if data.n_features != model.in_features:
-            raise ValueError(f"data set {data.name!r} has {data.n_features} features, the model "
-                             f"takes {model.in_features}")
+        model, data = load_model_and_data(args.model, dataset=args.dataset,
+                                          data_dir=args.data_dir, seed=args.seed)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     figures = evaluate(model, data.x_test, data.y_test)

@@ -8,7 +8,55 @@ import numpy as np
 
 from .reference import quantize_input, run
 
-__all__ = ["evaluate"]
+__all__ = ["add_model_arguments", "evaluate", "load_model_and_data"]
+
+
+def add_model_arguments(parser) -> None:
+    """The ``--model``, ``--dataset``, ``--data-dir``, ``--seed`` and ``--json`` options."""
+    from pathlib import Path
+
+    from compress.data import DATASETS
+
+    parser.add_argument("--model", required=True, type=Path,
+                        help="artifact with integer data (python -m compress writes "
+                             "OUT/model.dcz)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"{', '.join(DATASETS)} or path to an .npz with x_train, y_train, "
+                             "x_test, y_test (default: the data set the artifact was "
+                             "compressed on)")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (see python -m compress)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the digits split (default: the artifact's)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this path")
+
+
+def load_model_and_data(path, *, dataset=None, data_dir=None, seed=None):
+    """An artifact with integer data and its data set (by default the one it was compressed on).
+
+    Raises
+    ------
+    ValueError
+        A missing file, an artifact without integer data, or a data set whose feature count
+        differs from the model's.
+    """
+    from pathlib import Path
+
+    import compress
+
+    if not Path(path).exists():
+        raise ValueError(f"{path} does not exist (python -m compress writes OUT/model.dcz)")
+    model = compress.load(path)
+    if not model.has_integer:
+        raise ValueError(f"{path} has no integer data (written by an older version or "
+                         "without it): rerun python -m compress")
+    settings = model.metadata.get("settings", {})
+    dataset = dataset or model.metadata.get("dataset") or "digits"
+    seed = seed if seed is not None else int(settings.get("seed", 0))
+    data = compress.load_dataset(dataset, data_dir=data_dir, seed=seed)
+    if data.n_features != model.in_features:
+        raise ValueError(f"data set {data.name!r} has {data.n_features} features, the model "
+                         f"takes {model.in_features}")
+    return model, data
 
 
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray) -> dict:

@@ -211,3 +211,17 @@ def test_missing_icarus_is_named(digits, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"Icarus Verilog \(iverilog\) not found: "
                                            r"apt-get install -y iverilog"):
         cosim.simulate(model, plan, x, build_dir=tmp_path)
+
+
+@needs_icarus
+def test_a_784x300_layer_on_16_pes_matches(build_dir):
+    """LeNet-300-100's shape (784 -> 300 -> 10) at its first layer's density, balanced rows."""
+    from accel_models import random_inputs, random_model
+
+    model = random_model(31, [784, 300, 10], density=[0.05, 0.25], index_bits=4)
+    x = random_inputs(model, 3, seed=2, density=0.2)
+    plan = EnginePlan.from_model(model, n_pes=16, calibration=random_inputs(model, 50, seed=3,
+                                                                            density=0.2))
+    result = cosim.simulate(model, plan, x, build_dir=build_dir, seed=2, idle=0.2,
+                            backpressure=0.2)
+    assert result.ok and result.hidden_checked and result.samples == 3
