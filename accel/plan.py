@@ -330,7 +330,8 @@ class EnginePlan:
                 return r
         raise KeyError((name, layer, pe))
 
-    def _contents(self, i: int, name: str, pe: int | None, layer: LayerPlan) -> np.ndarray:
+    @staticmethod
+    def _contents(name: str, pe: int | None, layer: LayerPlan) -> np.ndarray:
         image = layer.image
         if name == "codebook":
             words = np.zeros(1 << image.index_bits, dtype=np.int64)
@@ -352,7 +353,7 @@ class EnginePlan:
 
     def init(self, name: str, layer: int, pe: int | None = None) -> list[int]:
         """Initial contents of one memory, as Python ints (signed where the memory is)."""
-        return [int(v) for v in self._contents(layer, name, pe, self.layers[layer])]
+        return [int(v) for v in self._contents(name, pe, self.layers[layer])]
 
     def write_image(self, model: CompressedModel) -> list[tuple[int, int]]:
         """The ``(address, data)`` words that load ``model`` into an engine built from this plan.
@@ -401,7 +402,7 @@ class EnginePlan:
         words = []
         for region in self.regions:
             layer = plans[region.layer]
-            values = self._contents(region.layer, region.name, region.pe, layer)
+            values = self._contents(region.name, region.pe, layer)
             if region.name == "pointers":
                 # Re-encode the pointer pairs at the engine's pointer width.
                 shift = self.layers[region.layer].image.pointer_bits
