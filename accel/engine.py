@@ -22,7 +22,7 @@ overlap the next image's first layer and a PE idles only when no image has work 
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -76,6 +76,39 @@ class _Layouts:
 def layouts(plan: EnginePlan) -> _Layouts:
     """The struct layouts (``item``, ``source``, ``group``, ``trace``, ``write``, ...) of ``plan``."""
     return _Layouts(plan)
+
+
+class _RegisteredFIFO(Elaboratable):
+    """A first-word-fall-through FIFO whose ``r_data`` comes from fabric flip-flops.
+
+    :class:`SyncFIFOBuffered` with a 2-entry :class:`SyncFIFO` behind it: a deep FIFO's storage
+    becomes block RAM, whose read data arrives about 5.6 ns after the clock on an ECP5; the
+    small FIFO keeps that delay off the logic that consumes ``r_data`` (timing). Interface and
+    behaviour as :class:`SyncFIFOBuffered` with room for ``depth + 2`` words, one more clock of
+    latency, one word per clock throughput.
+    """
+
+    def __init__(self, *, width: int, depth: int):
+        self.width, self.depth = width, depth + 2
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.w_rdy = Signal()
+        self.r_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+        self.level = Signal(range(self.depth + 1))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.deep = deep = SyncFIFOBuffered(width=self.width, depth=self.depth - 2)
+        m.submodules.out = out = SyncFIFO(width=self.width, depth=2)
+        m.d.comb += [
+            deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
+            out.w_data.eq(deep.r_data), out.w_en.eq(deep.r_rdy), deep.r_en.eq(out.w_rdy),
+            self.r_data.eq(out.r_data), self.r_rdy.eq(out.r_rdy), out.r_en.eq(self.r_en),
+            self.level.eq(deep.level + out.level),
+        ]
+        return m
 
 
 def _check_plan(component, plan):
@@ -218,8 +251,9 @@ class Broadcaster(wiring.Component):
     lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
     (layer, bank), a fence for that context is sent to all PEs before any later group.
 
-    Latency and throughput: ``lanes`` entries per clock; a group reaches the PE queues two clocks
-    after its entries leave their lists (one to read the column masks).
+    Latency and throughput: ``lanes`` entries per clock; a group reaches the PE queues three
+    clocks after its entries leave their lists (registered, column masks read, through a
+    5-deep group queue that keeps the PEs' ready off the lists' timing paths).
     """
 
     def __init__(self, plan: EnginePlan):
@@ -249,40 +283,61 @@ class Broadcaster(wiring.Component):
         end_seen = {(layer, b): Signal(n_pe, name=f"end_seen{layer}_{b}")
                     for layer in range(1, plan.n_layers) for b in range(banks)}
 
-        # Stage 2: the group being committed.
-        s2_valid = Signal()
-        s2 = Signal(lay.group)
+        # Stage 1 issues a group into S; from S's registered columns the column masks are read
+        # into T; T pushes the group, with the masks of the PEs it targets, into a small queue;
+        # stage 2 commits the queue's head to its PEs. Registers between the lists, the mask
+        # reads and the commit keep each clock's logic short (timing); in particular the queue
+        # keeps the PEs' ready (an AND over every PE) off the paths that pop the lists.
+        s_valid, t_valid = Signal(), Signal()
+        s_group, t_group = Signal(lay.group), Signal(lay.group)
+        group_width = lay.group.size
+        queue_depth = 5
+        m.submodules.groups = groups = SyncFIFO(width=group_width + lanes * n_pe,
+                                                depth=queue_depth)
+        m.d.sync += [t_valid.eq(s_valid), t_group.eq(s_group)]
 
         # Column masks: one memory per layer, one read port per lane.
         mask_ports = []
         for layer in range(plan.n_layers):
             mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
                           unsigned(n_pe))
-            mask_ports.append([mem.read_port() for _ in range(lanes)])
+            ports = [mem.read_port() for _ in range(lanes)]
+            for k, port in enumerate(ports):
+                m.d.comb += port.addr.eq(s_group.items[k].column)
+            mask_ports.append(ports)
         masks = [
-            _switch(m, s2.items[k].layer, [ports[k].data for ports in mask_ports],
+            _switch(m, t_group.items[k].layer, [ports[k].data for ports in mask_ports],
                     unsigned(n_pe), f"mask{k}")
             for k in range(lanes)
         ]
+        # A lane's mask is zero when the lane carries nothing (or the group is a fence).
+        lane_masks = [Mux(t_group.valid[k], masks[k], 0) for k in range(lanes)]
+        m.d.comb += [
+            groups.w_data.eq(Cat(t_group, *lane_masks)),
+            groups.w_en.eq(t_valid),
+        ]
 
+        # Stage 2: the queue's head, committed when every PE it targets is ready.
+        head = lay.group(groups.r_data[:group_width])
+        head_masks = [groups.r_data[group_width + k * n_pe:group_width + (k + 1) * n_pe]
+                      for k in range(lanes)]
         target = Signal(n_pe)
-        for p in range(n_pe):
-            hit = s2.fence
-            for k in range(lanes):
-                hit = hit | (s2.valid[k] & masks[k][p])
-            m.d.comb += target[p].eq(hit)
+        m.d.comb += target.eq(Mux(head.fence, (1 << n_pe) - 1, _or_all(head_masks)))
         ready = Cat(o.ready for o in self.o)
-        commit = s2_valid & ((ready | ~target) == (1 << n_pe) - 1)
+        commit = groups.r_rdy & ((ready | ~target) == (1 << n_pe) - 1)
+        m.d.comb += groups.r_en.eq(commit)
         for p, o in enumerate(self.o):
             m.d.comb += [
-                o.valid.eq(s2_valid & target[p] & commit),
-                o.payload.items.eq(s2.items),
-                o.payload.fence.eq(s2.fence),
-                o.payload.fence_layer.eq(s2.fence_layer),
-                o.payload.fence_bank.eq(s2.fence_bank),
-                o.payload.valid.eq(Cat(s2.valid[k] & masks[k][p] for k in range(lanes))),
+                o.valid.eq(target[p] & commit),
+                o.payload.items.eq(head.items),
+                o.payload.fence.eq(head.fence),
+                o.payload.fence_layer.eq(head.fence_layer),
+                o.payload.fence_bank.eq(head.fence_bank),
+                o.payload.valid.eq(Cat(mask[p] for mask in head_masks)),
             ]
-        advance = ~s2_valid | commit
+        # Stage 1 may issue while the queue has room for it and for the groups in S and T.
+        advance = Signal()
+        m.d.comb += advance.eq(groups.level + s_valid + t_valid < queue_depth)
 
         # Stage 1: a pending fence, or up to `lanes` entries from the open lists.
         fences = []                                     # (condition, layer, bank)
@@ -324,31 +379,28 @@ class Broadcaster(wiring.Component):
                 with m.If(chosen[k][s]):
                     m.d.comb += entry.eq(src.payload)
             entries.append(entry)
-            for ports in mask_ports:
-                m.d.comb += [ports[k].addr.eq(entry.item.column),
-                             ports[k].en.eq(advance)]
 
+        m.d.sync += s_valid.eq(0)
         with m.If(advance):
-            m.d.sync += s2_valid.eq(0)
             with m.If(fence_pending):
-                m.d.sync += [s2_valid.eq(1), s2.valid.eq(0), s2.fence.eq(1)]
+                m.d.sync += [s_valid.eq(1), s_group.valid.eq(0), s_group.fence.eq(1)]
                 first = True
                 for cond, layer, b in fences:
                     with (m.If(cond) if first else m.Elif(cond)):
-                        m.d.sync += [s2.fence_layer.eq(layer), s2.fence_bank.eq(b)]
+                        m.d.sync += [s_group.fence_layer.eq(layer), s_group.fence_bank.eq(b)]
                         if layer == 0:
                             m.d.sync += fence0_sent[b].eq(1)
                         else:
                             m.d.sync += end_seen[layer, b].eq(0)
                     first = False
             with m.Elif(eligible.any()):
-                m.d.sync += [s2_valid.eq(0), s2.fence.eq(0)]
+                m.d.sync += [s_valid.eq(0), s_group.fence.eq(0)]
                 any_present = []
                 for k in range(lanes):
                     present = chosen[k].any() & entries[k].present
                     any_present.append(present)
-                    m.d.sync += [s2.valid[k].eq(present), s2.items[k].eq(entries[k].item)]
-                m.d.sync += s2_valid.eq(Cat(any_present).any())
+                    m.d.sync += [s_group.valid[k].eq(present), s_group.items[k].eq(entries[k].item)]
+                m.d.sync += s_valid.eq(Cat(any_present).any())
                 # Record end marks.
                 for s, src in enumerate(sources):
                     end = take_any[s] & src.payload.end
@@ -406,13 +458,16 @@ class ProcessingElement(wiring.Component):
     write : In(bus)
         The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
 
-    Pipeline: an activation is queued, its pointer pair read (1 clock) and put in a 4-deep column
-    queue; the entry stage then issues one entry per clock, with no bubble between columns, into
-    the MAC pipeline: entry read, row decode and codebook read, weight register, multiply and
-    accumulator read, add and write (5 clocks). The accumulator read is transparent to the
-    write, so back-to-back updates of one row need no stall. Throughput: one entry per clock.
+    Pipeline: an activation is queued, its pointer pair read and registered (2 clocks) and put
+    in a 5-deep column queue; the entry stage then issues one entry per clock, with no bubble
+    between columns, into
+    the MAC pipeline: entry read, entry register, row decode and codebook read, weight register,
+    multiply and accumulator read, add and write (6 clocks). The accumulator read is
+    transparent to the write, so back-to-back updates of one row need no stall. Throughput: one
+    entry per clock.
     The drain reads one row per clock: accumulator and bias, requantization multiply, rounding
-    shift with ReLU and clamp, append (4 clocks), and clears the row for the next image.
+    term, shift, ReLU and clamp, append (6 clocks, one carry chain or shifter per stage for the
+    clock rate), and clears the row for the next image.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
@@ -446,24 +501,27 @@ class ProcessingElement(wiring.Component):
 
         # -- memories ------------------------------------------------------------------------
         entries, pointers, codebooks, biases, row_ids = [], [], [], [], []
+        # A local copy of the write bus: it fans out to every memory of the PE (timing).
+        bus = Signal(lay.bus)
+        m.d.sync += bus.eq(self.write)
         for i, layer in enumerate(layers):
             image = layer.image
-            entries.append(_memory(m, f"entries{i}", plan, self.write, "entries", i, p,
+            entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
                                    unsigned(image.entry_bits)).read_port())
-            pointers.append(_memory(m, f"pointers{i}", plan, self.write, "pointers", i, p,
+            pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
                                     unsigned(image.pointer_word_bits)).read_port())
-            codebooks.append(_memory(m, f"codebook{i}", plan, self.write, "codebook", i, None,
+            codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
                                      signed(layer.weight_bits)).read_port())
-            biases.append(_memory(m, f"bias{i}", plan, self.write, "bias", i, p,
+            biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,
                                   signed(layer.accumulator_bits)).read_port())
             if not layer.logits:
-                row_ids.append(_memory(m, f"row_ids{i}", plan, self.write, "row_ids", i, p,
+                row_ids.append(_memory(m, f"row_ids{i}", plan, bus, "row_ids", i, p,
                                        unsigned(_bits(image.out_features))).read_port())
             else:
                 row_ids.append(None)
-        multipliers = [_register(m, plan, self.write, "requant", i, 0, unsigned(MULTIPLIER_BITS),
+        multipliers = [_register(m, plan, bus, "requant", i, 0, unsigned(MULTIPLIER_BITS),
                                  layer.multiplier) for i, layer in enumerate(layers)]
-        shifts = [_register(m, plan, self.write, "requant", i, 1, unsigned(SHIFT_BITS),
+        shifts = [_register(m, plan, bus, "requant", i, 1, unsigned(SHIFT_BITS),
                             layer.shift) for i, layer in enumerate(layers)]
         # Accumulators: one memory per (layer, bank), shared by the MAC and the drain (never on
         # the same context at once). The read is transparent to the write: read-modify-write
@@ -471,15 +529,17 @@ class ProcessingElement(wiring.Component):
         acc_mems = {}
         for i, layer in enumerate(layers):
             for b in range(plan.banks):
+                # LUT RAM, even when deep: the read-add-write loop has one clock, which block
+                # RAM's slow read data would not leave enough of (timing).
                 mem = Memory(shape=signed(layer.accumulator_bits), depth=layer.image.rows_per_pe,
-                             init=[])
+                             init=[], attrs={"ram_style": "distributed"})
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport = mem.write_port()
                 rport = mem.read_port(transparent_for=(wport,))
                 acc_mems[i, b] = (rport, wport)
 
         # -- activation queue and pointer stage ----------------------------------------------
-        m.submodules.queue = queue = SyncFIFOBuffered(width=lay.group.size,
+        m.submodules.queue = queue = _RegisteredFIFO(width=lay.group.size,
                                                       depth=plan.queue_depth)
         m.d.comb += [
             queue.w_data.eq(self.i.payload),
@@ -491,14 +551,15 @@ class ProcessingElement(wiring.Component):
             "start": unsigned(pointer_bits), "end": unsigned(pointer_bits),
             "value": value_shape, "layer": unsigned(plan.layer_bits), "bank": unsigned(plan.bank_bits), "fence": 1,
         })
-        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=4)
+        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=5)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
         lowest = Signal(plan.lanes)
         m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
         p1_valid = Signal()
-        can_issue = queue.r_rdy & (columns.level + p1_valid < columns.depth)
+        p2_valid = Signal()
+        can_issue = queue.r_rdy & (columns.level + p1_valid + p2_valid < columns.depth)
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
         pop_group = can_issue & ((remaining & ~lowest) == 0)
@@ -523,18 +584,22 @@ class ProcessingElement(wiring.Component):
         with m.Else():
             m.d.sync += [p1.fence.eq(0), p1.layer.eq(item.layer), p1.bank.eq(item.bank),
                          p1.value.eq(item.value)]
+        # P2: the pointer pair, registered (block RAM read data is slow: timing).
         column = Signal(column_layout)
         starts = [port.data[:layer.image.pointer_bits] for port, layer in zip(pointers, layers)]
         ends = [port.data[layer.image.pointer_bits:] for port, layer in zip(pointers, layers)]
-        m.d.comb += [
+        m.d.sync += [
+            p2_valid.eq(p1_valid),
             column.start.eq(Mux(p1.fence, 0, _switch(m, p1.layer, starts,
                                                      unsigned(pointer_bits), "start"))),
             column.end.eq(Mux(p1.fence, 0, _switch(m, p1.layer, ends,
                                                    unsigned(pointer_bits), "end"))),
             column.value.eq(p1.value), column.layer.eq(p1.layer), column.bank.eq(p1.bank),
             column.fence.eq(p1.fence),
+        ]
+        m.d.comb += [
             columns.w_data.eq(column),
-            columns.w_en.eq(p1_valid),
+            columns.w_en.eq(p2_valid),
         ]
 
         # -- entry stage (E0): one entry per clock from the head column -----------------------
@@ -558,22 +623,28 @@ class ProcessingElement(wiring.Component):
             e1.layer.eq(current.layer), e1.bank.eq(current.bank), e1.value.eq(current.value),
         ]
 
-        # -- E1: decode the relative row, read the codebook ----------------------------------
-        word = _switch(m, e1.layer, [port.data for port in entries],
-                       unsigned(max(layer.image.entry_bits for layer in layers)), "word")
+        # -- E1: register the entry word (block RAM read data is slow: timing) -------------
+        word_bits = max(layer.image.entry_bits for layer in layers)
+        e1w = Signal(stage)
+        word = Signal(word_bits)
+        m.d.sync += [e1w.eq(e1),
+                     word.eq(_switch(m, e1.layer, [port.data for port in entries],
+                                     unsigned(word_bits), "entry_word"))]
+
+        # -- E1W: decode the relative row, read the codebook -----------------------------------
         bz = layers[0].image.zero_run_bits
-        v = _switch(m, e1.layer, [word[:layer.image.index_bits] for layer in layers],
+        v = _switch(m, e1w.layer, [word[:layer.image.index_bits] for layer in layers],
                     unsigned(max(layer.image.index_bits for layer in layers)), "v")
-        z = _switch(m, e1.layer, [word[layer.image.index_bits:layer.image.index_bits + bz]
-                                  for layer in layers], unsigned(bz), "z")
+        z = _switch(m, e1w.layer, [word[layer.image.index_bits:layer.image.index_bits + bz]
+                                   for layer in layers], unsigned(bz), "z")
         row = Signal(row_bits)
         row_next = Signal(row_bits)
-        m.d.comb += row_next.eq(Mux(e1.first, 0, row + 1) + z)     # row = row + z + 1 from -1
-        with m.If(e1.valid & ~e1.fence):
+        m.d.comb += row_next.eq(Mux(e1w.first, 0, row + 1) + z)    # row = row + z + 1 from -1
+        with m.If(e1w.valid & ~e1w.fence):
             m.d.sync += row.eq(row_next)
         for port in codebooks:
             m.d.comb += port.addr.eq(v[:len(port.addr)])
-        m.d.sync += [e2.eq(e1), e2.row.eq(row_next)]
+        m.d.sync += [e2.eq(e1w), e2.row.eq(row_next)]
 
         # -- E2: the weight (A3) ----------------------------------------------------------------
         weight = Signal(signed(weight_bits))
@@ -594,7 +665,21 @@ class ProcessingElement(wiring.Component):
             commands.w_en.eq(self.drain.valid),
             self.drain.ready.eq(commands.w_rdy),
         ]
+        # The command being drained, registered off the queue (timing): one clock to load it.
         command = lay.context(commands.r_data)
+        current = Signal(lay.context)
+        current_valid = Signal()
+        current_rows = Signal(row_bits)
+        current_last = Signal()
+        load = commands.r_rdy & ~current_valid
+        m.d.comb += commands.r_en.eq(load)
+        with m.If(load):
+            m.d.sync += [
+                current.eq(command), current_valid.eq(1),
+                current_rows.eq(_switch(m, command.layer, [layer.image.rows(p) for layer in layers],
+                                        unsigned(row_bits), "rows_here")),
+                current_last.eq(command.layer == n_layers - 1),
+            ]
         k = Signal(row_bits)
         d_layout = data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
                                       "bank": unsigned(plan.bank_bits), "row": unsigned(row_bits)})
@@ -602,7 +687,7 @@ class ProcessingElement(wiring.Component):
 
         # -- E4: accumulate (A5); the drain shares the accumulator ports -----------------------
         for (i, b), (rport, wport) in acc_mems.items():
-            draining = commands.r_rdy & (command.layer == i) & (command.bank == b)
+            draining = current_valid & (current.layer == i) & (current.bank == b)
             clearing = d1.valid & ~d1.end & (d1.layer == i) & (d1.bank == b)
             mac = e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)
             total = Signal(signed(acc_bits + 1), name=f"sum{i}_{b}")
@@ -622,29 +707,26 @@ class ProcessingElement(wiring.Component):
         # -- drain (D0): issue one row per clock while the destination list has room ----------
         list_depth = max(2, max(layer.image.rows_per_pe for layer in layers) + 2)
         logit_depth = max(2, layers[-1].image.rows_per_pe + 1)
-        m.submodules.list = out_list = SyncFIFOBuffered(width=lay.source.size, depth=list_depth)
-        m.submodules.logit_list = logit_list = SyncFIFOBuffered(width=lay.logit.width,
+        m.submodules.list = out_list = _RegisteredFIFO(width=lay.source.size, depth=list_depth)
+        m.submodules.logit_list = logit_list = _RegisteredFIFO(width=lay.logit.width,
                                                                 depth=logit_depth)
         credit = Signal(range(list_depth + 1), init=list_depth)
         logit_credit = Signal(range(logit_depth + 1), init=logit_depth)
-        rows_here = _switch(m, command.layer, [layer.image.rows(p) for layer in layers],
-                            unsigned(row_bits), "rows_here")
-        is_last = command.layer == n_layers - 1
-        more_rows = commands.r_rdy & (k < rows_here)
-        at_end = commands.r_rdy & (k == rows_here)
+        is_last = current_last
+        more_rows = current_valid & (k != current_rows)
+        at_end = current_valid & (k == current_rows)
         issue_row = more_rows & Mux(is_last, logit_credit != 0, credit != 0)
         issue_end = at_end & ~is_last & (credit != 0)
         finish_last = at_end & is_last
-        m.d.comb += commands.r_en.eq(issue_end | finish_last)
         with m.If(issue_end | finish_last):
-            m.d.sync += k.eq(0)
+            m.d.sync += [k.eq(0), current_valid.eq(0)]
         with m.Elif(issue_row):
             m.d.sync += k.eq(k + 1)
         for port in biases + [r for r in row_ids if r is not None]:
             m.d.comb += port.addr.eq(k[:len(port.addr)])
         m.d.sync += [
-            d1.valid.eq(issue_row | issue_end), d1.end.eq(issue_end), d1.layer.eq(command.layer),
-            d1.bank.eq(command.bank), d1.row.eq(k),
+            d1.valid.eq(issue_row | issue_end), d1.end.eq(issue_end), d1.layer.eq(current.layer),
+            d1.bank.eq(current.bank), d1.row.eq(k),
         ]
 
         # -- D1: bias (A4, A5) -----------------------------------------------------------------
@@ -661,58 +743,81 @@ class ProcessingElement(wiring.Component):
         d2_column = Signal(plan.column_bits)
         m.d.sync += [d2.eq(d1), d2_sum.eq(acc_value + bias), d2_column.eq(row_id)]
 
-        # -- D2: requantization multiply (A6) --------------------------------------------------
+        # -- D2: requantization multiply (A6). The layer's shift and rounding term are chosen
+        # here too, so that D3 .. D5 each hold one carry chain or one shifter (timing) -------
         multiplier = _switch(m, d2.layer, multipliers, unsigned(MULTIPLIER_BITS), "multiplier")
+        shift = _switch(m, d2.layer, shifts, unsigned(SHIFT_BITS), "shift")
+        product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
         d3 = Signal(d_layout)
-        d3_product = Signal(signed(acc_bits + 1 + MULTIPLIER_BITS + 1))
+        d3_product = Signal(signed(product_bits))
         d3_sum = Signal(signed(acc_bits + 1))
         d3_column = Signal(plan.column_bits)
+        d3_shift = Signal(unsigned(SHIFT_BITS))
+        # 2**(shift-1) (0 for shift 0) on product_bits + 1 bits; exact for shift <= product_bits,
+        # and a larger shift gives 0 whatever the product (|product| < 2**(product_bits-1)).
+        d3_rounding = Signal(unsigned(product_bits + 1))
+        d3_beyond = Signal()
         m.d.sync += [d3.eq(d2), d3_product.eq(d2_sum * multiplier), d3_sum.eq(d2_sum),
-                     d3_column.eq(d2_column)]
+                     d3_column.eq(d2_column), d3_shift.eq(shift),
+                     d3_rounding.eq((Const(1, product_bits + 2) << shift)[1:]),
+                     d3_beyond.eq(shift > product_bits)]
 
-        # -- D3: rounding shift (A6), ReLU and clamp (A7), or the logit (A8) -------------------
-        shift = _switch(m, d3.layer, shifts, unsigned(SHIFT_BITS), "shift")
-        rounding = Signal(unsigned(64))
-        m.d.comb += rounding.eq((Const(1, 64) << shift)[1:])    # 2**(shift-1), 0 for shift 0
-        shifted = Signal(signed(len(d3_product) + 1))
-        m.d.comb += shifted.eq((d3_product + rounding) >> shift)
+        # -- D3: add the rounding term (A6) ----------------------------------------------------
+        d4 = Signal(d_layout)
+        d4_rounded = Signal(signed(product_bits + 1))
+        d4_sum = Signal(signed(acc_bits + 1))
+        d4_column = Signal(plan.column_bits)
+        d4_shift = Signal(unsigned(SHIFT_BITS))
+        d4_beyond = Signal()
+        m.d.sync += [d4.eq(d3), d4_rounded.eq(d3_product + d3_rounding), d4_sum.eq(d3_sum),
+                     d4_column.eq(d3_column), d4_shift.eq(d3_shift), d4_beyond.eq(d3_beyond)]
+
+        # -- D4: the arithmetic right shift (A6) -----------------------------------------------
+        d5 = Signal(d_layout)
+        d5_shifted = Signal(signed(product_bits + 1))
+        d5_sum = Signal(signed(acc_bits + 1))
+        d5_column = Signal(plan.column_bits)
+        m.d.sync += [d5.eq(d4), d5_shifted.eq(Mux(d4_beyond, 0, d4_rounded >> d4_shift)),
+                     d5_sum.eq(d4_sum), d5_column.eq(d4_column)]
+
+        # -- D5: ReLU and clamp (A7), or the logit (A8) ----------------------------------------
         hidden = Signal(value_shape)
         logit = Signal(lay.logit)
-        with m.Switch(d3.layer):
+        with m.Switch(d5.layer):
             for i, layer in enumerate(layers):
                 with m.Case(i):
                     if layer.logits:
-                        m.d.comb += logit.eq(Mux(d3_sum < 0, 0, d3_sum) if layer.relu
-                                             else d3_sum)
+                        m.d.comb += logit.eq(Mux(d5_sum < 0, 0, d5_sum) if layer.relu
+                                             else d5_sum)
                     else:
                         lo, hi = activation_range(layer.output_bits, layer.output_signed)
-                        t = Mux(shifted < 0, 0, shifted) if layer.relu else shifted
+                        t = Mux(d5_shifted < 0, 0, d5_shifted) if layer.relu else d5_shifted
                         m.d.comb += hidden.eq(Mux(t < lo, lo, Mux(t > hi, hi, t)))
-        d4 = Signal(d_layout)
-        d4_value = Signal(value_shape)
-        d4_logit = Signal(lay.logit)
-        d4_column = Signal(plan.column_bits)
-        m.d.sync += [d4.eq(d3), d4_value.eq(hidden), d4_logit.eq(logit),
-                     d4_column.eq(d3_column)]
+        d6 = Signal(d_layout)
+        d6_value = Signal(value_shape)
+        d6_logit = Signal(lay.logit)
+        d6_column = Signal(plan.column_bits)
+        m.d.sync += [d6.eq(d5), d6_value.eq(hidden), d6_logit.eq(logit),
+                     d6_column.eq(d5_column)]
 
-        # -- D4: append ------------------------------------------------------------------------
-        last_layer = d4.layer == n_layers - 1
-        push = d4.valid & ~last_layer & (d4.end | (d4_value != 0))
-        dropped = d4.valid & ~last_layer & ~d4.end & (d4_value == 0)
-        push_logit = d4.valid & last_layer
+        # -- D6: append ------------------------------------------------------------------------
+        last_layer = d6.layer == n_layers - 1
+        push = d6.valid & ~last_layer & (d6.end | (d6_value != 0))
+        dropped = d6.valid & ~last_layer & ~d6.end & (d6_value == 0)
+        push_logit = d6.valid & last_layer
         entry = Signal(lay.source)
         m.d.comb += [
-            entry.present.eq(~d4.end), entry.end.eq(d4.end),
-            entry.item.column.eq(Mux(d4.end, 0, d4_column)),
-            entry.item.value.eq(Mux(d4.end, 0, d4_value)),
-            entry.item.layer.eq(d4.layer + 1), entry.item.bank.eq(d4.bank),
+            entry.present.eq(~d6.end), entry.end.eq(d6.end),
+            entry.item.column.eq(Mux(d6.end, 0, d6_column)),
+            entry.item.value.eq(Mux(d6.end, 0, d6_value)),
+            entry.item.layer.eq(d6.layer + 1), entry.item.bank.eq(d6.bank),
             out_list.w_data.eq(entry), out_list.w_en.eq(push),
-            logit_list.w_data.eq(d4_logit), logit_list.w_en.eq(push_logit),
+            logit_list.w_data.eq(d6_logit), logit_list.w_en.eq(push_logit),
         ]
         with m.If(push):                    # all zero otherwise: no stale (or X) fields
             m.d.comb += [
-                self.trace.valid.eq(1), self.trace.end.eq(d4.end),
-                self.trace.layer.eq(d4.layer), self.trace.bank.eq(d4.bank),
+                self.trace.valid.eq(1), self.trace.end.eq(d6.end),
+                self.trace.layer.eq(d6.layer), self.trace.bank.eq(d6.bank),
                 self.trace.column.eq(entry.item.column), self.trace.value.eq(entry.item.value),
             ]
         popped = self.o.valid & self.o.ready
@@ -836,12 +941,17 @@ class Engine(wiring.Component):
         m = Module()
         n_pe = plan.n_pes
 
+        # The write bus is registered here and again in every PE: it fans out to every memory
+        # (timing). A word lands two clocks after it is accepted, long before an image that
+        # enters after it can read any memory.
         bus = Signal(lay.bus)
-        m.d.comb += [
-            self.write.ready.eq(~self.busy),
+        m.d.sync += [
             bus.en.eq(self.write.valid & ~self.busy),
             bus.addr.eq(self.write.payload.addr),
             bus.data.eq(self.write.payload.data),
+        ]
+        m.d.comb += [
+            self.write.ready.eq(~self.busy),
         ]
 
         m.submodules.loader = loader = Loader(plan)
@@ -852,13 +962,21 @@ class Engine(wiring.Component):
             pe = ProcessingElement(plan, p)
             m.submodules[f"pe{p}"] = pe
             pes.append(pe)
-        wiring.connect(m, wiring.flipped(self.i), loader.i)
+        # The input beats pass a 2-word FIFO: a host's beats may come straight from block RAM,
+        # whose read data is late in the clock (timing).
+        m.submodules.input_buffer = input_buffer = SyncFIFO(width=len(self.i.payload), depth=2)
+        m.d.comb += [
+            input_buffer.w_data.eq(self.i.payload), input_buffer.w_en.eq(self.i.valid),
+            self.i.ready.eq(input_buffer.w_rdy),
+            loader.i.payload.eq(input_buffer.r_data), loader.i.valid.eq(input_buffer.r_rdy),
+            input_buffer.r_en.eq(loader.i.ready),
+        ]
         wiring.connect(m, collector.o, wiring.flipped(self.o))
         m.d.comb += broadcaster.write.eq(bus)
 
         input_depth = 2 * plan.beats_per_image + 2           # two images per lane
         for lane in range(plan.input_lanes):
-            fifo = SyncFIFOBuffered(width=lay.source.size, depth=input_depth)
+            fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth)
             m.submodules[f"inputs{lane}"] = fifo
             m.d.comb += [
                 fifo.w_data.eq(loader.o[lane].payload),
@@ -915,7 +1033,7 @@ class Engine(wiring.Component):
         m.d.comb += [
             broadcaster.release.eq(collector.finished),
             broadcaster.release_bank.eq(release_bank),
-            self.busy.eq(in_flight != 0),
+            self.busy.eq((in_flight != 0) | input_buffer.r_rdy),
             self.done.eq(collector.finished),
         ]
         with m.If(self.busy):

@@ -58,6 +58,24 @@ def test_engine_equals_sim(name):
     _check(model, x, plan, idle=0.3, backpressure=0.4, seed=1)
 
 
+@pytest.mark.parametrize("shift", ["0", "1", "product-1", "product", "product+1", "62"])
+def test_every_requantization_shift_rounds_as_the_reference(shift):
+    """The drain's rounding term and shift (A6) at the ends of the shift's range, including
+    shifts wider than the requantization product (the result is then 0 or saturates)."""
+    from dataclasses import replace
+
+    from compress.integer import MULTIPLIER_BITS
+
+    model = random_model(21, [10, 9, 4], density=0.7, bias_bits=14)
+    layer = model.layers[0]
+    product_bits = layer.integer.accumulator_bits + 1 + MULTIPLIER_BITS + 1
+    value = {"0": 0, "1": 1, "product-1": product_bits - 1, "product": product_bits,
+             "product+1": product_bits + 1, "62": 62}[shift]
+    layer.integer = replace(layer.integer, shift=value, multiplier=(1 << MULTIPLIER_BITS) - 1)
+    x = random_inputs(model, 6, seed=4, density=0.9)
+    _check(model, x, EnginePlan.from_model(model, n_pes=3), seed=2)
+
+
 def test_all_zero_inputs_give_the_bias_path():
     model = random_model(7, [12, 9, 4], density=0.5)
     x = np.zeros((3, 12), dtype=np.int64)

@@ -1,0 +1,375 @@
+"""``python -m accel.build --board ulx3s``: a compressed model to a verified bitstream and a report.
+
+Steps (each prints what it does):
+
+1. the model: ``--model ARTIFACT``, or with none the built-in default job: train, prune, share,
+   fine-tune and quantize the digits MLP (``python -m compress``'s defaults) into
+   ``OUT/compress/model.dcz``;
+2. the engine plan (``accel.plan``) and, before any tool runs, the fit check against the board
+   (``accel.resources``): a model that cannot fit gets an error with the numbers;
+3. verification of the first ``--verify-samples`` test images in simulation (Amaranth's own by
+   default: nothing outside PyPI), every hidden activation and logit against ``sim``; the
+   cycles it measures give ``cycles_per_inference``;
+4. synthesis, place and route and bitstream with the open toolchain (``boards.synthesis``) at
+   ``--clock-mhz`` or the highest clock attainable;
+5. ``OUT/report.json``, ``OUT/utilization.png`` and a printed table.
+
+``--board list`` prints the supported boards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["add_engine_arguments", "build", "build_parser", "engine_options", "format_table",
+           "main", "make_plan", "write_chart"]
+
+#: Processing elements of the default engine: a build of a few minutes (``--pes 16`` for
+#: LeNet-300-100's throughput, ``bench/accel_build.py``).
+DEFAULT_PES = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from compress.data import DATASETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m accel.build",
+        description="Generate the accelerator for a compressed model, verify it in simulation, "
+                    "synthesize it for an open FPGA board (yosys, nextpnr) and report resources, "
+                    "clock and throughput.")
+    parser.add_argument("--board", default="ulx3s",
+                        help="board name, or 'list' to print the supported boards "
+                             "(default: ulx3s, the ULX3S-85F)")
+    parser.add_argument("--model", type=Path,
+                        help="artifact with integer data (python -m compress writes "
+                             "OUT/model.dcz); default: compress the built-in digits model first")
+    parser.add_argument("--dataset", default=None,
+                        help=f"{', '.join(DATASETS)} or an .npz (default: the artifact's)")
+    parser.add_argument("--data-dir", default=None, help="MNIST folder (see python -m compress)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the default job's training and of the digits split "
+                             "(default 0)")
+    parser.add_argument("--out", type=Path, default=Path("out/build"),
+                        help="output folder (default: out/build)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="engine clock; the build fails when timing is not met at it "
+                             "(default: the highest attainable, searched)")
+    add_engine_arguments(parser)
+    parser.add_argument("--baud", type=int, default=1_000_000,
+                        help="host link bit rate (default 1000000)")
+    parser.add_argument("--verify-samples", type=int, default=8,
+                        help="test images verified in simulation before synthesis (default 8)")
+    parser.add_argument("--simulator", choices=["amaranth", "icarus"], default="amaranth",
+                        help="simulator of the verification (default: amaranth)")
+    parser.add_argument("--nextpnr-seed", type=int, default=1,
+                        help="placement seed (default 1; same seed, same bitstream)")
+    parser.add_argument("--no-synthesis", action="store_true",
+                        help="stop after the fit check and verification")
+    parser.add_argument("--quiet", action="store_true", help="less progress output")
+    return parser
+
+
+def add_engine_arguments(parser) -> None:
+    """The engine's options, shared by ``accel.build`` and ``accel.run`` (which must agree)."""
+    parser.add_argument("--pes", type=int, default=DEFAULT_PES,
+                        help=f"processing elements (default {DEFAULT_PES})")
+    parser.add_argument("--lanes", type=int, default=2,
+                        help="activations broadcast per clock (default 2)")
+    parser.add_argument("--input-lanes", type=int, default=4,
+                        help="activations per input beat (default 4)")
+    parser.add_argument("--banks", type=int, default=3, help="images in flight at once (default 3)")
+    parser.add_argument("--queue-depth", type=int, default=64,
+                        help="PE activation queue depth (default 64)")
+    parser.add_argument("--zero-run-bits", type=int, default=4,
+                        help="b_z of the engine's format (default 4)")
+    parser.add_argument("--no-balance", action="store_true",
+                        help="assign row r to PE r mod N instead of balancing expected work on "
+                             "1,000 training images")
+
+
+def engine_options(args) -> dict:
+    """``EnginePlan.from_model`` keywords from :func:`add_engine_arguments`'s options."""
+    if args.pes < 1:
+        raise ValueError(f"--pes must be >= 1, not {args.pes}")
+    return dict(n_pes=args.pes, lanes=args.lanes, input_lanes=args.input_lanes, banks=args.banks,
+                queue_depth=args.queue_depth, zero_run_bits=args.zero_run_bits)
+
+
+def make_plan(model, data, options: dict, *, balance: bool = True):
+    """The engine plan, with rows balanced on the first 1,000 training images unless told not."""
+    import sim
+    from accel.plan import EnginePlan
+
+    calibration = sim.quantize_input(model, data.x_train[:1000]).astype(np.int64) \
+        if balance else None
+    return EnginePlan.from_model(model, calibration=calibration, **options), calibration
+
+
+def _default_model(out: Path, seed: int, quiet: bool) -> Path:
+    """The built-in default job of ``python -m compress`` into ``out/compress``."""
+    from compress.__main__ import main as compress_main
+
+    folder = out / "compress"
+    print(f"[1/5] no --model: compressing the built-in digits model into {folder}", flush=True)
+    argv = ["--out", str(folder), "--seed", str(seed), "--no-plots"] + (["--quiet"] if quiet
+                                                                         else [])
+    if compress_main(argv) != 0:
+        raise RuntimeError("the default compression job failed")
+    return folder / "model.dcz"
+
+
+def weight_bytes(plan) -> dict:
+    """On-chip bytes of the model image, per kind of memory and in total."""
+    kinds = {}
+    for region in plan.regions:
+        kinds[region.name] = kinds.get(region.name, 0) + region.depth * region.width
+    by_kind = {name: bits / 8 for name, bits in sorted(kinds.items())}
+    return {"total": sum(by_kind.values()), "by_kind": by_kind}
+
+
+def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lanes=2,
+          input_lanes=4, banks=3, queue_depth=64, zero_run_bits=4, balance=True,
+          baud=1_000_000, verify_samples=8, simulator="amaranth", nextpnr_seed=1,
+          synthesis=True, progress=True, model_path=None) -> dict:
+    """Plan, fit check, verification and (unless ``synthesis`` is false) the board build.
+
+    Returns the report (also written to ``out/report.json``). Raises :class:`FitError` before
+    anything is simulated or synthesized when the engine does not fit, ``RuntimeError`` on a
+    verification mismatch, and :class:`boards.synthesis.TimingError` after writing the report
+    when timing is not met.
+    """
+    import sim
+    from accel.resources import check_fit, estimate_resources
+    from accel.verify import verify
+
+    started = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not isinstance(verify_samples, int) or verify_samples < 1:
+        raise ValueError(f"verify_samples must be >= 1, not {verify_samples!r}")
+    engine_options = dict(n_pes=pes, lanes=lanes, input_lanes=input_lanes, banks=banks,
+                          queue_depth=queue_depth, zero_run_bits=zero_run_bits)
+    plan, calibration = make_plan(model, data, engine_options, balance=balance)
+
+    estimate = estimate_resources(plan, board)
+    print(f"[2/5] {plan.n_pes}-PE engine for {board.name} ({board.device}): estimated "
+          f"{estimate.luts:,} LUTs, {estimate.brams} block RAMs, {estimate.multipliers} "
+          f"multipliers (available {board.capacity.luts:,}, {board.capacity.brams}, "
+          f"{board.capacity.multipliers})", flush=True)
+    check_fit(plan, board, estimate)
+
+    x_all = sim.quantize_input(model, data.x_test).astype(np.int64)
+    x = x_all[:verify_samples]
+    print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation ...",
+          flush=True)
+    verified = verify(model, x, calibration=calibration, simulator=simulator,
+                      build_dir=out / "verify", **engine_options)
+    if verified["mismatches"]:
+        m = verified["first_mismatch"]
+        raise RuntimeError(
+            f"the engine differs from sim on {verified['mismatches']} of {len(x)} images "
+            f"(first: sample {m['sample']}, layer {m['layer']}, neuron {m['neuron']}: expected "
+            f"{m['expected']}, got {m['got']}); waveform: {verified['waveform']}")
+    print(f"      0 mismatches; {verified['cycles_per_inference']:.1f} cycles per inference "
+          f"measured ({verified['predicted_cycles']:.1f} predicted)", flush=True)
+    expected = sim.trace(model, x_all)
+    steady = plan.predict([x_all] + expected[:-1])
+
+    report = {
+        "board": board.name,
+        "device": board.device,
+        "model": str(model_path) if model_path else None,
+        "dataset": data.name,
+        "engine": {**engine_options, "balanced": balance,
+                   "layers": [[layer.out_features, layer.in_features] for layer in plan.layers]},
+        "estimate": estimate.as_dict(),
+        "verification": {"simulator": simulator, "samples": verified["samples"],
+                         "mismatches": verified["mismatches"],
+                         "cycles_per_inference": verified["cycles_per_inference"],
+                         "predicted_cycles_per_inference": verified["predicted_cycles"],
+                         "pe_utilization": verified["pe_utilization"]},
+        "cycles_per_inference": verified["cycles_per_inference"],
+        "cycles_per_inference_test_set_model": steady["cycles_per_inference"],
+        "weight_bytes_on_chip": weight_bytes(plan)["total"],
+        "weight_bytes_by_memory": weight_bytes(plan)["by_kind"],
+        "dense_macs_per_inference": int(sum(l.in_features * l.out_features
+                                            for l in plan.layers)),
+        "useful_macs_per_inference": verified["useful_macs_per_inference"],
+    }
+    if not synthesis:
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        _write(report, out)
+        return report
+
+    from accel.top import BoardTop
+    from boards.synthesis import TimingError, synthesize
+
+    print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
+          f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
+          flush=True)
+    timing_error = None
+    try:
+        # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
+        # clock), so the highest clock takes one place and route on an ECP5.
+        result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
+                            out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
+                            retunable=True, progress=progress)
+    except TimingError as error:
+        timing_error, result = error, error.result
+    clock_hz = result.clock_mhz * 1e6
+    per_second = clock_hz / report["cycles_per_inference"]
+    ceiling = board.capacity.multipliers * clock_hz
+    dense_rate = report["dense_macs_per_inference"] * per_second
+    report.update({
+        "utilization": result.utilization,
+        "fmax_mhz": result.fmax_mhz,
+        "clock_mhz": result.clock_mhz,
+        "requested_clock_mhz": clock_mhz,
+        "timing_met": result.timing_met,
+        "pll": {"input_mhz": result.pll.input_mhz, "vco_mhz": result.pll.vco_mhz,
+                **result.pll.dividers},
+        "clock_passes": result.passes,
+        "inferences_per_second": per_second,
+        "dense_equivalent_macs_per_second": dense_rate,
+        "multiplier_ceiling_macs_per_second": ceiling,
+        "dense_equivalent_over_multiplier_ceiling": dense_rate / ceiling,
+        "host_link": {"baud": baud, "protocol": "docs/host-link.md"},
+        "bitstream": str(result.bitstream),
+        "bitstream_sha256": result.bitstream_sha256,
+        "nextpnr_seed": nextpnr_seed,
+        "nextpnr_utilization": result.nextpnr_utilization,
+        "tools": result.tools,
+        "tool_seconds": result.tool_seconds,
+    })
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    _write(report, out)
+    if timing_error is not None:
+        raise timing_error
+    return report
+
+
+def _write(report: dict, out: Path) -> None:
+    chart = write_chart(report, out / "utilization.png") if "utilization" in report else None
+    if chart is not None:
+        report["chart"] = str(chart)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+RESOURCE_LABELS = {"luts": "LUT4s", "flip_flops": "flip-flops", "block_rams": "block RAMs",
+                   "multipliers": "multipliers", "lutram_write_ports": "LUT RAM write ports",
+                   "io": "I/O", "plls": "PLLs", "single_port_rams": "SPRAMs"}
+
+
+def write_chart(report: dict, path: Path) -> Path:
+    """A bar chart of utilization (used / available) per resource."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in RESOURCE_LABELS if n in report["utilization"]]
+    used = [report["utilization"][n]["used"] for n in names]
+    available = [report["utilization"][n]["available"] for n in names]
+    share = [100.0 * u / a if a else 0.0 for u, a in zip(used, available)]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)), dpi=100)
+    bars = ax.barh([RESOURCE_LABELS[n] for n in names], share, color="#3b75af")
+    for bar, u, a in zip(bars, used, available):
+        ax.text(min(bar.get_width() + 1, 80), bar.get_y() + bar.get_height() / 2,
+                f"{u:,} / {a:,}", va="center", fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_xlabel("utilization (%)")
+    ax.set_title(f"{report['board']} ({report['device']}), clock {report['clock_mhz']:.1f} MHz",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def format_table(report: dict) -> str:
+    """The report as a readable table."""
+    rows = [("board", f"{report['board']} ({report['device']})")]
+    for name, label in RESOURCE_LABELS.items():
+        if name in report.get("utilization", {}):
+            u = report["utilization"][name]
+            share = u["used"] / u["available"] if u["available"] else 0.0
+            rows.append((label, f"{u['used']:,} / {u['available']:,} ({share:.1%})"))
+    if "fmax_mhz" in report:
+        rows += [
+            ("clock", f"{report['clock_mhz']:.3f} MHz (post-route fmax {report['fmax_mhz']:.2f} "
+                      f"MHz, timing {'met' if report['timing_met'] else 'NOT MET'})"),
+        ]
+    rows += [
+        ("cycles per inference", f"{report['cycles_per_inference']:.1f} (measured in "
+                                 f"{report['verification']['simulator']} simulation, "
+                                 f"{report['verification']['samples']} images)"),
+    ]
+    if "inferences_per_second" in report:
+        rows += [
+            ("inferences per second", f"{report['inferences_per_second']:,.0f}"),
+            ("dense-equivalent MAC/s",
+             f"{report['dense_equivalent_macs_per_second'] / 1e9:.2f} G = "
+             f"{report['dense_equivalent_over_multiplier_ceiling']:.2f} x the ceiling of "
+             f"{report['multiplier_ceiling_macs_per_second'] / 1e9:.2f} G (every multiplier, "
+             f"one MAC per clock)"),
+        ]
+    rows += [("weights on chip", f"{report['weight_bytes_on_chip']:,.0f} bytes")]
+    if "bitstream" in report:
+        rows += [("bitstream", report["bitstream"]),
+                 ("bitstream sha256", report["bitstream_sha256"])]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sim
+    from accel.resources import FitError
+    from boards import board_table, get_board
+    from boards.synthesis import TimingError
+    from boards.toolchain import ToolchainError, ToolError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.board.strip().lower() == "list":
+        print(board_table())
+        return 0
+    try:
+        board = get_board(args.board)
+        options = engine_options(args)
+        model_path = args.model if args.model is not None else \
+            _default_model(args.out, args.seed, args.quiet)
+        if args.model is not None:
+            print(f"[1/5] model {model_path}", flush=True)
+        model, data = sim.load_model_and_data(model_path, dataset=args.dataset,
+                                              data_dir=args.data_dir,
+                                              seed=None if args.model else args.seed)
+        report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz,
+                       pes=options["n_pes"], lanes=options["lanes"],
+                       input_lanes=options["input_lanes"], banks=options["banks"],
+                       queue_depth=options["queue_depth"],
+                       zero_run_bits=options["zero_run_bits"], balance=not args.no_balance,
+                       baud=args.baud, verify_samples=args.verify_samples,
+                       simulator=args.simulator, nextpnr_seed=args.nextpnr_seed,
+                       synthesis=not args.no_synthesis, progress=not args.quiet,
+                       model_path=model_path)
+    except TimingError as error:
+        print(f"\n{format_table(json.loads((args.out / 'report.json').read_text()))}\n")
+        parser.exit(1, f"{parser.prog}: error: {error}\nreport: {args.out / 'report.json'}\n")
+    except (FitError, ToolchainError, ToolError, ValueError, RuntimeError) as error:
+        usage = isinstance(error, ValueError) and not isinstance(error, FitError)
+        parser.exit(2 if usage else 1, f"{parser.prog}: error: {error}\n")
+    print(f"[5/5] report: {args.out / 'report.json'}" +
+          (f", chart: {report['chart']}" if "chart" in report else ""))
+    print()
+    print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,935 @@
+"""The board side of the UART host link (``docs/host-link.md``), in Amaranth 0.5.
+
+- :class:`UARTReceiver`, :class:`UARTTransmitter`: 8N1 byte streams.
+- :class:`FrameTransmitter`: SLIP framing with the CRC-16 appended, for responses.
+- :class:`HostBridge`: decodes request frames, checks them, buffers the payload, executes INFO,
+  INFER and WRITE on an engine's ports and answers; its engine-facing ports mirror
+  :class:`accel.engine.Engine`'s, flipped.
+- :class:`LinkedEngine`: a ``HostBridge`` wired to an ``Engine``; the board top's core.
+
+Two modes: single-domain (``clock_hz`` given, everything in ``sync``, the UART's bit time
+derived from ``clock_hz``) and two-domain (``uart_clock_hz`` given: the UART in a ``"uart"``
+domain on the board's crystal, FIFOs across to ``sync``, and INFO's clock field measured), so
+that the netlist does not depend on the ``sync`` frequency, which may then be set after place
+and route by changing only the PLL's dividers.
+
+The wire format, field widths and fingerprint are shared with the host
+(:mod:`accel.host`).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, DomainRenamer, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.fifo import AsyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from accel.engine import CYCLE_COUNTER_BITS, Engine
+from accel.host import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
+                        CYCLES_BYTES, DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC,
+                        FRAMING, INFER, INFO, INFO_BYTES, NAK, PROTOCOL_VERSION, RESPONSE,
+                        WRITE, LinkFormat, crc16, plan_fingerprint)
+from accel.plan import EnginePlan
+
+__all__ = ["FrameTransmitter", "HostBridge", "LinkedEngine", "UARTReceiver", "UARTTransmitter",
+           "baud_divisor", "meter_window", "plan_fingerprint"]
+
+#: The smallest clocks-per-bit the bridge accepts, and the largest baud rate error.
+MIN_BRIDGE_DIVISOR = 8
+MAX_BAUD_ERROR = 0.02
+
+#: Two-domain mode: the clock meter's window is ``uart_clock_hz // METER_WINDOWS_PER_SECOND``
+#: uart clocks (10 ms), and the depth of each clock-domain-crossing FIFO.
+METER_WINDOWS_PER_SECOND = 100
+CDC_FIFO_DEPTH = 8
+#: The shortest meter window accepted (``meter_window_cycles``, in uart clocks).
+MIN_METER_WINDOW = 16
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def meter_window(uart_clock_hz: int, meter_window_cycles: int | None = None) -> tuple[int, int]:
+    """``(window, scale)`` of the clock meter: ``window`` uart clocks, reading = count * scale.
+
+    By default the window is 10 ms: ``uart_clock_hz // 100`` uart clocks when ``uart_clock_hz``
+    is a multiple of 100 (scale exactly 100), else ``round(uart_clock_hz / 100)``. The scale is
+    ``round(uart_clock_hz / window)``, exact when ``window`` divides ``uart_clock_hz``; otherwise
+    the reading is off by the factor ``scale * window / uart_clock_hz`` (at most ``0.5 / window``
+    relative, 5 ppm for a 10 ms window of a 1 MHz or faster crystal).
+    ``meter_window_cycles`` (a test hook) shortens the window, 16 .. ``uart_clock_hz``.
+    """
+    if not _positive_int(uart_clock_hz):
+        raise ValueError(f"uart_clock_hz must be a positive int, not {uart_clock_hz!r}")
+    if meter_window_cycles is None:
+        window = max(round(uart_clock_hz / METER_WINDOWS_PER_SECOND), 1)
+    else:
+        window = meter_window_cycles
+        if not _positive_int(window) or not MIN_METER_WINDOW <= window <= uart_clock_hz:
+            raise ValueError(f"meter_window_cycles must be an int {MIN_METER_WINDOW} .. "
+                             f"uart_clock_hz ({uart_clock_hz}), not {window!r}")
+    if window < MIN_METER_WINDOW:
+        raise ValueError(f"uart_clock_hz {uart_clock_hz} is too slow for the clock meter: its "
+                         f"window would be {window} uart clocks, at least {MIN_METER_WINDOW}")
+    return window, round(uart_clock_hz / window)
+
+
+def _reject(component, error):
+    component._MustUse__used = True             # never built: no "created but never used"
+    raise error
+
+
+def _check_divisor(component, divisor, minimum):
+    if not isinstance(divisor, int) or isinstance(divisor, bool):
+        _reject(component, TypeError(f"divisor must be an int, not {divisor!r}"))
+    if divisor < minimum:
+        _reject(component, ValueError(f"divisor must be at least {minimum}, not {divisor!r}"))
+
+
+def baud_divisor(clock_hz: int, baud: int) -> int:
+    """Clocks per bit for ``baud`` at ``clock_hz``; ValueError if unusable for the bridge."""
+    for name, value in [("clock_hz", clock_hz), ("baud", baud)]:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, not {value!r}")
+    divisor = round(clock_hz / baud)
+    if divisor < MIN_BRIDGE_DIVISOR:
+        raise ValueError(f"baud {baud} is too fast for a {clock_hz} Hz clock: clock_hz / baud "
+                         f"must round to at least {MIN_BRIDGE_DIVISOR}, not {divisor}")
+    achieved = clock_hz / divisor
+    error = abs(achieved - baud) / baud
+    if error > MAX_BAUD_ERROR:
+        raise ValueError(f"baud {baud} at {clock_hz} Hz: divisor {divisor} gives {achieved:.0f} "
+                         f"baud, {error:.1%} off (at most {MAX_BAUD_ERROR:.0%})")
+    return divisor
+
+
+def _crc_step(crc, byte):
+    """CRC-16/CCITT-FALSE of one more byte, one clock: each output bit is an XOR of inputs."""
+    def response(crc_in, byte_in):
+        return crc16(bytes([byte_in]), crc_in)
+    bits = []
+    for i in range(16):
+        terms = [crc[j] for j in range(16) if response(1 << j, 0) >> i & 1]
+        terms += [byte[j] for j in range(8) if (response(0, 1 << j) ^ response(0, 0)) >> i & 1]
+        value = terms[0]
+        for term in terms[1:]:
+            value = value ^ term
+        bits.append(value)
+    return Cat(*bits)
+
+
+# -- UART ---------------------------------------------------------------------------------------
+
+class UARTReceiver(wiring.Component):
+    """8N1 receiver: LSB first, idle high, every bit sampled in its middle.
+
+    Parameters
+    ----------
+    divisor : int
+        Clocks per bit, at least 4.
+
+    Attributes
+    ----------
+    rx : In(1)
+        The line (synchronized here by two flip-flops).
+    o : Out(stream.Signature(8))
+        Received bytes. ``valid`` is held until ``ready``; a byte not taken before the next one
+        is complete is overwritten (the line cannot be stalled).
+    framing_error : Out(1)
+        Strobe: a stop bit was low. The byte is dropped and the receiver waits for the line to
+        be high before looking for a start bit.
+
+    Latency: a byte is on ``o`` about 9.5 bit times plus 3 clocks after its start bit's falling
+    edge. Throughput: one byte per 10 bit times (the stop bit is sampled in its middle, so a
+    transmitter up to ~4 % fast is followed).
+    """
+
+    def __init__(self, divisor: int):
+        _check_divisor(self, divisor, 4)
+        self._divisor = divisor
+        super().__init__({
+            "rx": In(1, init=1),
+            "o": Out(stream.Signature(8)),
+            "framing_error": Out(1),
+        })
+
+    @property
+    def divisor(self) -> int:
+        return self._divisor
+
+    def elaborate(self, platform):
+        m = Module()
+        divisor = self._divisor
+
+        meta = Signal(init=1)
+        line = Signal(init=1)
+        timer = Signal(range(divisor))
+        bit_index = Signal(range(8))
+        shift = Signal(8)
+
+        m.d.sync += [meta.eq(self.rx), line.eq(meta), self.framing_error.eq(0)]
+        with m.If(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(~line):
+                    m.d.sync += timer.eq(divisor // 2 - 1)
+                    m.next = "START"
+            with m.State("START"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(line):
+                    m.next = "IDLE"                     # a glitch, not a start bit
+                with m.Else():
+                    m.d.sync += [timer.eq(divisor - 1), bit_index.eq(0)]
+                    m.next = "DATA"
+            with m.State("DATA"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Else():
+                    m.d.sync += [shift.eq(Cat(shift[1:], line)), timer.eq(divisor - 1),
+                                 bit_index.eq(bit_index + 1)]
+                    with m.If(bit_index == 7):
+                        m.next = "STOP"
+            with m.State("STOP"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(line):
+                    m.d.sync += [self.o.payload.eq(shift), self.o.valid.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += self.framing_error.eq(1)
+                    m.next = "BREAK"
+            with m.State("BREAK"):
+                with m.If(line):
+                    m.next = "IDLE"
+        return m
+
+
+class UARTTransmitter(wiring.Component):
+    """8N1 transmitter: start bit, 8 data bits LSB first, stop bit; the line idles high.
+
+    Parameters
+    ----------
+    divisor : int
+        Clocks per bit, at least 4.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(8))
+        Bytes to send; ``ready`` while idle.
+    tx : Out(1)
+        The line, from a flip-flop.
+
+    Latency: the start bit begins one clock after a byte is accepted. Throughput: one byte per
+    ``10 * divisor + 1`` clocks.
+    """
+
+    def __init__(self, divisor: int):
+        _check_divisor(self, divisor, 4)
+        self._divisor = divisor
+        super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
+
+    @property
+    def divisor(self) -> int:
+        return self._divisor
+
+    def elaborate(self, platform):
+        m = Module()
+        divisor = self._divisor
+
+        timer = Signal(range(divisor))
+        remaining = Signal(range(10))
+        shift = Signal(9)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [self.tx.eq(0), shift.eq(Cat(self.i.payload, Const(1, 1))),
+                                 remaining.eq(9), timer.eq(divisor - 1)]
+                    m.next = "SEND"
+            with m.State("SEND"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(remaining == 0):
+                    m.next = "IDLE"                     # the stop bit has lasted a bit time
+                with m.Else():
+                    m.d.sync += [self.tx.eq(shift[0]), shift.eq(shift[1:]),
+                                 remaining.eq(remaining - 1), timer.eq(divisor - 1)]
+        return m
+
+
+# -- framing ------------------------------------------------------------------------------------
+
+#: A byte of a frame body on its way to :class:`FrameTransmitter`.
+BODY_BYTE = data.StructLayout({"data": 8, "last": 1})
+
+
+class FrameTransmitter(wiring.Component):
+    """SLIP-frame a body and append its CRC-16: ``END``, escaped body, escaped CRC, ``END``.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(BODY_BYTE))
+        Body bytes (``kind, seq, payload``); ``last`` marks the frame's last byte.
+    o : Out(stream.Signature(8))
+        Wire bytes. The CRC (low byte first) is computed one byte per clock as bytes are taken.
+
+    Throughput: one wire byte per clock when ``o`` is always ready (two clocks per body byte).
+    """
+
+    def __init__(self):
+        super().__init__({"i": In(stream.Signature(BODY_BYTE)),
+                          "o": Out(stream.Signature(8))})
+
+    def elaborate(self, platform):
+        m = Module()
+        crc = Signal(16, init=0xFFFF)
+        held = Signal(8)
+        held_last = Signal()
+        tail = Signal(range(3))                 # 0 body byte, 1 CRC low byte, 2 CRC high byte
+        special = Signal()
+
+        m.d.comb += special.eq((held == END) | (held == ESC))
+
+        def next_byte():
+            with m.If(tail == 0):
+                with m.If(held_last):
+                    m.d.sync += [held.eq(crc[:8]), tail.eq(1)]
+                    m.next = "SEND"
+                with m.Else():
+                    m.next = "TAKE"
+            with m.Elif(tail == 1):
+                m.d.sync += [held.eq(crc[8:]), tail.eq(2)]
+                m.next = "SEND"
+            with m.Else():
+                m.next = "FINISH"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.i.valid):
+                    m.d.sync += [crc.eq(0xFFFF), tail.eq(0)]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(END)]
+                with m.If(self.o.ready):
+                    m.next = "TAKE"
+            with m.State("TAKE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [held.eq(self.i.payload.data), held_last.eq(self.i.payload.last),
+                                 crc.eq(_crc_step(crc, self.i.payload.data))]
+                    m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(Mux(special, ESC, held))]
+                with m.If(self.o.ready):
+                    with m.If(special):
+                        m.next = "ESCAPED"
+                    with m.Else():
+                        next_byte()
+            with m.State("ESCAPED"):
+                m.d.comb += [self.o.valid.eq(1),
+                             self.o.payload.eq(Mux(held == END, ESC_END, ESC_ESC))]
+                with m.If(self.o.ready):
+                    next_byte()
+            with m.State("FINISH"):
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(END)]
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
+# -- the bridge ---------------------------------------------------------------------------------
+
+class HostBridge(wiring.Component):
+    """UART requests in, engine ports driven, responses out (``docs/host-link.md``).
+
+    Parameters
+    ----------
+    plan : EnginePlan
+    clock_hz : int, optional
+        The ``sync`` clock frequency. Single-domain mode (``uart_clock_hz`` None): required; it
+        sets the divisor and INFO reports it. Two-domain mode: optional and unused (INFO
+        reports the measured frequency instead).
+    baud : int
+        ``round(clock / baud)`` must be at least 8 and the achieved rate within 2 %, where
+        ``clock`` is ``clock_hz`` (single-domain) or ``uart_clock_hz`` (two-domain).
+    max_write_words : int
+        Words one WRITE may carry, 1 .. 65535 (the size of the word buffer).
+    uart_clock_hz : int, optional
+        Two-domain mode: the UART receiver and transmitter run in the clock domain ``"uart"``
+        (which the caller defines, e.g. the board's crystal) at this frequency, so nothing in the
+        netlist depends on the ``sync`` frequency. Bytes cross between ``uart`` and ``sync``
+        through two ``AsyncFIFO`` instances, and INFO's ``clock_hz`` is the ``sync`` frequency measured
+        against ``uart`` (:func:`meter_window`; 0 until the first window was measured).
+    meter_window_cycles : int, optional
+        Test hook (two-domain mode only): the clock meter's window in uart clocks, default
+        ``uart_clock_hz / 100`` (10 ms); the reading's resolution is ``uart_clock_hz / window`` Hz.
+
+    Attributes
+    ----------
+    rx : In(1)
+        UART from the host.
+    tx : Out(1)
+        UART to the host (registered).
+    i : Out(stream.Signature(unsigned(input_lanes * input_bits)))
+        To the engine's ``i``: one beat per clock while the engine takes them.
+    o : In(stream.Signature(signed(logit_bits)))
+        From the engine's ``o``; always ready.
+    write : Out(stream.Signature(StructLayout({"addr": ..., "data": ...})))
+        To the engine's ``write``.
+    busy : In(1)
+        The engine's ``busy``: a request starts only when it is low.
+    cycles : In(48)
+        The engine's ``cycles``: INFER reports the difference between the first beat accepted
+        and the last logit accepted.
+
+    A request is executed only after its closing ``END`` and CRC check; its payload is
+    buffered in a beat memory (``beats_per_image`` beats) or a word memory
+    (``max_write_words`` words). Latency: the response starts a few clocks after the request's
+    closing ``END`` (INFO), after the last logit of the last run (INFER) or after the last word
+    is accepted (WRITE); the link runs at one byte per ``10 * divisor`` clocks each way.
+    """
+
+    def __init__(self, plan: EnginePlan, *, clock_hz: int | None = None, baud: int,
+                 max_write_words: int = DEFAULT_MAX_WRITE_WORDS,
+                 uart_clock_hz: int | None = None, meter_window_cycles: int | None = None):
+        if not isinstance(plan, EnginePlan):
+            _reject(self, TypeError(f"plan must be an EnginePlan, not {plan!r}"))
+        if (not isinstance(max_write_words, int) or isinstance(max_write_words, bool)
+                or not 1 <= max_write_words <= 0xFFFF):
+            _reject(self, ValueError(f"max_write_words must be an int 1..65535, not "
+                                     f"{max_write_words!r}"))
+        if clock_hz is not None and (not _positive_int(clock_hz) or clock_hz >= 1 << 32):
+            _reject(self, ValueError(f"clock_hz must be a positive int below 2**32, not "
+                                     f"{clock_hz!r}"))
+        self._meter_window = self._meter_scale = None
+        try:
+            if uart_clock_hz is None:
+                if meter_window_cycles is not None:
+                    raise ValueError("meter_window_cycles needs uart_clock_hz (two-domain mode)")
+                if clock_hz is None:
+                    raise ValueError("clock_hz is required when uart_clock_hz is not given "
+                                     "(single-domain mode: the UART runs on the sync clock)")
+                self._divisor = baud_divisor(clock_hz, baud)
+            else:
+                if not _positive_int(uart_clock_hz) or uart_clock_hz >= 1 << 32:
+                    raise ValueError(f"uart_clock_hz must be a positive int below 2**32, not "
+                                     f"{uart_clock_hz!r}")
+                self._divisor = baud_divisor(uart_clock_hz, baud)
+                self._meter_window, self._meter_scale = meter_window(uart_clock_hz,
+                                                                     meter_window_cycles)
+        except ValueError as error:
+            _reject(self, error)
+        fmt = LinkFormat.from_plan(plan)
+        if max(plan.beats_per_image, plan.out_features) > 0xFFFF:
+            _reject(self, ValueError(f"beats_per_image and out_features must fit 16 bits, not "
+                                     f"{plan.beats_per_image} and {plan.out_features}"))
+        self._plan = plan
+        self._format = fmt
+        self._clock_hz = clock_hz
+        self._uart_clock_hz = uart_clock_hz
+        self._baud = baud
+        self._max_write_words = max_write_words
+        self._word = data.StructLayout({"addr": unsigned(plan.address_bits),
+                                        "data": unsigned(plan.data_bits)})
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "i": Out(stream.Signature(unsigned(plan.input_lanes * plan.input_bits))),
+            "o": In(stream.Signature(signed(plan.logit_bits))),
+            "write": Out(stream.Signature(self._word)),
+            "busy": In(1),
+            "cycles": In(CYCLE_COUNTER_BITS),
+        })
+
+    @property
+    def plan(self) -> EnginePlan:
+        return self._plan
+
+    @property
+    def divisor(self) -> int:
+        """Clocks per UART bit (``uart`` clocks in two-domain mode, else ``sync`` clocks)."""
+        return self._divisor
+
+    @property
+    def max_write_words(self) -> int:
+        return self._max_write_words
+
+    @property
+    def clock_hz(self) -> int | None:
+        """The ``sync`` frequency given (None if not given; unused in two-domain mode)."""
+        return self._clock_hz
+
+    @property
+    def uart_clock_hz(self) -> int | None:
+        """The ``uart`` domain's frequency, or None in single-domain mode."""
+        return self._uart_clock_hz
+
+    @property
+    def two_domain(self) -> bool:
+        """True if the UART runs in the ``uart`` domain (``uart_clock_hz`` given)."""
+        return self._uart_clock_hz is not None
+
+    @property
+    def meter_window_cycles(self) -> int | None:
+        """Two-domain mode: the clock meter's window, in ``uart`` clocks."""
+        return self._meter_window
+
+    @property
+    def meter_scale(self) -> int | None:
+        """Two-domain mode: Hz per ``sync`` clock counted in a window (INFO's resolution)."""
+        return self._meter_scale
+
+    def meter_tolerance_hz(self, sync_hz: int) -> int:
+        """Two-domain mode: how far INFO's clock_hz may be from a ``sync`` clock of ``sync_hz``
+        (measured against the ``uart`` clock, whose own tolerance comes on top): two counts of
+        ``meter_scale`` Hz (one of quantization, one of synchronizer uncertainty), plus
+        ``sync_hz`` times the scale's rounding when the window does not divide
+        ``uart_clock_hz`` (0 for the default 10 ms window of a multiple of 100 Hz)."""
+        if self._meter_window is None:
+            raise ValueError("meter_tolerance_hz is for two-domain mode (uart_clock_hz given)")
+        window, scale, uart_hz = self._meter_window, self._meter_scale, self._uart_clock_hz
+        rounding = abs(scale * window - uart_hz) * sync_hz
+        return 2 * scale + -(-rounding // uart_hz)
+
+    def info_payload(self, clock_hz: int | None = None) -> bytes:
+        """The INFO response payload this bridge sends, with ``clock_hz`` in its clock field
+        (default: the ``clock_hz`` given in single-domain mode, 0 in two-domain mode, where
+        the field is the measured frequency)."""
+        plan = self._plan
+        if clock_hz is None:
+            clock_hz = 0 if self.two_domain else self._clock_hz
+        return (bytes([PROTOCOL_VERSION]) + plan_fingerprint(plan).to_bytes(4, "little")
+                + clock_hz.to_bytes(4, "little")
+                + self._max_write_words.to_bytes(2, "little")
+                + plan.beats_per_image.to_bytes(2, "little")
+                + plan.out_features.to_bytes(2, "little"))
+
+    def _uart(self, m, framer):
+        """The UART, and in two-domain mode the FIFOs across to ``sync``.
+
+        Returns ``(valid, byte, framing_error)`` in ``sync``: one received byte per ``valid``
+        strobe, and the framing-error strobe (never both at once)."""
+        if not self.two_domain:
+            m.submodules.receiver = receiver = UARTReceiver(self._divisor)
+            m.submodules.transmitter = transmitter = UARTTransmitter(self._divisor)
+            wiring.connect(m, framer.o, transmitter.i)
+            m.d.comb += [receiver.rx.eq(self.rx), self.tx.eq(transmitter.tx),
+                         receiver.o.ready.eq(1)]
+            return receiver.o.valid, receiver.o.payload, receiver.framing_error
+
+        to_uart = DomainRenamer({"sync": "uart"})
+        m.submodules.receiver = receiver = to_uart(UARTReceiver(self._divisor))
+        m.submodules.transmitter = transmitter = to_uart(UARTTransmitter(self._divisor))
+        # uart -> sync: 9-bit entries, a byte (bit 8 low) or a framing error (bit 8 high).
+        m.submodules.rx_fifo = rx_fifo = AsyncFIFO(width=9, depth=CDC_FIFO_DEPTH,
+                                                   r_domain="sync", w_domain="uart")
+        framing_pending = Signal()              # uart: a framing error not yet in the FIFO
+        m.d.comb += [
+            receiver.rx.eq(self.rx),
+            rx_fifo.w_en.eq(receiver.o.valid | framing_pending),
+            rx_fifo.w_data.eq(Mux(receiver.o.valid, receiver.o.payload, 0x100)),
+            receiver.o.ready.eq(rx_fifo.w_rdy),
+        ]
+        with m.If(rx_fifo.w_rdy & ~receiver.o.valid):
+            m.d.uart += framing_pending.eq(0)
+        with m.If(receiver.framing_error):
+            m.d.uart += framing_pending.eq(1)
+        # The FIFO's read data (a memory's) is registered before any logic uses it.
+        valid, byte, framing = Signal(), Signal(8), Signal()
+        m.d.comb += rx_fifo.r_en.eq(1)
+        m.d.sync += [valid.eq(rx_fifo.r_rdy & ~rx_fifo.r_data[8]), byte.eq(rx_fifo.r_data[:8]),
+                     framing.eq(rx_fifo.r_rdy & rx_fifo.r_data[8])]
+        # sync -> uart: wire bytes of responses.
+        m.submodules.tx_fifo = tx_fifo = AsyncFIFO(width=8, depth=CDC_FIFO_DEPTH,
+                                                   r_domain="uart", w_domain="sync")
+        m.d.comb += [
+            tx_fifo.w_en.eq(framer.o.valid),
+            tx_fifo.w_data.eq(framer.o.payload),
+            framer.o.ready.eq(tx_fifo.w_rdy),
+            transmitter.i.valid.eq(tx_fifo.r_rdy),
+            transmitter.i.payload.eq(tx_fifo.r_data),
+            tx_fifo.r_en.eq(transmitter.i.ready),
+            self.tx.eq(transmitter.tx),
+        ]
+        return valid, byte, framing
+
+    def _clock_meter(self, m):
+        """The ``sync`` frequency in Hz (32 bits, registered), 0 until a window was measured.
+
+        ``uart`` toggles a flag every ``window`` uart clocks; ``sync`` synchronizes it and adds
+        ``scale`` to a counter every clock: at each toggle after the first, the counter (sync
+        clocks in the window, times ``scale``) is the frequency. No multiplier, one adder."""
+        window, scale = self._meter_window, self._meter_scale
+        window_timer = Signal(range(window))
+        toggle = Signal()
+        with m.If(window_timer == window - 1):
+            m.d.uart += [window_timer.eq(0), toggle.eq(~toggle)]
+        with m.Else():
+            m.d.uart += window_timer.eq(window_timer + 1)
+
+        toggle_sync = Signal()
+        toggle_seen = Signal()
+        started = Signal()
+        accumulated = Signal(32)                # scale * sync clocks since the last toggle
+        measured = Signal(32)
+        m.submodules.meter_sync = FFSynchronizer(toggle, toggle_sync)
+        m.d.sync += toggle_seen.eq(toggle_sync)
+        with m.If(toggle_sync != toggle_seen):
+            m.d.sync += [accumulated.eq(scale), started.eq(1)]
+            with m.If(started):
+                m.d.sync += measured.eq(accumulated)
+        with m.Else():
+            m.d.sync += accumulated.eq(accumulated + scale)
+        return measured
+
+    def elaborate(self, platform):
+        plan, fmt = self._plan, self._format
+        m = Module()
+        beats, out_features = plan.beats_per_image, plan.out_features
+        max_words = self._max_write_words
+        beat_width = plan.input_lanes * plan.input_bits
+        record_bytes = max(fmt.beat_bytes, fmt.word_bytes)
+        infer_body = 4 + fmt.infer_payload_bytes
+        count_max = 4 + max(fmt.infer_payload_bytes, max_words * fmt.word_bytes) + 1
+        info_total = INFO_BYTES
+        infer_total = out_features * fmt.logit_bytes + CYCLES_BYTES
+
+        # -- named strobes and registers ---------------------------------------------------
+        got = Signal()                          # a decoded body byte, `got_byte`
+        got_byte = Signal(8)
+        restart = Signal()                      # forget the frame being received
+
+        count = Signal(range(count_max + 1))    # body bytes received (saturating)
+        escaped = Signal()
+        dropped = Signal()                      # bytes arrived while not receiving
+        kind = Signal(8)
+        seq = Signal(8)
+        hist1 = Signal(8)                       # the last body byte received
+        hist2 = Signal(8)                       # the one before
+        crc = Signal(16, init=0xFFFF)           # over the bytes known not to be the CRC
+        repeat = Signal(16)
+        record = Signal(8 * record_bytes)       # payload bytes assembling a beat or a word
+        record_phase = Signal(range(record_bytes))
+        record_index = Signal(range(max(beats, max_words) + 1))
+        overflow = Signal()
+
+        error_code = Signal(3)
+        discard_after = Signal()
+        resp_kind = Signal(8)
+        resp_seq = Signal(8)
+        resp_last = Signal(range(max(info_total, infer_total, 2) + 1))   # payload bytes - 1
+        resp_index = Signal.like(resp_last)
+        resp_neuron = Signal(range(out_features + 1))
+        resp_byte = Signal(range(max(fmt.logit_bytes, CYCLES_BYTES)))
+        write_count = Signal(16)
+
+        feed_valid = Signal()
+        feed_next = Signal(range(max(beats, max_words)))
+        runs_to_feed = Signal(16)
+        runs_to_collect = Signal(16)
+        collect_neuron = Signal(range(max(out_features, 1)))
+        first_beat = Signal()
+        start_cycles = Signal(CYCLE_COUNTER_BITS)
+        elapsed = Signal(CYCLE_COUNTER_BITS)
+
+        # -- submodules ----------------------------------------------------------------------
+        m.submodules.framer = framer = FrameTransmitter()
+        rx_valid, rx_byte, rx_framing = self._uart(m, framer)
+        measured_hz = self._clock_meter(m) if self.two_domain else Const(0, 32)
+        m.submodules.beat_buffer = beat_buffer = Memory(shape=unsigned(beat_width),
+                                                        depth=beats, init=[])
+        m.submodules.word_buffer = word_buffer = Memory(shape=self._word, depth=max_words,
+                                                        init=[])
+        m.submodules.logit_buffer = logit_buffer = Memory(shape=signed(plan.logit_bits),
+                                                          depth=out_features, init=[])
+        beat_write = beat_buffer.write_port()
+        beat_read = beat_buffer.read_port()
+        word_write = word_buffer.write_port()
+        word_read = word_buffer.read_port()
+        logit_write = logit_buffer.write_port()
+        logit_read = logit_buffer.read_port()
+
+        # -- grouped comb ------------------------------------------------------------------
+        m.d.comb += [
+            self.o.ready.eq(1),
+            self.i.payload.eq(beat_read.data),
+            self.write.payload.eq(word_read.data),
+            logit_write.addr.eq(collect_neuron),
+            logit_write.data.eq(self.o.payload),
+            logit_read.addr.eq(resp_neuron),
+        ]
+
+        # Body bytes: byte `count` arrives; byte `count - 2` (`hist2`) is now known to be part
+        # of kind, seq or payload, never of the CRC, so it enters the CRC and the buffers.
+        shifted = Cat(record[8:], hist2)
+        new_beat = shifted[8 * (record_bytes - fmt.beat_bytes):][:beat_width]
+        # A word is its address bytes then its data bytes: each field from its own bytes.
+        raw_word = shifted[8 * (record_bytes - fmt.word_bytes):]
+        new_word = Signal(self._word)
+        m.d.comb += [
+            new_word.addr.eq(raw_word[:plan.address_bits]),
+            new_word.data.eq(raw_word[8 * fmt.address_bytes:][:plan.data_bits]),
+        ]
+        is_infer_beat = (kind == INFER) & (count >= 6)
+        is_write_word = (kind == WRITE) & (count >= 4)
+        record_size = Mux(kind == INFER, fmt.beat_bytes, fmt.word_bytes)
+        record_done = record_phase == record_size - 1
+        with m.If(got):
+            m.d.sync += [hist1.eq(got_byte), hist2.eq(hist1)]
+            with m.If(count != count_max):
+                m.d.sync += count.eq(count + 1)
+            with m.If(count == 0):
+                m.d.sync += kind.eq(got_byte)
+            with m.If(count == 1):
+                m.d.sync += seq.eq(got_byte)
+            with m.If(count >= 2):
+                m.d.sync += crc.eq(_crc_step(crc, hist2))
+            with m.If((kind == INFER) & (count == 4)):
+                m.d.sync += repeat[:8].eq(hist2)
+            with m.If((kind == INFER) & (count == 5)):
+                m.d.sync += repeat[8:].eq(hist2)
+            with m.If(is_infer_beat | is_write_word):
+                m.d.sync += [record.eq(shifted),
+                             record_phase.eq(Mux(record_done, 0, record_phase + 1))]
+                with m.If(record_done):
+                    limit = Mux(kind == INFER, beats, max_words)
+                    with m.If(record_index < limit):
+                        m.d.sync += record_index.eq(record_index + 1)
+                    with m.Else():
+                        m.d.sync += overflow.eq(1)
+        m.d.comb += [
+            beat_write.addr.eq(record_index),
+            beat_write.data.eq(new_beat),
+            beat_write.en.eq(got & is_infer_beat & record_done & (record_index < beats)),
+            word_write.addr.eq(record_index),
+            word_write.data.eq(new_word),
+            word_write.en.eq(got & is_write_word & record_done & (record_index < max_words)),
+        ]
+        with m.If(restart):
+            m.d.sync += [count.eq(0), escaped.eq(0), crc.eq(0xFFFF), record_phase.eq(0),
+                         record_index.eq(0), overflow.eq(0), dropped.eq(0)]
+
+        # Response payload bytes.
+        logit_bytes = Signal(8 * fmt.logit_bytes)
+        m.d.comb += logit_bytes.eq(logit_read.data.as_signed())
+        info_constant = Const(int.from_bytes(self.info_payload(), "little"), 8 * INFO_BYTES)
+        info_clock = Signal(32)                 # two-domain: a snapshot of the clock meter
+        if self.two_domain:                     # the clock field (bytes 5 .. 8) is measured
+            info_bytes = Cat(info_constant[:40], info_clock, info_constant[72:])
+        else:
+            info_bytes = info_constant
+        resp_payload = Signal(8)
+        with m.Switch(resp_kind):
+            with m.Case(INFO | RESPONSE):
+                m.d.comb += resp_payload.eq(info_bytes.word_select(resp_index, 8))
+            with m.Case(INFER | RESPONSE):
+                m.d.comb += resp_payload.eq(Mux(resp_neuron != out_features,
+                                                logit_bytes.word_select(resp_byte, 8),
+                                                elapsed.word_select(resp_byte, 8)))
+            with m.Case(WRITE | RESPONSE):
+                m.d.comb += resp_payload.eq(write_count.word_select(resp_index[0], 8))
+            with m.Default():
+                m.d.comb += resp_payload.eq(error_code)
+
+        # Engine feeders: present buffer entry `feed_next` one clock after claiming it.
+        feed_advance = ~feed_valid | Mux(kind == INFER, self.i.ready, self.write.ready)
+        m.d.comb += [beat_read.addr.eq(feed_next), beat_read.en.eq(feed_advance),
+                     word_read.addr.eq(feed_next), word_read.en.eq(feed_advance)]
+
+        def respond(response_kind, response_seq, total):
+            m.d.sync += [resp_kind.eq(response_kind), resp_seq.eq(response_seq),
+                         resp_last.eq(total - 1), resp_index.eq(0), resp_neuron.eq(0),
+                         resp_byte.eq(0)]
+            m.next = "RESP_KIND"
+
+        def nak(code, *, discard):
+            m.d.sync += [error_code.eq(code), discard_after.eq(discard)]
+            respond(NAK, Mux(count >= 2, seq, 0), 1)
+
+        with m.FSM() as fsm:
+            with m.State("RECEIVE"):
+                with m.If(rx_framing):
+                    nak(FRAMING, discard=1)
+                with m.Elif(rx_valid):
+                    byte = rx_byte
+                    with m.If(escaped):
+                        m.d.sync += escaped.eq(0)
+                        with m.If((byte == ESC_END) | (byte == ESC_ESC)):
+                            m.d.comb += [got.eq(1), got_byte.eq(Mux(byte == ESC_END, END, ESC))]
+                        with m.Else():
+                            nak(BAD_ESCAPE, discard=byte != END)
+                    with m.Elif(byte == END):
+                        with m.If(count != 0):
+                            m.next = "CHECK"
+                    with m.Elif(byte == ESC):
+                        m.d.sync += escaped.eq(1)
+                    with m.Else():
+                        m.d.comb += [got.eq(1), got_byte.eq(byte)]
+            with m.State("DISCARD"):
+                with m.If(rx_valid & (rx_byte == END)):
+                    m.d.comb += restart.eq(1)
+                    m.next = "RECEIVE"
+            with m.State("CHECK"):
+                write_ok = (record_phase == 0) & (record_index != 0) & ~overflow
+                with m.If((count < 4) | (crc != Cat(hist2, hist1))):
+                    nak(BAD_CRC, discard=0)
+                with m.Elif((kind != INFO) & (kind != INFER) & (kind != WRITE)):
+                    nak(BAD_KIND, discard=0)
+                with m.Elif(((kind == INFO) & (count != 4))
+                            | ((kind == INFER) & (count != infer_body))
+                            | ((kind == WRITE) & ~write_ok)):
+                    nak(BAD_LENGTH, discard=0)
+                with m.Elif((kind == INFER) & (repeat == 0)):
+                    nak(BAD_REPEAT, discard=0)
+                with m.Else():
+                    m.next = "WAIT_IDLE"
+            with m.State("WAIT_IDLE"):
+                with m.If(~self.busy):
+                    m.d.sync += [feed_valid.eq(0), feed_next.eq(0), runs_to_feed.eq(repeat),
+                                 runs_to_collect.eq(repeat), collect_neuron.eq(0),
+                                 first_beat.eq(1), write_count.eq(record_index)]
+                    with m.If(kind == INFO):
+                        m.d.sync += [discard_after.eq(0), info_clock.eq(measured_hz)]
+                        respond(INFO | RESPONSE, seq, info_total)
+                    with m.Elif(kind == INFER):
+                        m.next = "INFER"
+                    with m.Else():
+                        m.d.sync += runs_to_feed.eq(record_index)
+                        m.next = "WRITE"
+            with m.State("INFER"):
+                m.d.comb += self.i.valid.eq(feed_valid)
+                with m.If(feed_advance):
+                    with m.If(runs_to_feed != 0):
+                        m.d.sync += [feed_valid.eq(1),
+                                     feed_next.eq(Mux(feed_next == beats - 1, 0, feed_next + 1))]
+                        with m.If(feed_next == beats - 1):
+                            m.d.sync += runs_to_feed.eq(runs_to_feed - 1)
+                    with m.Else():
+                        m.d.sync += feed_valid.eq(0)
+                with m.If(self.i.valid & self.i.ready & first_beat):
+                    m.d.sync += [start_cycles.eq(self.cycles), first_beat.eq(0)]
+                with m.If(self.o.valid):
+                    m.d.comb += logit_write.en.eq(1)
+                    with m.If(collect_neuron == out_features - 1):
+                        m.d.sync += [collect_neuron.eq(0),
+                                     runs_to_collect.eq(runs_to_collect - 1)]
+                        with m.If(runs_to_collect == 1):
+                            m.d.sync += [elapsed.eq(self.cycles - start_cycles),
+                                         discard_after.eq(0), feed_valid.eq(0)]
+                            respond(INFER | RESPONSE, seq, infer_total)
+                    with m.Else():
+                        m.d.sync += collect_neuron.eq(collect_neuron + 1)
+            with m.State("WRITE"):
+                # runs_to_feed counts words here.
+                m.d.comb += self.write.valid.eq(feed_valid)
+                with m.If(feed_advance):
+                    with m.If(runs_to_feed != 0):
+                        m.d.sync += [feed_valid.eq(1), feed_next.eq(feed_next + 1),
+                                     runs_to_feed.eq(runs_to_feed - 1)]
+                    with m.Else():
+                        m.d.sync += feed_valid.eq(0)
+                        m.d.sync += discard_after.eq(0)
+                        respond(WRITE | RESPONSE, seq, 2)
+            with m.State("RESP_KIND"):
+                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_kind)]
+                with m.If(framer.i.ready):
+                    m.next = "RESP_SEQ"
+            with m.State("RESP_SEQ"):
+                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_seq)]
+                with m.If(framer.i.ready):
+                    m.next = "RESP_FETCH"
+            with m.State("RESP_FETCH"):
+                m.next = "RESP_PAYLOAD"                 # the logit read settles
+            with m.State("RESP_PAYLOAD"):
+                last = resp_index == resp_last     # no subtractor on the path to `restart`
+                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_payload),
+                             framer.i.payload.last.eq(last)]
+                with m.If(framer.i.ready):
+                    m.d.sync += resp_index.eq(resp_index + 1)
+                    in_logits = (resp_kind == (INFER | RESPONSE)) & (resp_neuron != out_features)
+                    with m.If(in_logits & (resp_byte == fmt.logit_bytes - 1)):
+                        m.d.sync += [resp_byte.eq(0), resp_neuron.eq(resp_neuron + 1)]
+                    with m.Else():
+                        m.d.sync += resp_byte.eq(resp_byte + 1)
+                    with m.If(last):
+                        m.d.comb += restart.eq(1)
+                        with m.If(discard_after | dropped | rx_valid):
+                            m.next = "DISCARD"
+                        with m.Else():
+                            m.next = "RECEIVE"
+                    with m.Else():
+                        m.next = "RESP_FETCH"
+
+        # Bytes that arrive while executing or answering are dropped (`dropped`: resync).
+        receiving = fsm.ongoing("RECEIVE") | fsm.ongoing("DISCARD")
+        with m.If(~receiving & (rx_valid | rx_framing)):
+            m.d.sync += dropped.eq(1)
+        return m
+
+
+class LinkedEngine(wiring.Component):
+    """An :class:`accel.engine.Engine` behind a :class:`HostBridge`: the board's core.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+    clock_hz, baud, max_write_words, uart_clock_hz, meter_window_cycles
+        As for :class:`HostBridge`. With ``uart_clock_hz`` the caller defines two clock
+        domains: ``sync`` (the engine's and the bridge's, any frequency) and ``uart`` (at
+        ``uart_clock_hz``, the UART's); without it only ``sync``, at ``clock_hz``.
+
+    Attributes
+    ----------
+    rx : In(1)
+        UART from the host (synchronized inside, in the UART's domain).
+    tx : Out(1)
+        UART to the host (registered, in the UART's domain).
+
+    Latency and throughput: those of the engine (``docs/accelerator.md``) plus the UART
+    transfer of the request and the response (``docs/host-link.md``).
+    """
+
+    def __init__(self, plan: EnginePlan, *, clock_hz: int | None = None, baud: int,
+                 max_write_words: int = DEFAULT_MAX_WRITE_WORDS,
+                 uart_clock_hz: int | None = None, meter_window_cycles: int | None = None):
+        if not isinstance(plan, EnginePlan):
+            _reject(self, TypeError(f"plan must be an EnginePlan, not {plan!r}"))
+        try:
+            self._bridge = HostBridge(plan, clock_hz=clock_hz, baud=baud,
+                                      max_write_words=max_write_words,
+                                      uart_clock_hz=uart_clock_hz,
+                                      meter_window_cycles=meter_window_cycles)
+        except ValueError as error:
+            _reject(self, error)
+        self._plan = plan
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1)})
+
+    @property
+    def plan(self) -> EnginePlan:
+        return self._plan
+
+    @property
+    def bridge(self) -> HostBridge:
+        return self._bridge
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge = bridge = self._bridge
+        m.submodules.engine = engine = Engine(self._plan)
+        wiring.connect(m, bridge.i, engine.i)
+        wiring.connect(m, engine.o, bridge.o)
+        wiring.connect(m, bridge.write, engine.write)
+        m.d.comb += [
+            bridge.rx.eq(self.rx),
+            self.tx.eq(bridge.tx),
+            bridge.busy.eq(engine.busy),
+            bridge.cycles.eq(engine.cycles),
+        ]
+        return m

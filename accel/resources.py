@@ -1,0 +1,150 @@
+"""Resources of an engine on a board, estimated before synthesis, and the fit check.
+
+Block RAMs are counted memory by memory from the elaborated design, with the rule Yosys's
+``memory_libmap`` applies: each memory goes to the cheapest of block RAM (cost 128 per ECP5
+``DP16KD``, 64 per iCE40 ``SB_RAM40_4K``, in the best aspect ratio), LUT RAM (ECP5 only: 16x4
+cells, an effective cost of 5.5 each with the read register) or flip-flops (cost 1 per bit); a
+memory with several read ports is replicated once per read port, and one marked
+``ram_style = "distributed"`` (the accumulators) is LUT RAM. On the LeNet-300-100 and
+digits engines this reproduces Yosys's block RAM count exactly (``bench/accel_build.py``
+prints estimate and result side by side).
+
+Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
+layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
+``ceil(a / w) * ceil(b / w)`` pieces. LUTs are a linear model fitted to place-and-route
+results (see ``LUTS_PER_PE``), good to about 15%: the fit check refuses on LUTs only when even
+80% of the estimate does not fit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compress.integer import MULTIPLIER_BITS
+
+__all__ = ["FitError", "ResourceEstimate", "check_fit", "estimate_resources", "memories"]
+
+#: (width, depth) configurations of one block RAM, per family.
+_BRAM_SHAPES = {
+    "ecp5": ((1, 16384), (2, 8192), (4, 4096), (9, 2048), (18, 1024), (36, 512)),
+    "ice40": ((2, 2048), (4, 1024), (8, 512), (16, 256)),
+}
+_BRAM_COST = {"ecp5": 128, "ice40": 64}
+_LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (fitted)
+
+#: LUT4s of one PE (datapath, queues' control, drain) and of the rest, fitted to nextpnr's
+#: TRELLIS_COMB count of 16-PE digits and LeNet-300-100 engines; LUT RAM cells are added.
+LUTS_PER_PE = 1900
+LUTS_FIXED = 1500
+LUTS_PER_LUTRAM = 2
+
+#: Margin under the LUT estimate below which the fit check still lets a design through.
+LUT_TOLERANCE = 0.8
+
+
+class FitError(ValueError):
+    """The engine does not fit the board (the message gives the numbers)."""
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """Estimated use of a board's resources by an engine."""
+
+    luts: int
+    brams: int
+    multipliers: int
+    lutram_cells: int
+    memories: int
+
+    def as_dict(self) -> dict:
+        return {"luts": self.luts, "brams": self.brams, "multipliers": self.multipliers}
+
+
+def memories(plan) -> list[tuple[str, int, int, int, str | None]]:
+    """``(name, depth, width, read_ports, ram_style)`` of every memory of ``Engine(plan)``."""
+    from amaranth.hdl import Fragment
+    from amaranth.hdl._mem import MemoryInstance
+
+    from accel.engine import Engine
+
+    found = []
+
+    def walk(fragment, path):
+        if isinstance(fragment, MemoryInstance):
+            shape = fragment._data.shape
+            width = shape if isinstance(shape, int) else shape.width
+            found.append((path, fragment._data.depth, width, len(fragment._read_ports),
+                          fragment._attrs.get("ram_style")))
+        for sub, name, *_ in fragment.subfragments:
+            walk(sub, f"{path}.{name}")
+
+    walk(Fragment.get(Engine(plan), None), "engine")
+    return found
+
+
+def _bram_blocks(family, depth, width):
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in _BRAM_SHAPES[family])
+
+
+def _mapping(family, depth, width, style=None):
+    """``("bram", blocks)``, ``("lutram", cells)`` or ``("ff", bits)`` as Yosys chooses."""
+    if style == "distributed":      # LUT RAM on an ECP5; the iCE40 has none: flip-flops
+        if family == "ecp5":
+            return "lutram", math.ceil(depth / 16) * math.ceil(width / 4)
+        return "ff", depth * width
+    blocks = _bram_blocks(family, depth, width)
+    options = [(_BRAM_COST[family] * blocks, 0, "bram", blocks)]
+    if family == "ecp5":
+        cells = math.ceil(depth / 16) * math.ceil(width / 4)
+        options.append((_LUTRAM_COST * cells, 1, "lutram", cells))
+    options.append((depth * width, 2, "ff", depth * width))
+    _, _, kind, count = min(options)
+    return kind, count
+
+
+def _pieces(bits, width):
+    return math.ceil(bits / width)
+
+
+def estimate_resources(plan, board) -> ResourceEstimate:
+    """LUTs, block RAMs and multipliers ``Engine(plan)`` needs on ``board``."""
+    family = board.family
+    brams = lutram = 0
+    found = memories(plan)
+    for _, depth, width, read_ports, style in found:
+        kind, count = _mapping(family, depth, width, style)
+        copies = max(1, read_ports)
+        if kind == "bram":
+            brams += count * copies
+        elif kind == "lutram":
+            lutram += count * copies
+    w = board.capacity.multiplier_width
+    mac = max(_pieces(layer.weight_bits, w) * _pieces(plan.value_bits, w)
+              for layer in plan.layers)
+    requant = max(_pieces(layer.accumulator_bits, w) * _pieces(MULTIPLIER_BITS + 1, w)
+                  for layer in plan.layers)
+    multipliers = plan.n_pes * (mac + requant)
+    luts = LUTS_FIXED + LUTS_PER_PE * plan.n_pes + LUTS_PER_LUTRAM * lutram
+    return ResourceEstimate(luts=luts, brams=brams, multipliers=multipliers,
+                            lutram_cells=lutram, memories=len(found))
+
+
+def check_fit(plan, board, estimate: ResourceEstimate | None = None) -> ResourceEstimate:
+    """The estimate, or :class:`FitError` naming every resource the board lacks."""
+    estimate = estimate or estimate_resources(plan, board)
+    cap = board.capacity
+    short = []
+    if estimate.brams > cap.brams:
+        short.append(f"needs {estimate.brams} block RAMs; {board.name} has {cap.brams}")
+    if estimate.multipliers > cap.multipliers:
+        short.append(f"needs {estimate.multipliers} multipliers; {board.name} has "
+                     f"{cap.multipliers}")
+    if estimate.luts * LUT_TOLERANCE > cap.luts:
+        short.append(f"needs about {estimate.luts:,} LUTs; {board.name} has {cap.luts:,}")
+    if short:
+        raise FitError(f"the {plan.n_pes}-PE engine does not fit {board.name} "
+                       f"({board.device}): " + "; ".join(short) +
+                       ". Try fewer PEs (--pes), a sparser model or a larger board "
+                       "(--board list).")
+    return estimate

