@@ -30,9 +30,10 @@ import numpy as np
 __all__ = ["add_engine_arguments", "build", "build_parser", "engine_options", "format_table",
            "main", "make_plan", "write_chart"]
 
-#: Processing elements of the default engine: a build of a few minutes (``--pes 16`` for
-#: LeNet-300-100's throughput, ``bench/accel_build.py``).
-DEFAULT_PES = 8
+#: Processing elements of the default engine: small, so that the default job builds in minutes
+#: on two cores (place and route time grows with the design); ``--pes 16`` for throughput, as
+#: ``bench/accel_build.py`` builds LeNet-300-100. ``accel.run`` must be given the same value.
+DEFAULT_PES = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_engine_arguments(parser) -> None:
-    """The engine's options, shared by ``accel.build`` and ``accel.run`` (which must agree)."""
-    parser.add_argument("--pes", type=int, default=DEFAULT_PES,
-                        help=f"processing elements (default {DEFAULT_PES})")
+def add_engine_arguments(parser, *, default_pes: int = DEFAULT_PES) -> None:
+    """The engine's options, shared by ``accel.build``, ``accel.run`` (which must agree with the
+    build) and ``accel.verify``."""
+    note = ": a quick build; 16 for throughput" if default_pes == DEFAULT_PES else ""
+    parser.add_argument("--pes", type=int, default=default_pes,
+                        help=f"processing elements (default {default_pes}{note})")
     parser.add_argument("--lanes", type=int, default=2,
                         help="activations broadcast per clock (default 2)")
     parser.add_argument("--input-lanes", type=int, default=4,

@@ -81,11 +81,11 @@ def layouts(plan: EnginePlan) -> _Layouts:
 class _RegisteredFIFO(Elaboratable):
     """A first-word-fall-through FIFO whose ``r_data`` comes from fabric flip-flops.
 
-    :class:`SyncFIFOBuffered` with a 2-entry :class:`SyncFIFO` behind it: a deep FIFO's storage
-    becomes block RAM, whose read data arrives about 5.6 ns after the clock on an ECP5; the
-    small FIFO keeps that delay off the logic that consumes ``r_data`` (timing). Interface and
-    behaviour as :class:`SyncFIFOBuffered` with room for ``depth + 2`` words, one more clock of
-    latency, one word per clock throughput.
+    :class:`SyncFIFOBuffered` followed by a skid buffer (a main and a spare register): a deep
+    FIFO's storage becomes block RAM, whose read data arrives about 5.6 ns after the clock on an
+    ECP5, and a consumer's ``r_en`` should reach only a few flip-flop enables, not a memory's
+    pointers (timing). Interface and behaviour as :class:`SyncFIFOBuffered` with room for
+    ``depth + 2`` words, one more clock of latency, one word per clock throughput.
     """
 
     def __init__(self, *, width: int, depth: int):
@@ -101,14 +101,31 @@ class _RegisteredFIFO(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.deep = deep = SyncFIFOBuffered(width=self.width, depth=self.depth - 2)
-        m.submodules.out = out = SyncFIFO(width=self.width, depth=2)
+        main_valid, spare_valid = Signal(), Signal()
+        spare = Signal(self.width)
+        pop = self.r_en & main_valid
+        push = deep.r_rdy & ~spare_valid
         m.d.comb += [
             deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
-            out.w_data.eq(deep.r_data), out.w_en.eq(deep.r_rdy), deep.r_en.eq(out.w_rdy),
-            self.r_data.eq(out.r_data), self.r_rdy.eq(out.r_rdy), out.r_en.eq(self.r_en),
-            self.level.eq(deep.level + out.level),
+            deep.r_en.eq(~spare_valid),
+            self.r_rdy.eq(main_valid),
+            self.level.eq(deep.level + main_valid + spare_valid),
         ]
+        with m.If(pop | ~main_valid):
+            with m.If(spare_valid):
+                m.d.sync += [self.r_data.eq(spare), main_valid.eq(1), spare_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.r_data.eq(deep.r_data), main_valid.eq(push)]
+        with m.Elif(push):
+            m.d.sync += [spare.eq(deep.r_data), spare_valid.eq(1)]
         return m
+
+
+def _lutram_attrs(platform) -> dict:
+    """Attributes that put a memory in LUT RAM where the device has it (not the iCE40)."""
+    from amaranth.vendor import SiliconBluePlatform
+
+    return {} if isinstance(platform, SiliconBluePlatform) else {"ram_style": "distributed"}
 
 
 def _check_plan(component, plan):
@@ -532,7 +549,7 @@ class ProcessingElement(wiring.Component):
                 # LUT RAM, even when deep: the read-add-write loop has one clock, which block
                 # RAM's slow read data would not leave enough of (timing).
                 mem = Memory(shape=signed(layer.accumulator_bits), depth=layer.image.rows_per_pe,
-                             init=[], attrs={"ram_style": "distributed"})
+                             init=[], attrs=_lutram_attrs(platform))
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport = mem.write_port()
                 rport = mem.read_port(transparent_for=(wport,))

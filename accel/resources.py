@@ -89,10 +89,8 @@ def _bram_blocks(family, depth, width):
 
 def _mapping(family, depth, width, style=None):
     """``("bram", blocks)``, ``("lutram", cells)`` or ``("ff", bits)`` as Yosys chooses."""
-    if style == "distributed":      # LUT RAM on an ECP5; the iCE40 has none: flip-flops
-        if family == "ecp5":
-            return "lutram", math.ceil(depth / 16) * math.ceil(width / 4)
-        return "ff", depth * width
+    if style == "distributed" and family == "ecp5":     # (the iCE40's engine has no style)
+        return "lutram", math.ceil(depth / 16) * math.ceil(width / 4)
     blocks = _bram_blocks(family, depth, width)
     options = [(_BRAM_COST[family] * blocks, 0, "bram", blocks)]
     if family == "ecp5":

@@ -29,6 +29,7 @@ __all__ = ["build_parser", "main", "verify"]
 
 def build_parser() -> argparse.ArgumentParser:
     import sim
+    from accel.build import add_engine_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m accel.verify",
@@ -37,20 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=None,
                         help="test images to run (default: the whole test set)")
-    parser.add_argument("--pes", type=int, default=16, help="processing elements (default 16)")
-    parser.add_argument("--lanes", type=int, default=2,
-                        help="activations broadcast per clock (default 2)")
-    parser.add_argument("--input-lanes", type=int, default=4,
-                        help="activations per input beat (default 4)")
-    parser.add_argument("--banks", type=int, default=3,
-                        help="images in flight at once (default 3)")
-    parser.add_argument("--queue-depth", type=int, default=64,
-                        help="PE activation queue depth (default 64)")
-    parser.add_argument("--zero-run-bits", type=int, default=4,
-                        help="b_z, relative row index width (default 4)")
-    parser.add_argument("--no-balance", action="store_true",
-                        help="assign row r to PE r mod N instead of balancing the PEs' expected "
-                             "work on training data")
+    add_engine_arguments(parser, default_pes=16)
     parser.add_argument("--simulator", choices=["icarus", "amaranth"], default="icarus",
                         help="cocotb on Icarus Verilog (default) or Amaranth's simulator")
     parser.add_argument("--idle", type=float, default=0.0,
