@@ -482,9 +482,9 @@ class ProcessingElement(wiring.Component):
     multiply and accumulator read, add and write (6 clocks). The accumulator read is
     transparent to the write, so back-to-back updates of one row need no stall. Throughput: one
     entry per clock.
-    The drain reads one row per clock: accumulator and bias, requantization multiply, rounding
-    term, shift, ReLU and clamp, append (6 clocks, one carry chain or shifter per stage for the
-    clock rate), and clears the row for the next image.
+    The drain reads one row per clock: accumulator and bias, requantization multiply (two
+    stages), rounding term, shift, ReLU and clamp, append (7 clocks, one multiplier, carry chain
+    or shifter per stage for the clock rate), and clears the row for the next image.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
@@ -760,11 +760,27 @@ class ProcessingElement(wiring.Component):
         d2_column = Signal(plan.column_bits)
         m.d.sync += [d2.eq(d1), d2_sum.eq(acc_value + bias), d2_column.eq(row_id)]
 
-        # -- D2: requantization multiply (A6). The layer's shift and rounding term are chosen
-        # here too, so that D3 .. D5 each hold one carry chain or one shifter (timing) -------
+        # -- D2: requantization multiply (A6), as two partial products, each one hard multiplier
+        # (the sum's low 17 bits unsigned, its high bits signed), combined in D2S: a multiplier
+        # and a carry chain in one clock would not meet the clock rate. The layer's shift and
+        # rounding term are chosen here too, so that D3 .. D5 each hold one carry chain or one
+        # shifter ------------------------------------------------------------------------
         multiplier = _switch(m, d2.layer, multipliers, unsigned(MULTIPLIER_BITS), "multiplier")
         shift = _switch(m, d2.layer, shifts, unsigned(SHIFT_BITS), "shift")
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
+        low_bits = 17
+        d2s = Signal(d_layout)
+        d2s_low = Signal(unsigned(low_bits + MULTIPLIER_BITS))
+        d2s_high = Signal(signed(max(1, acc_bits + 1 - low_bits) + MULTIPLIER_BITS + 1))
+        d2s_sum = Signal(signed(acc_bits + 1))
+        d2s_column = Signal(plan.column_bits)
+        d2s_shift = Signal(unsigned(SHIFT_BITS))
+        high_part = d2_sum[low_bits:].as_signed() if acc_bits + 1 > low_bits else Const(0, 1)
+        m.d.sync += [d2s.eq(d2), d2s_low.eq(d2_sum[:low_bits].as_unsigned() * multiplier),
+                     d2s_high.eq(high_part * multiplier), d2s_sum.eq(d2_sum),
+                     d2s_column.eq(d2_column), d2s_shift.eq(shift)]
+
+        # -- D2S: the product (A6) ----------------------------------------------------------
         d3 = Signal(d_layout)
         d3_product = Signal(signed(product_bits))
         d3_sum = Signal(signed(acc_bits + 1))
@@ -774,10 +790,10 @@ class ProcessingElement(wiring.Component):
         # and a larger shift gives 0 whatever the product (|product| < 2**(product_bits-1)).
         d3_rounding = Signal(unsigned(product_bits + 1))
         d3_beyond = Signal()
-        m.d.sync += [d3.eq(d2), d3_product.eq(d2_sum * multiplier), d3_sum.eq(d2_sum),
-                     d3_column.eq(d2_column), d3_shift.eq(shift),
-                     d3_rounding.eq((Const(1, product_bits + 2) << shift)[1:]),
-                     d3_beyond.eq(shift > product_bits)]
+        m.d.sync += [d3.eq(d2s), d3_product.eq((d2s_high << low_bits) + d2s_low),
+                     d3_sum.eq(d2s_sum), d3_column.eq(d2s_column), d3_shift.eq(d2s_shift),
+                     d3_rounding.eq((Const(1, product_bits + 2) << d2s_shift)[1:]),
+                     d3_beyond.eq(d2s_shift > product_bits)]
 
         # -- D3: add the rounding term (A6) ----------------------------------------------------
         d4 = Signal(d_layout)
