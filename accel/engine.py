@@ -475,8 +475,8 @@ class ProcessingElement(wiring.Component):
     write : In(bus)
         The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
 
-    Pipeline: an activation is queued, its pointer pair read and registered (2 clocks) and put
-    in a 5-deep column queue; the entry stage then issues one entry per clock, with no bubble
+    Pipeline: an activation is queued, its pointer pair read and registered, its last entry's
+    offset computed (3 clocks) and put in a 6-deep column queue; the entry stage then issues one entry per clock, with no bubble
     between columns, into
     the MAC pipeline: entry read, entry register, row decode and codebook read, weight register,
     multiply and accumulator read, add and write (6 clocks). The accumulator read is
@@ -564,11 +564,14 @@ class ProcessingElement(wiring.Component):
             self.i.ready.eq(queue.w_rdy),
         ]
         head = lay.group(queue.r_data)
+        # A queued column: its first entry and the offset of its last (a PE gets only columns
+        # where it has at least one entry), or a fence.
         column_layout = data.StructLayout({
-            "start": unsigned(pointer_bits), "end": unsigned(pointer_bits),
-            "value": value_shape, "layer": unsigned(plan.layer_bits), "bank": unsigned(plan.bank_bits), "fence": 1,
+            "start": unsigned(pointer_bits), "last": unsigned(pointer_bits),
+            "value": value_shape, "layer": unsigned(plan.layer_bits),
+            "bank": unsigned(plan.bank_bits), "fence": 1,
         })
-        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=5)
+        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=6)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
@@ -576,7 +579,9 @@ class ProcessingElement(wiring.Component):
         m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
         p1_valid = Signal()
         p2_valid = Signal()
-        can_issue = queue.r_rdy & (columns.level + p1_valid + p2_valid < columns.depth)
+        p3_valid = Signal()
+        can_issue = queue.r_rdy & (columns.level + p1_valid + p2_valid + p3_valid
+                                   < columns.depth)
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
         pop_group = can_issue & ((remaining & ~lowest) == 0)
@@ -602,21 +607,29 @@ class ProcessingElement(wiring.Component):
             m.d.sync += [p1.fence.eq(0), p1.layer.eq(item.layer), p1.bank.eq(item.bank),
                          p1.value.eq(item.value)]
         # P2: the pointer pair, registered (block RAM read data is slow: timing).
-        column = Signal(column_layout)
+        p2 = Signal(p1.shape())
+        p2_start = Signal(pointer_bits)
+        p2_end = Signal(pointer_bits)
         starts = [port.data[:layer.image.pointer_bits] for port, layer in zip(pointers, layers)]
         ends = [port.data[layer.image.pointer_bits:] for port, layer in zip(pointers, layers)]
         m.d.sync += [
-            p2_valid.eq(p1_valid),
-            column.start.eq(Mux(p1.fence, 0, _switch(m, p1.layer, starts,
-                                                     unsigned(pointer_bits), "start"))),
-            column.end.eq(Mux(p1.fence, 0, _switch(m, p1.layer, ends,
-                                                   unsigned(pointer_bits), "end"))),
-            column.value.eq(p1.value), column.layer.eq(p1.layer), column.bank.eq(p1.bank),
-            column.fence.eq(p1.fence),
+            p2_valid.eq(p1_valid), p2.eq(p1),
+            p2_start.eq(_switch(m, p1.layer, starts, unsigned(pointer_bits), "start")),
+            p2_end.eq(_switch(m, p1.layer, ends, unsigned(pointer_bits), "end")),
+        ]
+        # P3: the offset of the column's last entry, so that the entry stage compares with a
+        # register instead of adding (timing).
+        column = Signal(column_layout)
+        m.d.sync += [
+            p3_valid.eq(p2_valid),
+            column.start.eq(Mux(p2.fence, 0, p2_start)),
+            column.last.eq(Mux(p2.fence, 0, p2_end - p2_start - 1)),
+            column.value.eq(p2.value), column.layer.eq(p2.layer), column.bank.eq(p2.bank),
+            column.fence.eq(p2.fence),
         ]
         m.d.comb += [
             columns.w_data.eq(column),
-            columns.w_en.eq(p2_valid),
+            columns.w_en.eq(p3_valid),
         ]
 
         # -- entry stage (E0): one entry per clock from the head column -----------------------
@@ -624,7 +637,7 @@ class ProcessingElement(wiring.Component):
         offset = Signal(pointer_bits)
         address = Signal(pointer_bits)
         m.d.comb += address.eq(current.start + offset)
-        last_entry = current.fence | (address + 1 == current.end)
+        last_entry = current.fence | (offset == current.last)
         m.d.comb += columns.r_en.eq(last_entry)
         with m.If(columns.r_rdy):
             m.d.sync += offset.eq(Mux(last_entry, 0, offset + 1))
