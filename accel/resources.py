@@ -108,7 +108,7 @@ def _pieces(bits, width):
 def estimate_resources(plan, board) -> ResourceEstimate:
     """LUTs, block RAMs and multipliers ``Engine(plan)`` needs on ``board``."""
     family = board.family
-    brams = lutram = 0
+    brams = lutram = ff_bits = 0
     found = memories(plan)
     for _, depth, width, read_ports, style in found:
         kind, count = _mapping(family, depth, width, style)
@@ -117,6 +117,8 @@ def estimate_resources(plan, board) -> ResourceEstimate:
             brams += count * copies
         elif kind == "lutram":
             lutram += count * copies
+        else:
+            ff_bits += count * copies
     w = board.capacity.multiplier_width
     mac = max(_pieces(layer.weight_bits, w) * _pieces(plan.value_bits, w)
               for layer in plan.layers)
@@ -124,6 +126,9 @@ def estimate_resources(plan, board) -> ResourceEstimate:
                   for layer in plan.layers)
     multipliers = plan.n_pes * (mac + requant)
     luts = LUTS_FIXED + LUTS_PER_PE * plan.n_pes + LUTS_PER_LUTRAM * lutram
+    if family == "ice40":
+        # An iCE40 logic cell is a LUT and a flip-flop: memories in flip-flops take cells too.
+        luts += ff_bits
     return ResourceEstimate(luts=luts, brams=brams, multipliers=multipliers,
                             lutram_cells=lutram, memories=len(found))
 

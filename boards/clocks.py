@@ -130,11 +130,11 @@ class ClockGenerator(Elaboratable):
         s = self.settings
         m = Module()
         m.domains.sync = cd_sync = ClockDomain("sync")
-        m.submodules.clk_buffer = clk_buffer = io.Buffer(
-            "i", platform.request(platform.default_clk, dir="-"))
-        clk_in = clk_buffer.i
         locked = Signal()
         if s.family == "ecp5":
+            m.submodules.clk_buffer = clk_buffer = io.Buffer(
+                "i", platform.request(platform.default_clk, dir="-"))
+            clk_in = clk_buffer.i
             d = s.dividers
             m.submodules.pll = Instance(
                 "EHXPLLL",
@@ -152,14 +152,18 @@ class ClockGenerator(Elaboratable):
                 o_CLKOP=ClockSignal("sync"), o_LOCK=locked,
             )
         else:
+            # On the iCE40 the PLL sits on the clock pin's own pad (the pin cannot also be an
+            # input buffer): SB_PLL40_2_PAD, whose port A passes the board's clock through.
             d = s.dividers
+            clk_in = Signal()
             m.submodules.pll = Instance(
-                "SB_PLL40_CORE",
-                p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+                "SB_PLL40_2_PAD",
+                p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT_PORTB="GENCLK",
                 p_DIVR=d["DIVR"], p_DIVF=d["DIVF"], p_DIVQ=d["DIVQ"],
                 p_FILTER_RANGE=d["FILTER_RANGE"],
-                i_REFERENCECLK=clk_in, i_RESETB=1, i_BYPASS=0,
-                o_PLLOUTGLOBAL=ClockSignal("sync"), o_LOCK=locked,
+                i_PACKAGEPIN=platform.request(platform.default_clk, dir="-").io,
+                i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBALA=clk_in, o_PLLOUTGLOBALB=ClockSignal("sync"), o_LOCK=locked,
             )
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         if self.reference_domain is not None:
