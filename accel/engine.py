@@ -97,6 +97,9 @@ class _RegisteredFIFO(Elaboratable):
         self.r_en = Signal()
         self.r_rdy = Signal()
         self.level = Signal(range(self.depth + 1))
+        #: The deep part's level and depth: a write is taken while ``w_level < w_depth``.
+        self.w_depth = depth
+        self.w_level = Signal(range(depth + 1))
 
     def elaborate(self, platform):
         m = Module()
@@ -110,6 +113,7 @@ class _RegisteredFIFO(Elaboratable):
             deep.r_en.eq(~spare_valid),
             self.r_rdy.eq(main_valid),
             self.level.eq(deep.level + main_valid + spare_valid),
+            self.w_level.eq(deep.level),
         ]
         with m.If(pop | ~main_valid):
             with m.If(spare_valid):
@@ -134,10 +138,18 @@ def _check_plan(component, plan):
         raise TypeError(f"plan must be an EnginePlan, not {plan!r}")
 
 
-def _memory(m, name, plan, bus, region_name, layer, pe, shape):
+#: Memories at most this deep go to LUT RAM where the device has it: a block RAM's slow output
+#: (about 5.6 ns clock-to-out on the ECP5) would otherwise start the drain's and the decoder's
+#: critical paths, and a few rows of biases or codewords would each hold a whole block RAM.
+SMALL_MEMORY_DEPTH = 64
+
+
+def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None):
     """A memory initialised from the plan, with a write port on the write bus."""
     region = plan.region(region_name, layer, pe)
-    mem = Memory(shape=shape, depth=region.depth, init=plan.init(region_name, layer, pe))
+    attrs = _lutram_attrs(platform) if region.depth <= SMALL_MEMORY_DEPTH else {}
+    mem = Memory(shape=shape, depth=region.depth, init=plan.init(region_name, layer, pe),
+                 attrs=attrs)
     m.submodules[name] = mem
     size_bits = _bits(region.depth)
     port = mem.write_port()
@@ -268,9 +280,11 @@ class Broadcaster(wiring.Component):
     lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
     (layer, bank), a fence for that context is sent to all PEs before any later group.
 
-    Latency and throughput: ``lanes`` entries per clock; a group reaches the PE queues three
-    clocks after its entries leave their lists (registered, column masks read, through a
-    5-deep group queue that keeps the PEs' ready off the lists' timing paths).
+    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs four clocks
+    after its entries leave their lists (registered, column masks read, through a 6-deep group
+    queue that keeps the PEs' ready off the lists' timing paths, out of a register). The PEs'
+    ``ready`` is one clock ahead: a group committed while they are ready reaches them, ``valid``,
+    in the next clock.
     """
 
     def __init__(self, plan: EnginePlan):
@@ -291,7 +305,7 @@ class Broadcaster(wiring.Component):
         m = Module()
         n_in, n_pe, lanes = plan.input_lanes, plan.n_pes, plan.lanes
         banks = plan.banks
-        # The PEs' lists come first: an older image's later layers go before new inputs.
+        # The PEs' lists, then the input lists (lane 0 prefers the first, lane 1 the last).
         sources = list(self.lists) + list(self.inputs)
 
         # Context bookkeeping: which lists have closed which context.
@@ -308,7 +322,7 @@ class Broadcaster(wiring.Component):
         s_valid, t_valid = Signal(), Signal()
         s_group, t_group = Signal(lay.group), Signal(lay.group)
         group_width = lay.group.size
-        queue_depth = 5
+        queue_depth = 6
         m.submodules.groups = groups = SyncFIFO(width=group_width + lanes * n_pe,
                                                 depth=queue_depth)
         m.d.sync += [t_valid.eq(s_valid), t_group.eq(s_group)]
@@ -317,7 +331,7 @@ class Broadcaster(wiring.Component):
         mask_ports = []
         for layer in range(plan.n_layers):
             mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
-                          unsigned(n_pe))
+                          unsigned(n_pe), platform)
             ports = [mem.read_port() for _ in range(lanes)]
             for k, port in enumerate(ports):
                 m.d.comb += port.addr.eq(s_group.items[k].column)
@@ -343,18 +357,32 @@ class Broadcaster(wiring.Component):
         ready = Cat(o.ready for o in self.o)
         commit = groups.r_rdy & ((ready | ~target) == (1 << n_pe) - 1)
         m.d.comb += groups.r_en.eq(commit)
+        # The committed group goes out from registers: the PEs are spread over the chip, and
+        # their ready coming in and the group going out are then in different clocks (timing).
+        # A PE's ready therefore promises room for a group committed in this clock, which it
+        # receives (valid) in the next one, whatever its ready is then.
+        out_valid = Signal(n_pe)
+        out_group = Signal(lay.group)
+        out_lane_valid = [Signal(lanes, name=f"out_lane_valid{p}") for p in range(n_pe)]
+        m.d.sync += out_valid.eq(Mux(commit, target, 0))
+        with m.If(commit):
+            m.d.sync += [out_group.eq(head)]
+            m.d.sync += [out_lane_valid[p].eq(Cat(mask[p] for mask in head_masks))
+                         for p in range(n_pe)]
         for p, o in enumerate(self.o):
             m.d.comb += [
-                o.valid.eq(target[p] & commit),
-                o.payload.items.eq(head.items),
-                o.payload.fence.eq(head.fence),
-                o.payload.fence_layer.eq(head.fence_layer),
-                o.payload.fence_bank.eq(head.fence_bank),
-                o.payload.valid.eq(Cat(mask[p] for mask in head_masks)),
+                o.valid.eq(out_valid[p]),
+                o.payload.items.eq(out_group.items),
+                o.payload.fence.eq(out_group.fence),
+                o.payload.fence_layer.eq(out_group.fence_layer),
+                o.payload.fence_bank.eq(out_group.fence_bank),
+                o.payload.valid.eq(out_lane_valid[p]),
             ]
-        # Stage 1 may issue while the queue has room for it and for the groups in S and T.
+        # Stage 1 may issue while the queue has room for it and for the groups in S and T. The
+        # test is registered (timing): at most one group enters S per clock, so room for one
+        # more than now is room in the next clock.
         advance = Signal()
-        m.d.comb += advance.eq(groups.level + s_valid + t_valid < queue_depth)
+        m.d.sync += advance.eq(groups.level + s_valid + t_valid + 1 < queue_depth)
 
         # Stage 1: a pending fence, or up to `lanes` entries from the open lists.
         fences = []                                     # (condition, layer, bank)
@@ -374,13 +402,29 @@ class Broadcaster(wiring.Component):
             else:
                 m.d.comb += eligible[s].eq(src.valid)
 
-        remaining = eligible
-        chosen = []
-        for k in range(lanes):
-            pick = Signal(len(sources), name=f"pick{k}")
-            m.d.comb += pick.eq(remaining & -remaining)     # lowest set bit
+        # Lane 0 takes the lowest eligible source, lane 1 the highest other one: two priority
+        # encoders side by side rather than one after the other (timing). Further lanes take
+        # the lowest of what is left.
+        n_sources = len(sources)
+        chosen = [Signal(n_sources, name="pick0")]
+        m.d.comb += chosen[0].eq(eligible & -eligible)          # lowest set bit
+        remaining = Signal(n_sources, name="rest0")
+        m.d.comb += remaining.eq(eligible & ~chosen[0])
+        if lanes > 1:
+            mirrored = Signal(n_sources, name="eligible_mirrored")
+            highest_mirrored = Signal(n_sources, name="highest_mirrored")
+            m.d.comb += [mirrored.eq(eligible[::-1]),
+                         highest_mirrored.eq(mirrored & -mirrored)]
+            chosen.append(Signal(n_sources, name="pick1"))
+            m.d.comb += chosen[1].eq(highest_mirrored[::-1] & ~chosen[0])
+            rest = Signal(n_sources, name="rest1")
+            m.d.comb += rest.eq(remaining & ~chosen[1])
+            remaining = rest
+        for k in range(2, lanes):
+            pick = Signal(n_sources, name=f"pick{k}")
+            m.d.comb += pick.eq(remaining & -remaining)
             chosen.append(pick)
-            rest = Signal(len(sources), name=f"rest{k}")
+            rest = Signal(n_sources, name=f"rest{k}")
             m.d.comb += rest.eq(remaining & ~pick)
             remaining = rest
         take_any = Signal(len(sources))
@@ -459,7 +503,9 @@ class ProcessingElement(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(group))
-        Groups of activations for this PE, and fences (queued, ``queue_depth`` deep).
+        Groups of activations for this PE, and fences (queued, ``queue_depth`` deep). ``ready``
+        is one clock ahead (registered, for the clock rate): it promises room for a group that
+        arrives (``valid``) in the next clock, which is always taken.
     drain : In(stream.Signature(context))
         Commands: drain accumulator bank ``bank`` of layer ``layer`` (its context is complete).
     retire : Out(retire)
@@ -476,7 +522,7 @@ class ProcessingElement(wiring.Component):
         The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
 
     Pipeline: an activation is queued, its pointer pair read and registered, its last entry's
-    offset computed (3 clocks) and put in a 6-deep column queue; the entry stage then issues one entry per clock, with no bubble
+    offset computed (3 clocks) and put in a 7-deep column queue; the entry stage then issues one entry per clock, with no bubble
     between columns, into
     the MAC pipeline: entry read, entry register, row decode and codebook read, weight register,
     multiply and accumulator read, add and write (6 clocks). The accumulator read is
@@ -524,16 +570,16 @@ class ProcessingElement(wiring.Component):
         for i, layer in enumerate(layers):
             image = layer.image
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
-                                   unsigned(image.entry_bits)).read_port())
+                                   unsigned(image.entry_bits), platform).read_port())
             pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
-                                    unsigned(image.pointer_word_bits)).read_port())
+                                    unsigned(image.pointer_word_bits), platform).read_port())
             codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
-                                     signed(layer.weight_bits)).read_port())
+                                     signed(layer.weight_bits), platform).read_port())
             biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,
-                                  signed(layer.accumulator_bits)).read_port())
+                                  signed(layer.accumulator_bits), platform).read_port())
             if not layer.logits:
                 row_ids.append(_memory(m, f"row_ids{i}", plan, bus, "row_ids", i, p,
-                                       unsigned(_bits(image.out_features))).read_port())
+                                       unsigned(_bits(image.out_features)), platform).read_port())
             else:
                 row_ids.append(None)
         multipliers = [_register(m, plan, bus, "requant", i, 0, unsigned(MULTIPLIER_BITS),
@@ -558,10 +604,14 @@ class ProcessingElement(wiring.Component):
         # -- activation queue and pointer stage ----------------------------------------------
         m.submodules.queue = queue = _RegisteredFIFO(width=lay.group.size,
                                                       depth=plan.queue_depth)
+        # Room for the group arriving now and for one committed now (arriving next clock),
+        # counted in the deep part of the queue, which takes every write.
+        room = Signal()
+        m.d.sync += room.eq(queue.w_level + self.i.valid + 2 <= queue.w_depth)
         m.d.comb += [
             queue.w_data.eq(self.i.payload),
             queue.w_en.eq(self.i.valid),
-            self.i.ready.eq(queue.w_rdy),
+            self.i.ready.eq(room),
         ]
         head = lay.group(queue.r_data)
         # A queued column: its first entry and the offset of its last (a PE gets only columns
@@ -571,7 +621,7 @@ class ProcessingElement(wiring.Component):
             "value": value_shape, "layer": unsigned(plan.layer_bits),
             "bank": unsigned(plan.bank_bits), "fence": 1,
         })
-        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=6)
+        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=7)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
@@ -580,8 +630,11 @@ class ProcessingElement(wiring.Component):
         p1_valid = Signal()
         p2_valid = Signal()
         p3_valid = Signal()
-        can_issue = queue.r_rdy & (columns.level + p1_valid + p2_valid + p3_valid
-                                   < columns.depth)
+        # Room in the column queue for this issue and those in P1 .. P3, registered (timing): at
+        # most one issue per clock, so room for one more than now is room in the next clock.
+        room = Signal()
+        m.d.sync += room.eq(columns.level + p1_valid + p2_valid + p3_valid + 1 < columns.depth)
+        can_issue = queue.r_rdy & room
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
         pop_group = can_issue & ((remaining & ~lowest) == 0)
@@ -711,27 +764,51 @@ class ProcessingElement(wiring.Component):
                 current_last.eq(command.layer == n_layers - 1),
             ]
         k = Signal(row_bits)
+        issue_row = Signal()            # D0 issues row k (below)
         d_layout = data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
                                       "bank": unsigned(plan.bank_bits), "row": unsigned(row_bits)})
         d1 = Signal(d_layout)
 
-        # -- E4: accumulate (A5); the drain shares the accumulator ports -----------------------
+        # -- E4: the accumulator's row, registered; E5: accumulate (A5) and write it back -------
+        # Reading in one clock and adding in the next keeps the LUT RAM's read (and its mux
+        # tree) and the adder in separate clocks (timing). The row E5 writes in the clock E4
+        # registers the same row was read before that write: E4 takes E5's new sum instead.
+        # Two clocks behind, the transparent read already sees the write. The drain shares the
+        # accumulator ports (never on the same context at once).
+        e5 = Signal(stage)
+        e5_product = Signal.like(product)
+        m.d.sync += [e5.eq(e4), e5_product.eq(product)]
+        same_row = Signal()
+        m.d.comb += same_row.eq(e4.row == e5.row)
+        accumulated_rows = {}
         for (i, b), (rport, wport) in acc_mems.items():
             draining = current_valid & (current.layer == i) & (current.bank == b)
-            clearing = d1.valid & ~d1.end & (d1.layer == i) & (d1.bank == b)
-            mac = e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)
+            # The write's enable and address, registered a clock ahead: they fan out to every
+            # LUT RAM cell of the memory (timing). D1 clears the row D0 issues, E5 writes E4's.
+            clearing = Signal(name=f"clearing{i}_{b}")
+            mac = Signal(name=f"mac{i}_{b}")
+            write_row = Signal(row_bits, name=f"write_row{i}_{b}")
+            clear_next = issue_row & draining
+            m.d.sync += [
+                clearing.eq(clear_next),
+                mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
+                write_row.eq(Mux(clear_next, k, e4.row)),
+            ]
+            accumulated = Signal(signed(acc_bits), name=f"accumulated{i}_{b}")
+            accumulated_rows[i, b] = accumulated
             total = Signal(signed(acc_bits + 1), name=f"sum{i}_{b}")
-            m.d.comb += total.eq(rport.data + product)
+            m.d.comb += total.eq(accumulated + e5_product)
+            m.d.sync += accumulated.eq(Mux(mac & same_row, total, rport.data))
             m.d.comb += [
                 rport.addr.eq(Mux(draining, k, e3.row)[:len(rport.addr)]),
-                wport.addr.eq(Mux(clearing, d1.row, e4.row)[:len(wport.addr)]),
+                wport.addr.eq(write_row[:len(wport.addr)]),
                 wport.data.eq(Mux(clearing, 0, total)),
                 wport.en.eq(clearing | mac),
             ]
         m.d.comb += [
-            self.retire.valid.eq(e4.valid & e4.fence),
-            self.retire.layer.eq(e4.layer),
-            self.retire.bank.eq(e4.bank),
+            self.retire.valid.eq(e5.valid & e5.fence),
+            self.retire.layer.eq(e5.layer),
+            self.retire.bank.eq(e5.bank),
         ]
 
         # -- drain (D0): issue one row per clock while the destination list has room ----------
@@ -745,7 +822,7 @@ class ProcessingElement(wiring.Component):
         is_last = current_last
         more_rows = current_valid & (k != current_rows)
         at_end = current_valid & (k == current_rows)
-        issue_row = more_rows & Mux(is_last, logit_credit != 0, credit != 0)
+        m.d.comb += issue_row.eq(more_rows & Mux(is_last, logit_credit != 0, credit != 0))
         issue_end = at_end & ~is_last & (credit != 0)
         finish_last = at_end & is_last
         with m.If(issue_end | finish_last):
@@ -759,27 +836,39 @@ class ProcessingElement(wiring.Component):
             d1.bank.eq(current.bank), d1.row.eq(k),
         ]
 
-        # -- D1: bias (A4, A5) -----------------------------------------------------------------
-        acc_value = Signal(signed(acc_bits))
-        with m.Switch(Cat(d1.bank, d1.layer)):
-            for (i, b), (rport, _) in acc_mems.items():
-                with m.Case(b | (i << plan.bank_bits)):
-                    m.d.comb += acc_value.eq(rport.data)
+        # -- D1: the row's bias and id, registered (memory read data is slow: timing); its sum
+        # is registered by E4's register of the memory (no MAC runs on a context being drained)
         bias = _switch(m, d1.layer, [port.data for port in biases], signed(acc_bits), "bias")
         row_id = _switch(m, d1.layer, [0 if port is None else port.data for port in row_ids],
                          unsigned(plan.column_bits), "row_id")
+        d1r = Signal(d_layout)
+        d1r_bias = Signal(signed(acc_bits))
+        d1r_column = Signal(plan.column_bits)
+        m.d.sync += [d1r.eq(d1), d1r_bias.eq(bias), d1r_column.eq(row_id)]
+
+        # -- D1R: bias (A4, A5) ----------------------------------------------------------------
+        d1r_acc = Signal(signed(acc_bits))
+        with m.Switch(Cat(d1r.bank, d1r.layer)):
+            for (i, b), accumulated in accumulated_rows.items():
+                with m.Case(b | (i << plan.bank_bits)):
+                    m.d.comb += d1r_acc.eq(accumulated)
         d2 = Signal(d_layout)
         d2_sum = Signal(signed(acc_bits + 1))
         d2_column = Signal(plan.column_bits)
-        m.d.sync += [d2.eq(d1), d2_sum.eq(acc_value + bias), d2_column.eq(row_id)]
+        # The layer's requantization constants, registered for D2 (the multiplier's operands
+        # come straight from flip-flops: timing).
+        multiplier = Signal(unsigned(MULTIPLIER_BITS))
+        shift = Signal(unsigned(SHIFT_BITS))
+        m.d.sync += [d2.eq(d1r), d2_sum.eq(d1r_acc + d1r_bias), d2_column.eq(d1r_column),
+                     multiplier.eq(_switch(m, d1r.layer, multipliers, unsigned(MULTIPLIER_BITS),
+                                           "layer_multiplier")),
+                     shift.eq(_switch(m, d1r.layer, shifts, unsigned(SHIFT_BITS), "layer_shift"))]
 
         # -- D2: requantization multiply (A6), as two partial products, each one hard multiplier
         # (the sum's low 17 bits unsigned, its high bits signed), combined in D2S: a multiplier
-        # and a carry chain in one clock would not meet the clock rate. The layer's shift and
-        # rounding term are chosen here too, so that D3 .. D5 each hold one carry chain or one
-        # shifter ------------------------------------------------------------------------
-        multiplier = _switch(m, d2.layer, multipliers, unsigned(MULTIPLIER_BITS), "multiplier")
-        shift = _switch(m, d2.layer, shifts, unsigned(SHIFT_BITS), "shift")
+        # and a carry chain in one clock would not meet the clock rate. The rounding term is
+        # made in D2S from the registered shift, so that D3 .. D5 each hold one carry chain or
+        # one shifter --------------------------------------------------------------------
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
         low_bits = 17
         d2s = Signal(d_layout)

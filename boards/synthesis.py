@@ -161,8 +161,12 @@ def _build(board, top, build_dir, pll, seed, progress, *, retune=False, input_mh
            low_mhz=None) -> SynthesisResult:
     name = "top"
     report_path = f"{name}.report.json"
+    options = f"--report {report_path} --seed {seed} --timing-allow-fail"
+    if board.family == "ecp5":
+        # router2 converges on congested 16-PE designs where router1 went past an hour.
+        options += " --router router2"
     flow = Flow(board, top, build_dir, name=name, progress=progress,
-                nextpnr_options=f"--report {report_path} --seed {seed} --timing-allow-fail",
+                nextpnr_options=options,
                 synth_options="-dsp" if board.family == "ice40" else "")
     fmax = report = None
     for step in flow.steps:

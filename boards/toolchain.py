@@ -57,6 +57,10 @@ class ToolchainError(RuntimeError):
     """A tool of the flow is missing."""
 
 
+#: What nextpnr says when the device is too full to place or route the design.
+_FULL_DEVICE = ("utilisation limit", "no BELs remaining", "Failed to route")
+
+
 class ToolError(RuntimeError):
     """A tool of the flow failed; the message ends with the end of its log."""
 
@@ -146,6 +150,7 @@ class Flow:
     def __init__(self, board, top, build_dir, *, name="top", nextpnr_options="",
                  synth_options="", progress=True):
         self.build_dir = Path(build_dir)
+        self.board = board
         self.name = name
         self.progress = progress
         self.family = board.family
@@ -191,8 +196,13 @@ class Flow:
         self.seconds[step.label] = round(elapsed, 1)
         if code != 0:
             tail = _tail(output, 15) or (_tail(log, 15) if log else "")
+            hint = ""
+            if any(sign in tail for sign in _FULL_DEVICE):
+                hint = (f"\nThe design does not fit {self.board.name} ({self.board.device}) "
+                        f"although the estimate let it through: try fewer PEs (--pes), a "
+                        f"sparser model or a larger board (--board list).")
             raise ToolError(f"{step.label} failed (exit code {code}) after {elapsed:.0f} s; "
-                            f"log: {log or output}\n{tail}")
+                            f"log: {log or output}\n{tail}{hint}")
         if self.progress:
             print(f"  {step.label}: done in {elapsed:.0f} s", flush=True)
         return elapsed

@@ -205,3 +205,30 @@ def test_retune_changes_only_the_pll_divider_words():
         retune_ecp5_config(".device LFE5U-85F\n", settings)
     with pytest.raises(ValueError, match="must be for an ecp5 PLL"):
         retune_ecp5_config(config, pll_settings("ice40", 12.0, 48.0))
+
+
+def test_a_full_device_is_named_when_nextpnr_cannot_place(tmp_path, monkeypatch):
+    """nextpnr's placement failure becomes an error that says the design does not fit."""
+    from amaranth.hdl import Elaboratable, Module, Signal
+    from amaranth.lib import io
+
+    from boards.toolchain import Flow, ToolError
+
+    class Blink(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+            count = Signal(24)
+            m.d.sync += count.eq(count + 1)
+            m.d.comb += led.o.eq(count[-1])
+            return m
+
+    fake = tmp_path / "fake-nextpnr"
+    fake.write_text("#!/bin/sh\necho 'ERROR: Unable to find legal placement for all cells, "
+                    "design is probably at utilisation limit.'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("NEXTPNR_ICE40", str(fake))
+    flow = Flow(get_board("icebreaker"), Blink(), tmp_path / "build", progress=False)
+    with pytest.raises(ToolError, match=r"(?s)utilisation limit.*does not fit icebreaker "
+                                        r"\(iCE40UP5K\).*fewer PEs"):
+        flow.run("NEXTPNR_ICE40")
