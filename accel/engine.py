@@ -132,6 +132,13 @@ def _lutram_attrs(platform) -> dict:
     return {} if isinstance(platform, SiliconBluePlatform) else {"ram_style": "distributed"}
 
 
+def _block_ram_attrs(platform) -> dict:
+    """Attributes that keep a memory in block RAM even when Yosys would take LUT RAM."""
+    from amaranth.vendor import SiliconBluePlatform
+
+    return {} if isinstance(platform, SiliconBluePlatform) else {"ram_style": "block"}
+
+
 def _check_plan(component, plan):
     if not isinstance(plan, EnginePlan):
         component._MustUse__used = True         # never built: no "created but never used"
@@ -144,10 +151,21 @@ def _check_plan(component, plan):
 SMALL_MEMORY_DEPTH = 64
 
 
-def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None):
-    """A memory initialised from the plan, with a write port on the write bus."""
+def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
+            small_in_lutram=True):
+    """A memory initialised from the plan, with a write port on the write bus.
+
+    ``small_in_lutram=False`` keeps a memory in block RAM however shallow: one whose read
+    address comes from logic and whose read data is registered anyway, where a block RAM's
+    address register ends the address path and LUT RAM's read mux would lengthen it.
+    """
     region = plan.region(region_name, layer, pe)
-    attrs = _lutram_attrs(platform) if region.depth <= SMALL_MEMORY_DEPTH else {}
+    if region.depth > SMALL_MEMORY_DEPTH:
+        attrs = {}
+    elif small_in_lutram:
+        attrs = _lutram_attrs(platform)
+    else:
+        attrs = _block_ram_attrs(platform)
     mem = Memory(shape=shape, depth=region.depth, init=plan.init(region_name, layer, pe),
                  attrs=attrs)
     m.submodules[name] = mem
@@ -571,8 +589,10 @@ class ProcessingElement(wiring.Component):
             image = layer.image
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
                                    unsigned(image.entry_bits), platform).read_port())
+            # Block RAM: the pointer address comes from the queue head's lane choice (timing).
             pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
-                                    unsigned(image.pointer_word_bits), platform).read_port())
+                                    unsigned(image.pointer_word_bits), platform,
+                                    small_in_lutram=False).read_port())
             codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
                                      signed(layer.weight_bits), platform).read_port())
             biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,

@@ -92,6 +92,8 @@ def _mapping(family, depth, width, style=None):
     if style == "distributed" and family == "ecp5":     # (the iCE40's engine has no style)
         return "lutram", math.ceil(depth / 16) * math.ceil(width / 4)
     blocks = _bram_blocks(family, depth, width)
+    if style == "block":
+        return "bram", blocks
     options = [(_BRAM_COST[family] * blocks, 0, "bram", blocks)]
     if family == "ecp5":
         cells = math.ceil(depth / 16) * math.ceil(width / 4)

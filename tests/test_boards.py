@@ -155,6 +155,10 @@ def test_estimate_counts_the_engines_memories():
     # sum is wider than 18 bits).
     assert estimate.multipliers >= 2 * 2
     assert estimate.luts > 0 and estimate.memories == len(found)
+    # Shallow memories go to LUT RAM except the pointers, kept in block RAM (timing).
+    styles = {name: style for name, _, _, _, style in found}
+    assert styles["engine.pe0.pointers1"] == "block" and styles["engine.pe0.bias1"] == "distributed"
+    assert estimate.brams >= 2 * 2     # per PE: its two pointer memories
 
 
 def test_fit_error_gives_the_numbers():
