@@ -582,9 +582,18 @@ class ProcessingElement(wiring.Component):
 
         # -- memories ------------------------------------------------------------------------
         entries, pointers, codebooks, biases, row_ids = [], [], [], [], []
-        # A local copy of the write bus: it fans out to every memory of the PE (timing).
+        # A local copy of the write bus: it fans out to every memory of the PE (timing). It
+        # takes only the words of this PE's memories and registers (its own and the shared
+        # codebooks and requantization constants): the copies of different PEs then differ, so
+        # synthesis cannot merge them back into one register that drives every PE.
         bus = Signal(lay.bus)
-        m.d.sync += bus.eq(self.write)
+        mine = Cat(self.write.addr[_bits(r.depth):] == (r.base >> _bits(r.depth))
+                   for r in plan.regions
+                   if r.pe == p or (r.pe is None and r.name in ("codebook", "requant"))).any()
+        take = self.write.en & mine
+        m.d.sync += bus.en.eq(take)
+        with m.If(take):
+            m.d.sync += [bus.addr.eq(self.write.addr), bus.data.eq(self.write.data)]
         for i, layer in enumerate(layers):
             image = layer.image
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
