@@ -5,14 +5,15 @@ Block RAMs are counted memory by memory from the elaborated design, with the rul
 ``DP16KD``, 64 per iCE40 ``SB_RAM40_4K``, in the best aspect ratio), LUT RAM (ECP5 only: 16x4
 cells, an effective cost of 5.5 each with the read register) or flip-flops (cost 1 per bit); a
 memory with several read ports is replicated once per read port, and one marked
-``ram_style = "distributed"`` (the accumulators) is LUT RAM. On the LeNet-300-100 and
-digits engines this reproduces Yosys's block RAM count exactly (``bench/accel_build.py``
-prints estimate and result side by side).
+``ram_style = "distributed"`` (the small memories and the accumulators) is LUT RAM and one
+marked ``ram_style = "block"`` (the pointers) block RAM. The host link's write buffer is counted
+with the engine's memories. On the 2-PE digits and 16-PE LeNet-300-100 builds this reproduces
+Yosys's block RAM count (``bench/accel_build.py`` prints estimate and result side by side).
 
 Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
 layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
 ``ceil(a / w) * ceil(b / w)`` pieces. LUTs are a linear model fitted to place-and-route
-results (see ``LUTS_PER_PE``), good to about 15%: the fit check refuses on LUTs only when even
+results (see ``LUTS_PER_PE``), to be refitted when the engine changes: the fit check refuses on LUTs only when even
 80% of the estimate does not fit.
 """
 
@@ -114,7 +115,13 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     family = board.family
     brams = lutram = ff_bits = 0
     found = memories(plan)
-    for _, depth, width, read_ports, style in found:
+    # The engine's memories, and the host link's buffer of one write request (the build always
+    # puts the engine behind the link).
+    from accel.host import DEFAULT_MAX_WRITE_WORDS
+
+    link = ("link.word_buffer", DEFAULT_MAX_WRITE_WORDS, plan.address_bits + plan.data_bits, 1,
+            None)
+    for _, depth, width, read_ports, style in [*found, link]:
         kind, count = _mapping(family, depth, width, style)
         copies = max(1, read_ports)
         if kind == "bram":
