@@ -34,7 +34,19 @@ from accel.host import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
 from accel.plan import EnginePlan
 
 __all__ = ["FrameTransmitter", "HostBridge", "LinkedEngine", "UARTReceiver", "UARTTransmitter",
-           "baud_divisor", "meter_window", "plan_fingerprint"]
+           "baud_divisor", "buffer_shapes", "meter_window", "plan_fingerprint"]
+
+def buffer_shapes(plan: EnginePlan, max_write_words: int = DEFAULT_MAX_WRITE_WORDS) -> dict:
+    """``{name: (depth, shape)}`` of the bridge's buffers: one image's input beats, one write
+    request's words and one image's logits (the fit check counts them with the engine's)."""
+    word = data.StructLayout({"addr": unsigned(plan.address_bits),
+                              "data": unsigned(plan.data_bits)})
+    return {
+        "beat_buffer": (plan.beats_per_image, unsigned(plan.input_lanes * plan.input_bits)),
+        "word_buffer": (max_write_words, word),
+        "logit_buffer": (plan.out_features, signed(plan.logit_bits)),
+    }
+
 
 #: The smallest clocks-per-bit the bridge accepts, and the largest baud rate error.
 MIN_BRIDGE_DIVISOR = 8
@@ -643,12 +655,12 @@ class HostBridge(wiring.Component):
         m.submodules.framer = framer = FrameTransmitter()
         rx_valid, rx_byte, rx_framing = self._uart(m, framer)
         measured_hz = self._clock_meter(m) if self.two_domain else Const(0, 32)
-        m.submodules.beat_buffer = beat_buffer = Memory(shape=unsigned(beat_width),
-                                                        depth=beats, init=[])
-        m.submodules.word_buffer = word_buffer = Memory(shape=self._word, depth=max_words,
-                                                        init=[])
-        m.submodules.logit_buffer = logit_buffer = Memory(shape=signed(plan.logit_bits),
-                                                          depth=out_features, init=[])
+        buffers = {name: Memory(shape=shape, depth=depth, init=[])
+                   for name, (depth, shape) in buffer_shapes(plan, max_words).items()}
+        for name, memory in buffers.items():
+            m.submodules[name] = memory
+        beat_buffer, word_buffer, logit_buffer = (buffers["beat_buffer"], buffers["word_buffer"],
+                                                  buffers["logit_buffer"])
         beat_write = beat_buffer.write_port()
         beat_read = beat_buffer.read_port()
         word_write = word_buffer.write_port()

@@ -6,9 +6,9 @@ Block RAMs are counted memory by memory from the elaborated design, with the rul
 cells, an effective cost of 5.5 each with the read register) or flip-flops (cost 1 per bit); a
 memory with several read ports is replicated once per read port, and one marked
 ``ram_style = "distributed"`` (the small memories and the accumulators) is LUT RAM and one
-marked ``ram_style = "block"`` (the pointers) block RAM. The host link's write buffer is counted
-with the engine's memories. On the 2-PE digits and 16-PE LeNet-300-100 builds this reproduces
-Yosys's block RAM count (``bench/accel_build.py`` prints estimate and result side by side).
+marked ``ram_style = "block"`` (the pointers) block RAM. The host link's buffers are
+counted with the engine's memories. On the 2-PE digits and 16-PE LeNet-300-100 builds this
+reproduces Yosys's block RAM count (``bench/accel_build.py`` prints both side by side).
 
 Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
 layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
@@ -115,13 +115,15 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     family = board.family
     brams = lutram = ff_bits = 0
     found = memories(plan)
-    # The engine's memories, and the host link's buffer of one write request (the build always
-    # puts the engine behind the link).
-    from accel.host import DEFAULT_MAX_WRITE_WORDS
+    # The engine's memories, and the host link's buffers (the build always puts the engine
+    # behind the link).
+    from amaranth.hdl import Shape
 
-    link = ("link.word_buffer", DEFAULT_MAX_WRITE_WORDS, plan.address_bits + plan.data_bits, 1,
-            None)
-    for _, depth, width, read_ports, style in [*found, link]:
+    from accel.link import buffer_shapes
+
+    link = [(f"link.{name}", depth, Shape.cast(shape).width, 1, None)
+            for name, (depth, shape) in buffer_shapes(plan).items()]
+    for _, depth, width, read_ports, style in [*found, *link]:
         kind, count = _mapping(family, depth, width, style)
         copies = max(1, read_ports)
         if kind == "bram":
