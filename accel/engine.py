@@ -22,6 +22,8 @@ overlap the next image's first layer and a PE idles only when no image has work 
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
@@ -122,6 +124,39 @@ class _RegisteredFIFO(Elaboratable):
                 m.d.sync += [self.r_data.eq(deep.r_data), main_valid.eq(push)]
         with m.Elif(push):
             m.d.sync += [spare.eq(deep.r_data), spare_valid.eq(1)]
+        return m
+
+
+class _SkidBuffer(Elaboratable):
+    """A two-register stage whose ``i_ready`` and ``o_valid``/``o_data`` are flip-flops.
+
+    It cuts every combinational path between a producer and a consumer that sit far apart on
+    the chip (timing): the producer sees a registered ready, the consumer registered data. Same
+    handshake as a stream on both sides; one clock of latency, one word per clock.
+    """
+
+    def __init__(self, width: int):
+        self.width = width
+        self.i_data = Signal(width)
+        self.i_valid = Signal()
+        self.i_ready = Signal()
+        self.o_data = Signal(width)
+        self.o_valid = Signal()
+        self.o_ready = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        spare, spare_valid = Signal(self.width), Signal()
+        take = self.i_valid & ~spare_valid
+        pop = self.o_ready & self.o_valid
+        m.d.comb += self.i_ready.eq(~spare_valid)
+        with m.If(pop | ~self.o_valid):
+            with m.If(spare_valid):
+                m.d.sync += [self.o_data.eq(spare), self.o_valid.eq(1), spare_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.o_data.eq(self.i_data), self.o_valid.eq(take)]
+        with m.Elif(take):
+            m.d.sync += [spare.eq(self.i_data), spare_valid.eq(1)]
         return m
 
 
@@ -298,9 +333,10 @@ class Broadcaster(wiring.Component):
     lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
     (layer, bank), a fence for that context is sent to all PEs before any later group.
 
-    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs four clocks
-    after its entries leave their lists (registered, column masks read, through a 6-deep group
-    queue that keeps the PEs' ready off the lists' timing paths, out of a register). The PEs'
+    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs five clocks
+    after its entries leave their lists (a skid buffer per list, registered, column masks read,
+    through a 6-deep group queue that keeps the PEs' ready off the lists' timing paths, out of a
+    register). A list's ``ready`` is a flip-flop. The PEs'
     ``ready`` is one clock ahead: a group committed while they are ready reaches them, ``valid``,
     in the next clock.
     """
@@ -324,7 +360,16 @@ class Broadcaster(wiring.Component):
         n_in, n_pe, lanes = plan.input_lanes, plan.n_pes, plan.lanes
         banks = plan.banks
         # The PEs' lists, then the input lists (lane 0 prefers the first, lane 1 the last).
-        sources = list(self.lists) + list(self.inputs)
+        # Each enters through a skid buffer here: the lists are spread over the chip (one per
+        # PE), and the pick below then reads their heads from local flip-flops and pops them
+        # locally, while a list sees a registered ready (timing).
+        sources = []
+        for s, src in enumerate(list(self.lists) + list(self.inputs)):
+            skid = _SkidBuffer(lay.source.size)
+            m.submodules[f"source{s}"] = skid
+            m.d.comb += [skid.i_valid.eq(src.valid), skid.i_data.eq(src.payload),
+                         src.ready.eq(skid.i_ready)]
+            sources.append(_Head(skid.o_valid, lay.source(skid.o_data), skid.o_ready))
 
         # Context bookkeeping: which lists have closed which context.
         input_done = [Signal(n_in, name=f"input_done{b}") for b in range(banks)]
@@ -408,8 +453,17 @@ class Broadcaster(wiring.Component):
             fences.append((input_done[b].all() & ~fence0_sent[b], 0, b))
         for (layer, b), seen in end_seen.items():
             fences.append((seen.all(), layer, b))
+        # A fence is pending from the clock after its condition holds (registered: the pick
+        # below then starts from flip-flops, timing); a clock after a fence is sent, the next
+        # one waits a clock. Entries taken in between belong to other contexts (a list's end
+        # mark of a context follows all its entries of it), so no entry of a context follows
+        # its fence.
+        fence_any = Signal()
         fence_pending = Signal()
-        m.d.comb += fence_pending.eq(Cat(c for c, _, _ in fences).any())
+        send_fence = Signal()
+        m.d.comb += [fence_any.eq(Cat(c for c, _, _ in fences).any()),
+                     send_fence.eq(advance & fence_pending & fence_any)]
+        m.d.sync += fence_pending.eq(fence_any & ~send_fence)
 
         eligible = Signal(len(sources))
         for s, src in enumerate(sources):
@@ -461,7 +515,7 @@ class Broadcaster(wiring.Component):
 
         m.d.sync += s_valid.eq(0)
         with m.If(advance):
-            with m.If(fence_pending):
+            with m.If(send_fence):
                 m.d.sync += [s_valid.eq(1), s_group.valid.eq(0), s_group.fence.eq(1)]
                 first = True
                 for cond, layer, b in fences:
@@ -472,7 +526,7 @@ class Broadcaster(wiring.Component):
                         else:
                             m.d.sync += end_seen[layer, b].eq(0)
                     first = False
-            with m.Elif(eligible.any()):
+            with m.Elif(~fence_pending & eligible.any()):
                 m.d.sync += [s_valid.eq(0), s_group.fence.eq(0)]
                 any_present = []
                 for k in range(lanes):
@@ -498,6 +552,10 @@ class Broadcaster(wiring.Component):
                 with m.If(self.release_bank == b):
                     m.d.sync += [input_done[b].eq(0), fence0_sent[b].eq(0)]
         return m
+
+
+#: The head of a list as the broadcaster's pick sees it (a skid buffer's output).
+_Head = namedtuple("_Head", "valid payload ready")
 
 
 def _or_all(values):
@@ -526,6 +584,8 @@ class ProcessingElement(wiring.Component):
         arrives (``valid``) in the next clock, which is always taken.
     drain : In(stream.Signature(context))
         Commands: drain accumulator bank ``bank`` of layer ``layer`` (its context is complete).
+        ``ready`` is registered and two clocks ahead: it promises room for commands that arrive
+        (``valid``) up to two clocks later, which are always taken.
     retire : Out(retire)
         Strobe with a context: this PE's fence of the context has retired, every product of the
         context before it is in the accumulators.
@@ -772,10 +832,14 @@ class ProcessingElement(wiring.Component):
         # -- drain commands --------------------------------------------------------------------
         m.submodules.commands = commands = SyncFIFO(width=lay.context.size,
                                                     depth=2 * n_layers + 2)
+        # ``ready`` is registered and two clocks ahead (the sequencer registers it again, and
+        # its command): room for the command arriving now and two more committed meanwhile.
+        drain_room = Signal()
+        m.d.sync += drain_room.eq(commands.level + self.drain.valid + 3 <= commands.depth)
         m.d.comb += [
             commands.w_data.eq(self.drain.payload),
             commands.w_en.eq(self.drain.valid),
-            self.drain.ready.eq(commands.w_rdy),
+            self.drain.ready.eq(drain_room),
         ]
         # The command being drained, registered off the queue (timing): one clock to load it.
         command = lay.context(commands.r_data)
@@ -1015,7 +1079,8 @@ class Collector(wiring.Component):
     finished : Out(1)
         Strobe: an image's last logit was accepted.
 
-    Latency and throughput: combinational; one logit per clock.
+    Latency and throughput: one clock (a skid buffer: the PEs' lists are spread over the chip,
+    and ``o`` and the lists' ``ready`` then come from flip-flops, timing); one logit per clock.
     """
 
     def __init__(self, plan: EnginePlan):
@@ -1031,16 +1096,22 @@ class Collector(wiring.Component):
     def elaborate(self, platform):
         plan = self._plan
         m = Module()
+        width = len(self.o.payload)
+        m.submodules.skid = skid = _SkidBuffer(width + 1)        # the logit and "last"
         pe = Signal(range(plan.n_pes))
         neuron = Signal(range(plan.out_features))
+        last = neuron == plan.out_features - 1
         with m.Switch(pe):
             for p, i in enumerate(self.i):
                 with m.Case(p):
-                    m.d.comb += [self.o.valid.eq(i.valid), self.o.payload.eq(i.payload),
-                                 i.ready.eq(self.o.ready)]
-        do_transfer = self.o.valid & self.o.ready
-        last = neuron == plan.out_features - 1
-        m.d.comb += self.finished.eq(do_transfer & last)
+                    m.d.comb += [skid.i_valid.eq(i.valid), skid.i_data.eq(Cat(i.payload, last)),
+                                 i.ready.eq(skid.i_ready)]
+        m.d.comb += [
+            self.o.valid.eq(skid.o_valid), self.o.payload.eq(skid.o_data[:width]),
+            skid.o_ready.eq(self.o.ready),
+            self.finished.eq(self.o.valid & self.o.ready & skid.o_data[width]),
+        ]
+        do_transfer = skid.i_valid & skid.i_ready
         with m.If(do_transfer):
             with m.If(last):
                 m.d.sync += [neuron.eq(0), pe.eq(0)]
@@ -1162,7 +1233,10 @@ class Engine(wiring.Component):
         done = {(i, b): Signal(n_pe, name=f"retired{i}_{b}")
                 for i in range(plan.n_layers) for b in range(plan.banks)}
         out_bank = Signal(range(plan.banks))
-        drain_ready = Cat(pe.drain.ready for pe in pes).all()
+        # The PEs' room and the command going out are registered: the PEs are spread over the
+        # chip (timing); a PE's ready allows for it (two clocks ahead).
+        drain_ready = Signal()
+        m.d.sync += drain_ready.eq(Cat(pe.drain.ready for pe in pes).all())
         issue = Signal()
         issue_context = Signal(lay.context)
         first = True
@@ -1174,8 +1248,11 @@ class Engine(wiring.Component):
                 m.d.comb += [issue.eq(drain_ready), issue_context.layer.eq(i),
                              issue_context.bank.eq(b)]
             first = False
+        drain_valid = Signal()
+        drain_context = Signal(lay.context)
+        m.d.sync += [drain_valid.eq(issue), drain_context.eq(issue_context)]
         for pe in pes:
-            m.d.comb += [pe.drain.valid.eq(issue), pe.drain.payload.eq(issue_context)]
+            m.d.comb += [pe.drain.valid.eq(drain_valid), pe.drain.payload.eq(drain_context)]
         with m.If(issue):
             for (i, b), bits in done.items():
                 with m.If((issue_context.layer == i) & (issue_context.bank == b)):

@@ -34,9 +34,9 @@ __all__ = [
 SHIFT_BITS = 6
 
 #: Clocks from a layer's last accumulate to the next layer's first one: fence retire and drain
-#: command (3), drain pipeline (8), list (3), broadcast (4), PE queue (3), pointer read and
-#: column queue (5), MAC pipeline (6).
-LAYER_LATENCY = 35
+#: command (4), drain pipeline (8), list (3), broadcast (6: the list's skid buffer and a
+#: registered fence included), PE queue (3), pointer read and column queue (5), MAC pipeline (6).
+LAYER_LATENCY = 38
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
