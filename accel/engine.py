@@ -1213,10 +1213,15 @@ class Engine(wiring.Component):
         for lane in range(plan.input_lanes):
             fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth)
             m.submodules[f"inputs{lane}"] = fifo
+            # The loader takes a beat only when every lane has room: that room is registered,
+            # room for the entry written now and one more (timing: otherwise each lane's level
+            # reaches every other lane's write through the loader in one clock).
+            room = Signal(name=f"input_room{lane}")
+            m.d.sync += room.eq(fifo.w_level + fifo.w_en + 2 <= fifo.w_depth)
             m.d.comb += [
                 fifo.w_data.eq(loader.o[lane].payload),
-                fifo.w_en.eq(loader.o[lane].valid),
-                loader.o[lane].ready.eq(fifo.w_rdy),
+                fifo.w_en.eq(loader.o[lane].valid & room),
+                loader.o[lane].ready.eq(room),
                 broadcaster.inputs[lane].valid.eq(fifo.r_rdy),
                 broadcaster.inputs[lane].payload.eq(fifo.r_data),
                 fifo.r_en.eq(broadcaster.inputs[lane].ready),
