@@ -171,6 +171,16 @@ def test_fit_error_gives_the_numbers():
     assert estimate.brams <= 208
 
 
+def test_the_smallest_engine_is_refused_on_the_up5k_before_synthesis():
+    """One PE, bank and lane with the host link took 4,674 of the UP5K's 5,280 logic cells and
+    did not place (docs/boards.md): the fit check says so before any tool runs."""
+    model = random_model(3, [30, 16, 2])
+    plan = EnginePlan.from_model(model, n_pes=1, banks=1, lanes=1, input_lanes=1,
+                                 queue_depth=4)
+    with pytest.raises(FitError, match=r"needs about [\d,]+ LUTs; icebreaker has 5,280"):
+        check_fit(plan, get_board("icebreaker"))
+
+
 def test_build_refuses_a_model_that_does_not_fit_before_synthesis(tmp_path):
     model = random_model(5, [64, 64, 10], density=0.5)
     path = model.save(tmp_path / "m.dcz")
