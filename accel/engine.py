@@ -223,6 +223,23 @@ def _register(m, plan, bus, region_name, layer, index, shape, init):
     return reg
 
 
+def _registered(m, ports, name):
+    """Each read port's data in a flip-flop of its own, with no logic in between.
+
+    A block RAM's read data leaves it about 5.8 ns after the clock on an ECP5; registered at
+    once, next to the memory, before the layer's mux, that path is a single short hop (timing).
+    """
+    regs = []
+    for i, port in enumerate(ports):
+        if port is None:
+            regs.append(None)
+            continue
+        reg = Signal(port.data.shape(), name=f"{name}{i}")        # signed stays signed
+        m.d.sync += reg.eq(port.data)
+        regs.append(reg)
+    return regs
+
+
 def _switch(m, selector, choices, shape, name):
     """``choices[selector]`` as a combinational signal (the first choice when out of range)."""
     out = Signal(shape, name=name)
@@ -333,9 +350,9 @@ class Broadcaster(wiring.Component):
     lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
     (layer, bank), a fence for that context is sent to all PEs before any later group.
 
-    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs five clocks
-    after its entries leave their lists (a skid buffer per list, registered, column masks read,
-    through a 6-deep group queue that keeps the PEs' ready off the lists' timing paths, out of a
+    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs six clocks
+    after its entries leave their lists (a skid buffer per list, registered, column masks read
+    and registered, through a 7-deep group queue that keeps the PEs' ready off the lists' timing paths, out of a
     register). A list's ``ready`` is a flip-flop. The PEs'
     ``ready`` is one clock ahead: a group committed while they are ready reaches them, ``valid``,
     in the next clock.
@@ -378,17 +395,20 @@ class Broadcaster(wiring.Component):
                     for layer in range(1, plan.n_layers) for b in range(banks)}
 
         # Stage 1 issues a group into S; from S's registered columns the column masks are read
-        # into T; T pushes the group, with the masks of the PEs it targets, into a small queue;
+        # into T, where each memory's word is registered as it leaves the memory (block RAM
+        # read data is slow); U pushes the group, with the masks of the PEs it targets (its
+        # layer's words), into a small queue;
         # stage 2 commits the queue's head to its PEs. Registers between the lists, the mask
         # reads and the commit keep each clock's logic short (timing); in particular the queue
         # keeps the PEs' ready (an AND over every PE) off the paths that pop the lists.
-        s_valid, t_valid = Signal(), Signal()
-        s_group, t_group = Signal(lay.group), Signal(lay.group)
+        s_valid, t_valid, u_valid = Signal(), Signal(), Signal()
+        s_group, t_group, u_group = Signal(lay.group), Signal(lay.group), Signal(lay.group)
         group_width = lay.group.size
-        queue_depth = 6
+        queue_depth = 7
         m.submodules.groups = groups = SyncFIFO(width=group_width + lanes * n_pe,
                                                 depth=queue_depth)
-        m.d.sync += [t_valid.eq(s_valid), t_group.eq(s_group)]
+        m.d.sync += [t_valid.eq(s_valid), t_group.eq(s_group),
+                     u_valid.eq(t_valid), u_group.eq(t_group)]
 
         # Column masks: one memory per layer, one read port per lane.
         mask_ports = []
@@ -399,16 +419,15 @@ class Broadcaster(wiring.Component):
             for k, port in enumerate(ports):
                 m.d.comb += port.addr.eq(s_group.items[k].column)
             mask_ports.append(ports)
-        masks = [
-            _switch(m, t_group.items[k].layer, [ports[k].data for ports in mask_ports],
-                    unsigned(n_pe), f"mask{k}")
-            for k in range(lanes)
-        ]
+        mask_words = [_registered(m, [ports[k] for ports in mask_ports], f"mask_word{k}_")
+                      for k in range(lanes)]
+        masks = [_switch(m, u_group.items[k].layer, mask_words[k], unsigned(n_pe), f"mask{k}")
+                 for k in range(lanes)]
         # A lane's mask is zero when the lane carries nothing (or the group is a fence).
-        lane_masks = [Mux(t_group.valid[k], masks[k], 0) for k in range(lanes)]
+        lane_masks = [Mux(u_group.valid[k], masks[k], 0) for k in range(lanes)]
         m.d.comb += [
-            groups.w_data.eq(Cat(t_group, *lane_masks)),
-            groups.w_en.eq(t_valid),
+            groups.w_data.eq(Cat(u_group, *lane_masks)),
+            groups.w_en.eq(u_valid),
         ]
 
         # Stage 2: the queue's head, committed when every PE it targets is ready.
@@ -445,7 +464,7 @@ class Broadcaster(wiring.Component):
         # test is registered (timing): at most one group enters S per clock, so room for one
         # more than now is room in the next clock.
         advance = Signal()
-        m.d.sync += advance.eq(groups.level + s_valid + t_valid + 1 < queue_depth)
+        m.d.sync += advance.eq(groups.level + s_valid + t_valid + u_valid + 1 < queue_depth)
 
         # Stage 1: a pending fence, or up to `lanes` entries from the open lists.
         fences = []                                     # (condition, layer, bank)
@@ -710,19 +729,21 @@ class ProcessingElement(wiring.Component):
             "value": value_shape, "layer": unsigned(plan.layer_bits),
             "bank": unsigned(plan.bank_bits), "fence": 1,
         })
-        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=7)
+        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=8)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
         lowest = Signal(plan.lanes)
         m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
         p1_valid = Signal()
+        p1r_valid = Signal()
         p2_valid = Signal()
         p3_valid = Signal()
         # Room in the column queue for this issue and those in P1 .. P3, registered (timing): at
         # most one issue per clock, so room for one more than now is room in the next clock.
         room = Signal()
-        m.d.sync += room.eq(columns.level + p1_valid + p2_valid + p3_valid + 1 < columns.depth)
+        m.d.sync += room.eq(columns.level + p1_valid + p1r_valid + p2_valid + p3_valid + 1
+                            < columns.depth)
         can_issue = queue.r_rdy & room
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
@@ -748,16 +769,20 @@ class ProcessingElement(wiring.Component):
         with m.Else():
             m.d.sync += [p1.fence.eq(0), p1.layer.eq(item.layer), p1.bank.eq(item.bank),
                          p1.value.eq(item.value)]
-        # P2: the pointer pair, registered (block RAM read data is slow: timing).
+        # P1R: each layer's pointer word registered as it leaves its block RAM; P2: the pair of
+        # the column's layer (block RAM read data is slow: timing).
+        p1r = Signal(p1.shape())
+        pointer_words = _registered(m, pointers, "pointer_word")
+        m.d.sync += [p1r_valid.eq(p1_valid), p1r.eq(p1)]
         p2 = Signal(p1.shape())
         p2_start = Signal(pointer_bits)
         p2_end = Signal(pointer_bits)
-        starts = [port.data[:layer.image.pointer_bits] for port, layer in zip(pointers, layers)]
-        ends = [port.data[layer.image.pointer_bits:] for port, layer in zip(pointers, layers)]
+        starts = [word[:layer.image.pointer_bits] for word, layer in zip(pointer_words, layers)]
+        ends = [word[layer.image.pointer_bits:] for word, layer in zip(pointer_words, layers)]
         m.d.sync += [
-            p2_valid.eq(p1_valid), p2.eq(p1),
-            p2_start.eq(_switch(m, p1.layer, starts, unsigned(pointer_bits), "start")),
-            p2_end.eq(_switch(m, p1.layer, ends, unsigned(pointer_bits), "end")),
+            p2_valid.eq(p1r_valid), p2.eq(p1r),
+            p2_start.eq(_switch(m, p1r.layer, starts, unsigned(pointer_bits), "start")),
+            p2_end.eq(_switch(m, p1r.layer, ends, unsigned(pointer_bits), "end")),
         ]
         # P3: the offset of the column's last entry, so that the entry stage compares with a
         # register instead of adding (timing).
@@ -795,13 +820,14 @@ class ProcessingElement(wiring.Component):
             e1.layer.eq(current.layer), e1.bank.eq(current.bank), e1.value.eq(current.value),
         ]
 
-        # -- E1: register the entry word (block RAM read data is slow: timing) -------------
+        # -- E1: each layer's entry word registered as it leaves its block RAM; E1R: the word
+        # of the entry's layer (block RAM read data is slow: timing) --------------------------
         word_bits = max(layer.image.entry_bits for layer in layers)
-        e1w = Signal(stage)
+        e1r, e1w = Signal(stage), Signal(stage)
+        words = _registered(m, entries, "entry_word")
         word = Signal(word_bits)
-        m.d.sync += [e1w.eq(e1),
-                     word.eq(_switch(m, e1.layer, [port.data for port in entries],
-                                     unsigned(word_bits), "entry_word"))]
+        m.d.sync += [e1r.eq(e1), e1w.eq(e1r),
+                     word.eq(_switch(m, e1r.layer, words, unsigned(word_bits), "entry_word"))]
 
         # -- E1W: decode the relative row, read the codebook -----------------------------------
         bz = layers[0].image.zero_run_bits
@@ -929,22 +955,31 @@ class ProcessingElement(wiring.Component):
             d1.bank.eq(current.bank), d1.row.eq(k),
         ]
 
-        # -- D1: the row's bias and id, registered (memory read data is slow: timing); its sum
-        # is registered by E4's register of the memory (no MAC runs on a context being drained)
-        bias = _switch(m, d1.layer, [port.data for port in biases], signed(acc_bits), "bias")
-        row_id = _switch(m, d1.layer, [0 if port is None else port.data for port in row_ids],
+        # -- D1: each layer's bias and row id registered as they leave their memories (block
+        # RAM read data is slow: timing); the row's sum is registered by E4's register of its
+        # memory (no MAC runs on a context being drained) --------------------------------------
+        bias_words = _registered(m, biases, "bias_word")
+        row_id_words = _registered(m, row_ids, "row_id_word")
+        d1b = Signal(d_layout)
+        m.d.sync += d1b.eq(d1)
+
+        # -- D1B: the layer's bias, row id and sum, registered -----------------------------------
+        bias = _switch(m, d1b.layer, bias_words, signed(acc_bits), "bias")
+        row_id = _switch(m, d1b.layer, [0 if word is None else word for word in row_id_words],
                          unsigned(plan.column_bits), "row_id")
+        selected = Signal(signed(acc_bits))
+        with m.Switch(Cat(d1b.bank, d1b.layer)):
+            for (i, b), accumulated in accumulated_rows.items():
+                with m.Case(b | (i << plan.bank_bits)):
+                    m.d.comb += selected.eq(accumulated)
         d1r = Signal(d_layout)
         d1r_bias = Signal(signed(acc_bits))
         d1r_column = Signal(plan.column_bits)
-        m.d.sync += [d1r.eq(d1), d1r_bias.eq(bias), d1r_column.eq(row_id)]
+        d1r_acc = Signal(signed(acc_bits))
+        m.d.sync += [d1r.eq(d1b), d1r_bias.eq(bias), d1r_column.eq(row_id),
+                     d1r_acc.eq(selected)]
 
         # -- D1R: bias (A4, A5) ----------------------------------------------------------------
-        d1r_acc = Signal(signed(acc_bits))
-        with m.Switch(Cat(d1r.bank, d1r.layer)):
-            for (i, b), accumulated in accumulated_rows.items():
-                with m.Case(b | (i << plan.bank_bits)):
-                    m.d.comb += d1r_acc.eq(accumulated)
         d2 = Signal(d_layout)
         d2_sum = Signal(signed(acc_bits + 1))
         d2_column = Signal(plan.column_bits)

@@ -34,9 +34,10 @@ __all__ = [
 SHIFT_BITS = 6
 
 #: Clocks from a layer's last accumulate to the next layer's first one: fence retire and drain
-#: command (4), drain pipeline (8), list (3), broadcast (6: the list's skid buffer and a
-#: registered fence included), PE queue (3), pointer read and column queue (5), MAC pipeline (6).
-LAYER_LATENCY = 38
+#: command (4), drain pipeline (9), list (3), broadcast (7: the list's skid buffer, a registered
+#: fence and the column masks' register included), PE queue (3), pointer read and column queue
+#: (6), MAC pipeline (7). Registers after every block RAM read count for one clock each.
+LAYER_LATENCY = 42
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
