@@ -1249,10 +1249,11 @@ class Engine(wiring.Component):
             fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth)
             m.submodules[f"inputs{lane}"] = fifo
             # The loader takes a beat only when every lane has room: that room is registered,
-            # room for the entry written now and one more (timing: otherwise each lane's level
-            # reaches every other lane's write through the loader in one clock).
+            # room for the entry written now and one more, counted without this clock's write
+            # (timing: otherwise each lane's level, or the beat's data through the write
+            # enable, reaches every lane's write in one clock).
             room = Signal(name=f"input_room{lane}")
-            m.d.sync += room.eq(fifo.w_level + fifo.w_en + 2 <= fifo.w_depth)
+            m.d.sync += room.eq(fifo.w_level + 3 <= fifo.w_depth)
             m.d.comb += [
                 fifo.w_data.eq(loader.o[lane].payload),
                 fifo.w_en.eq(loader.o[lane].valid & room),
