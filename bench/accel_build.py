@@ -122,8 +122,9 @@ def main() -> int:
     print(format_table(report))
 
     x = data.x_test[:2000].astype(np.float32)
+    threads = torch.get_num_threads() or 2
     torch_1 = torch_batch1(model, x, args.repeats, 1)
-    torch_all = torch_batch1(model, x, args.repeats, torch.get_num_threads() or 2)
+    torch_all = torch_batch1(model, x, args.repeats, threads)
     board_rate = report["inferences_per_second"]
     ratio = report["dense_equivalent_over_multiplier_ceiling"]
     print()
@@ -142,7 +143,7 @@ def main() -> int:
     print(f"  FPGA:                     {board_rate:>12,.0f} inferences/s")
     print(f"  PyTorch CPU batch 1, 1 thread:   {torch_1:>12,.0f} inferences/s "
           f"(FPGA / PyTorch {board_rate / torch_1:.1f}x)")
-    print(f"  PyTorch CPU batch 1, {torch.get_num_threads()} threads:  {torch_all:>12,.0f} "
+    print(f"  PyTorch CPU batch 1, {threads} threads:  {torch_all:>12,.0f} "
           f"inferences/s (FPGA / PyTorch {board_rate / torch_all:.1f}x)")
     print(f"  dense-equivalent {report['dense_equivalent_macs_per_second'] / 1e9:.1f} GMAC/s = "
           f"{ratio:.2f} x the multiplier ceiling (156 x {report['clock_mhz']:.1f} MHz = "
