@@ -618,16 +618,18 @@ class ProcessingElement(wiring.Component):
     write : In(bus)
         The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
 
-    Pipeline: an activation is queued, its pointer pair read and registered, its last entry's
-    offset computed (3 clocks) and put in a 7-deep column queue; the entry stage then issues one entry per clock, with no bubble
-    between columns, into
-    the MAC pipeline: entry read, entry register, row decode and codebook read, weight register,
-    multiply and accumulator read, add and write (6 clocks). The accumulator read is
-    transparent to the write, so back-to-back updates of one row need no stall. Throughput: one
-    entry per clock.
-    The drain reads one row per clock: accumulator and bias, requantization multiply (two
-    stages), rounding term, shift, ReLU and clamp, append (7 clocks, one multiplier, carry chain
-    or shifter per stage for the clock rate), and clears the row for the next image.
+    Pipeline: an activation is queued, its pointer pair read, registered as it leaves the
+    memory and again as the layer's pair, its last entry's offset computed (4 clocks) and put
+    in an 8-deep column queue; the entry stage then issues one entry per clock, with no bubble
+    between columns, into the MAC pipeline: entry read, each layer's word registered, the
+    layer's word registered, row decode and codebook read, weight register, multiply and
+    accumulator read, accumulator row register, add and write (7 clocks). The accumulator read
+    is transparent to the write, so back-to-back updates of one row need no stall. Throughput:
+    one entry per clock.
+    The drain reads one row per clock: accumulator, bias and row id, each layer's bias and row
+    id registered, the context's registered, bias added, requantization multiply (two stages),
+    rounding term, shift, ReLU and clamp, append (9 clocks, one multiplier, carry chain or
+    shifter per stage for the clock rate), and clears the row for the next image.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
