@@ -352,8 +352,8 @@ class Broadcaster(wiring.Component):
 
     Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs six clocks
     after its entries leave their lists (a skid buffer per list, registered, column masks read
-    and registered, through a 7-deep group queue that keeps the PEs' ready off the lists' timing paths, out of a
-    register). A list's ``ready`` is a flip-flop. The PEs'
+    and registered, through a 7-deep group queue that keeps the PEs' ready off the lists'
+    timing paths, out of a register). A list's ``ready`` is a flip-flop. The PEs'
     ``ready`` is one clock ahead: a group committed while they are ready reaches them, ``valid``,
     in the next clock.
     """
