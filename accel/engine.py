@@ -106,24 +106,16 @@ class _RegisteredFIFO(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.submodules.deep = deep = SyncFIFOBuffered(width=self.width, depth=self.depth - 2)
-        main_valid, spare_valid = Signal(), Signal()
-        spare = Signal(self.width)
-        pop = self.r_en & main_valid
-        push = deep.r_rdy & ~spare_valid
+        m.submodules.skid = skid = _SkidBuffer(self.width)
         m.d.comb += [
             deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
-            deep.r_en.eq(~spare_valid),
-            self.r_rdy.eq(main_valid),
-            self.level.eq(deep.level + main_valid + spare_valid),
+            skid.i_valid.eq(deep.r_rdy), skid.i_data.eq(deep.r_data),
+            deep.r_en.eq(skid.i_ready),
+            self.r_data.eq(skid.o_data), self.r_rdy.eq(skid.o_valid),
+            skid.o_ready.eq(self.r_en),
+            self.level.eq(deep.level + skid.o_valid + skid.spare_valid),
             self.w_level.eq(deep.level),
         ]
-        with m.If(pop | ~main_valid):
-            with m.If(spare_valid):
-                m.d.sync += [self.r_data.eq(spare), main_valid.eq(1), spare_valid.eq(0)]
-            with m.Else():
-                m.d.sync += [self.r_data.eq(deep.r_data), main_valid.eq(push)]
-        with m.Elif(push):
-            m.d.sync += [spare.eq(deep.r_data), spare_valid.eq(1)]
         return m
 
 
@@ -143,10 +135,12 @@ class _SkidBuffer(Elaboratable):
         self.o_data = Signal(width)
         self.o_valid = Signal()
         self.o_ready = Signal()
+        #: The spare register holds a word (the buffer holds ``o_valid + spare_valid`` words).
+        self.spare_valid = Signal()
 
     def elaborate(self, platform):
         m = Module()
-        spare, spare_valid = Signal(self.width), Signal()
+        spare, spare_valid = Signal(self.width), self.spare_valid
         take = self.i_valid & ~spare_valid
         pop = self.o_ready & self.o_valid
         m.d.comb += self.i_ready.eq(~spare_valid)
@@ -187,15 +181,18 @@ SMALL_MEMORY_DEPTH = 64
 
 
 def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
-            small_in_lutram=True):
+            small_in_lutram=True, block=False):
     """A memory initialised from the plan, with a write port on the write bus.
 
     ``small_in_lutram=False`` keeps a memory in block RAM however shallow: one whose read
     address comes from logic and whose read data is registered anyway, where a block RAM's
     address register ends the address path and LUT RAM's read mux would lengthen it.
+    ``block=True`` keeps it in block RAM however narrow or deep, for the same reason.
     """
     region = plan.region(region_name, layer, pe)
-    if region.depth > SMALL_MEMORY_DEPTH:
+    if block:
+        attrs = _block_ram_attrs(platform)
+    elif region.depth > SMALL_MEMORY_DEPTH:
         attrs = {}
     elif small_in_lutram:
         attrs = _lutram_attrs(platform)
@@ -376,17 +373,57 @@ class Broadcaster(wiring.Component):
         m = Module()
         n_in, n_pe, lanes = plan.input_lanes, plan.n_pes, plan.lanes
         banks = plan.banks
-        # The PEs' lists, then the input lists (lane 0 prefers the first, lane 1 the last).
-        # Each enters through a skid buffer here: the lists are spread over the chip (one per
-        # PE), and the pick below then reads their heads from local flip-flops and pops them
-        # locally, while a list sees a registered ready (timing).
+        n_sources = n_pe + n_in
+        # The PEs' lists, then the input lists. Each enters through a skid buffer here: the
+        # lists are spread over the chip (one per PE), and the picks below then read their
+        # heads from local flip-flops and pop them locally, while a list sees a registered
+        # ready (timing).
+        # A first-layer entry of bank b waits outside while its lane has delivered its end
+        # mark of b and the bank has not been released (the image before it in that bank is
+        # still in).
+        lane_closed = [Signal(banks, name=f"lane_closed{lane}") for lane in range(n_in)]
         sources = []
         for s, src in enumerate(list(self.lists) + list(self.inputs)):
             skid = _SkidBuffer(lay.source.size)
             m.submodules[f"source{s}"] = skid
-            m.d.comb += [skid.i_valid.eq(src.valid), skid.i_data.eq(src.payload),
-                         src.ready.eq(skid.i_ready)]
+            if s >= n_pe:
+                closed = lane_closed[s - n_pe].bit_select(src.payload.item.bank, 1)
+                enter = src.valid & ~closed
+                m.d.comb += [skid.i_valid.eq(enter), src.ready.eq(skid.i_ready & ~closed)]
+                with m.If(enter & skid.i_ready & src.payload.end):
+                    m.d.sync += closed.eq(1)
+            else:
+                m.d.comb += [skid.i_valid.eq(src.valid), src.ready.eq(skid.i_ready)]
+            m.d.comb += skid.i_data.eq(src.payload)
             sources.append(_Head(skid.o_valid, lay.source(skid.o_data), skid.o_ready))
+        eligible = Cat(src.valid for src in sources)
+
+        # Two levels of picking, so that no clock's logic spans every list (timing): each of
+        # `n_clusters` clusters (lists s with s mod n_clusters == c, the input lanes spread
+        # over them) moves one entry per clock, its lowest eligible list's head, tagged with
+        # the list's index, into a skid buffer; the second level takes up to `lanes` entries
+        # per clock from the clusters' heads. Each list's entries stay in order.
+        n_clusters = min(n_sources, 2 * lanes)
+        source_bits = _bits(n_sources)
+        tagged = data.StructLayout({"source": unsigned(source_bits), "entry": lay.source})
+        heads = []
+        for c in range(n_clusters):
+            members = list(range(c, n_sources, n_clusters))
+            skid = _SkidBuffer(tagged.size)
+            m.submodules[f"cluster{c}"] = skid
+            ready = Signal(len(members), name=f"cluster_eligible{c}")
+            first = Signal(len(members), name=f"cluster_pick{c}")
+            m.d.comb += [ready.eq(Cat(eligible[s] for s in members)),
+                         first.eq(ready & -ready)]
+            picked = _or_all([Mux(first[j], Cat(Const(s, source_bits), sources[s].payload), 0)
+                              for j, s in enumerate(members)])
+            m.d.comb += [skid.i_valid.eq(ready.any()), skid.i_data.eq(picked)]
+            for j, s in enumerate(members):
+                m.d.comb += sources[s].ready.eq(skid.i_ready & first[j])
+            heads.append(_Head(skid.o_valid, tagged(skid.o_data), skid.o_ready))
+        with m.If(self.release):
+            for closed in lane_closed:
+                m.d.sync += closed.bit_select(self.release_bank, 1).eq(0)
 
         # Context bookkeeping: which lists have closed which context.
         input_done = [Signal(n_in, name=f"input_done{b}") for b in range(banks)]
@@ -397,24 +434,28 @@ class Broadcaster(wiring.Component):
         # Stage 1 issues a group into S; from S's registered columns the column masks are read
         # into T, where each memory's word is registered as it leaves the memory (block RAM
         # read data is slow); U pushes the group, with the masks of the PEs it targets (its
-        # layer's words), into a small queue;
+        # layer's words) and the PEs it goes to, into a small queue;
         # stage 2 commits the queue's head to its PEs. Registers between the lists, the mask
         # reads and the commit keep each clock's logic short (timing); in particular the queue
         # keeps the PEs' ready (an AND over every PE) off the paths that pop the lists.
         s_valid, t_valid, u_valid = Signal(), Signal(), Signal()
         s_group, t_group, u_group = Signal(lay.group), Signal(lay.group), Signal(lay.group)
+        # The end marks S holds, and the lists they came from: recorded a clock later.
+        s_end = Signal(lanes)
+        s_source = [Signal(source_bits, name=f"s_source{k}") for k in range(lanes)]
         group_width = lay.group.size
         queue_depth = 7
-        m.submodules.groups = groups = SyncFIFO(width=group_width + lanes * n_pe,
-                                                depth=queue_depth)
+        m.submodules.groups = groups = _RegisteredFIFO(
+            width=group_width + lanes * n_pe + n_pe, depth=queue_depth - 2)
         m.d.sync += [t_valid.eq(s_valid), t_group.eq(s_group),
                      u_valid.eq(t_valid), u_group.eq(t_group)]
 
-        # Column masks: one memory per layer, one read port per lane.
+        # Column masks: one memory per layer, one read port per lane; block RAM, whose address
+        # register ends the path from S (LUT RAM would add its read mux to a wide fan-out).
         mask_ports = []
         for layer in range(plan.n_layers):
             mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
-                          unsigned(n_pe), platform)
+                          unsigned(n_pe), platform, small_in_lutram=False, block=True)
             ports = [mem.read_port() for _ in range(lanes)]
             for k, port in enumerate(ports):
                 m.d.comb += port.addr.eq(s_group.items[k].column)
@@ -425,24 +466,25 @@ class Broadcaster(wiring.Component):
                  for k in range(lanes)]
         # A lane's mask is zero when the lane carries nothing (or the group is a fence).
         lane_masks = [Mux(u_group.valid[k], masks[k], 0) for k in range(lanes)]
+        u_target = Mux(u_group.fence, (1 << n_pe) - 1, _or_all(lane_masks))
         m.d.comb += [
-            groups.w_data.eq(Cat(u_group, *lane_masks)),
+            groups.w_data.eq(Cat(u_group, *lane_masks, u_target)),
             groups.w_en.eq(u_valid),
         ]
 
-        # Stage 2: the queue's head, committed when every PE it targets is ready.
+        # Stage 2: the queue's head (flip-flops), committed when every PE it targets is ready.
+        # The PEs' ready is registered here (they are spread over the chip: timing); a PE's
+        # ready allows for that (see ProcessingElement).
         head = lay.group(groups.r_data[:group_width])
         head_masks = [groups.r_data[group_width + k * n_pe:group_width + (k + 1) * n_pe]
                       for k in range(lanes)]
-        target = Signal(n_pe)
-        m.d.comb += target.eq(Mux(head.fence, (1 << n_pe) - 1, _or_all(head_masks)))
-        ready = Cat(o.ready for o in self.o)
+        target = groups.r_data[group_width + lanes * n_pe:]
+        ready = Signal(n_pe)
+        m.d.sync += ready.eq(Cat(o.ready for o in self.o))
         commit = groups.r_rdy & ((ready | ~target) == (1 << n_pe) - 1)
         m.d.comb += groups.r_en.eq(commit)
         # The committed group goes out from registers: the PEs are spread over the chip, and
         # their ready coming in and the group going out are then in different clocks (timing).
-        # A PE's ready therefore promises room for a group committed in this clock, which it
-        # receives (valid) in the next one, whatever its ready is then.
         out_valid = Signal(n_pe)
         out_group = Signal(lay.group)
         out_lane_valid = [Signal(lanes, name=f"out_lane_valid{p}") for p in range(n_pe)]
@@ -464,9 +506,9 @@ class Broadcaster(wiring.Component):
         # test is registered (timing): at most one group enters S per clock, so room for one
         # more than now is room in the next clock.
         advance = Signal()
-        m.d.sync += advance.eq(groups.level + s_valid + t_valid + u_valid + 1 < queue_depth)
+        m.d.sync += advance.eq(groups.level + s_valid + t_valid + u_valid + 1 < groups.depth)
 
-        # Stage 1: a pending fence, or up to `lanes` entries from the open lists.
+        # Stage 1: a pending fence, or up to `lanes` entries from the clusters' heads.
         fences = []                                     # (condition, layer, bank)
         for b in range(banks):
             fences.append((input_done[b].all() & ~fence0_sent[b], 0, b))
@@ -484,55 +526,45 @@ class Broadcaster(wiring.Component):
                      send_fence.eq(advance & fence_pending & fence_any)]
         m.d.sync += fence_pending.eq(fence_any & ~send_fence)
 
-        eligible = Signal(len(sources))
-        for s, src in enumerate(sources):
-            if s >= n_pe:
-                closed = _switch(m, src.payload.item.bank,
-                                 [done[s - n_pe] for done in input_done], 1, f"closed{s}")
-                m.d.comb += eligible[s].eq(src.valid & ~closed)
-            else:
-                m.d.comb += eligible[s].eq(src.valid)
-
-        # Lane 0 takes the lowest eligible source, lane 1 the highest other one: two priority
-        # encoders side by side rather than one after the other (timing). Further lanes take
-        # the lowest of what is left.
-        n_sources = len(sources)
-        chosen = [Signal(n_sources, name="pick0")]
-        m.d.comb += chosen[0].eq(eligible & -eligible)          # lowest set bit
-        remaining = Signal(n_sources, name="rest0")
-        m.d.comb += remaining.eq(eligible & ~chosen[0])
+        # Lane 0 takes the lowest cluster with an entry, lane 1 the highest other one: two
+        # priority encoders side by side rather than one after the other (timing). Further
+        # lanes take the lowest of what is left.
+        available = Signal(n_clusters)
+        m.d.comb += available.eq(Cat(h.valid for h in heads))
+        chosen = [Signal(n_clusters, name="pick0")]
+        m.d.comb += chosen[0].eq(available & -available)          # lowest set bit
+        remaining = Signal(n_clusters, name="rest0")
+        m.d.comb += remaining.eq(available & ~chosen[0])
         if lanes > 1:
-            mirrored = Signal(n_sources, name="eligible_mirrored")
-            highest_mirrored = Signal(n_sources, name="highest_mirrored")
-            m.d.comb += [mirrored.eq(eligible[::-1]),
+            mirrored = Signal(n_clusters, name="available_mirrored")
+            highest_mirrored = Signal(n_clusters, name="highest_mirrored")
+            m.d.comb += [mirrored.eq(available[::-1]),
                          highest_mirrored.eq(mirrored & -mirrored)]
-            chosen.append(Signal(n_sources, name="pick1"))
+            chosen.append(Signal(n_clusters, name="pick1"))
             m.d.comb += chosen[1].eq(highest_mirrored[::-1] & ~chosen[0])
-            rest = Signal(n_sources, name="rest1")
+            rest = Signal(n_clusters, name="rest1")
             m.d.comb += rest.eq(remaining & ~chosen[1])
             remaining = rest
         for k in range(2, lanes):
-            pick = Signal(n_sources, name=f"pick{k}")
+            pick = Signal(n_clusters, name=f"pick{k}")
             m.d.comb += pick.eq(remaining & -remaining)
             chosen.append(pick)
-            rest = Signal(n_sources, name=f"rest{k}")
+            rest = Signal(n_clusters, name=f"rest{k}")
             m.d.comb += rest.eq(remaining & ~pick)
             remaining = rest
-        take_any = Signal(len(sources))
+        take_any = Signal(n_clusters)
         m.d.comb += take_any.eq(_or_all(chosen))
         do_take = advance & ~fence_pending
-        for s, src in enumerate(sources):
-            m.d.comb += src.ready.eq(do_take & take_any[s])
-
+        for c, h in enumerate(heads):
+            m.d.comb += h.ready.eq(do_take & take_any[c])
         entries = []
         for k in range(lanes):
-            entry = Signal(lay.source, name=f"entry{k}")
-            for s, src in enumerate(sources):
-                with m.If(chosen[k][s]):
-                    m.d.comb += entry.eq(src.payload)
+            entry = Signal(tagged, name=f"entry{k}")
+            m.d.comb += entry.eq(_or_all([Mux(chosen[k][c], h.payload, 0)
+                                          for c, h in enumerate(heads)]))
             entries.append(entry)
 
-        m.d.sync += s_valid.eq(0)
+        m.d.sync += [s_valid.eq(0), s_end.eq(0)]
         with m.If(advance):
             with m.If(send_fence):
                 m.d.sync += [s_valid.eq(1), s_group.valid.eq(0), s_group.fence.eq(1)]
@@ -545,26 +577,32 @@ class Broadcaster(wiring.Component):
                         else:
                             m.d.sync += end_seen[layer, b].eq(0)
                     first = False
-            with m.Elif(~fence_pending & eligible.any()):
-                m.d.sync += [s_valid.eq(0), s_group.fence.eq(0)]
+            with m.Elif(~fence_pending & available.any()):
+                m.d.sync += s_group.fence.eq(0)
                 any_present = []
                 for k in range(lanes):
-                    present = chosen[k].any() & entries[k].present
+                    taken = chosen[k].any()
+                    present = taken & entries[k].entry.present
                     any_present.append(present)
-                    m.d.sync += [s_group.valid[k].eq(present), s_group.items[k].eq(entries[k].item)]
+                    m.d.sync += [s_group.valid[k].eq(present),
+                                 s_group.items[k].eq(entries[k].entry.item),
+                                 s_end[k].eq(taken & entries[k].entry.end),
+                                 s_source[k].eq(entries[k].source)]
                 m.d.sync += s_valid.eq(Cat(any_present).any())
-                # Record end marks.
-                for s, src in enumerate(sources):
-                    end = take_any[s] & src.payload.end
-                    bank = src.payload.item.bank
-                    if s >= n_pe:
+        # The end marks taken in the clock before, recorded from S's registers (timing). A
+        # context's fence condition then holds a clock later; its entries are all before it.
+        for k in range(lanes):
+            item = s_group.items[k]
+            with m.If(s_end[k]):
+                for lane in range(n_in):
+                    with m.If(s_source[k] == n_pe + lane):
                         for b in range(banks):
-                            with m.If(end & (bank == b)):
-                                m.d.sync += input_done[b][s - n_pe].eq(1)
-                    else:
-                        p = s
+                            with m.If(item.bank == b):
+                                m.d.sync += input_done[b][lane].eq(1)
+                for p in range(n_pe):
+                    with m.If(s_source[k] == p):
                         for (layer, b), seen in end_seen.items():
-                            with m.If(end & (src.payload.item.layer == layer) & (bank == b)):
+                            with m.If((item.layer == layer) & (item.bank == b)):
                                 m.d.sync += seen[p].eq(1)
         with m.If(self.release):
             for b in range(banks):
@@ -663,18 +701,23 @@ class ProcessingElement(wiring.Component):
 
         # -- memories ------------------------------------------------------------------------
         entries, pointers, codebooks, biases, row_ids = [], [], [], [], []
-        # A local copy of the write bus: it fans out to every memory of the PE (timing). It
-        # takes only the words of this PE's memories and registers (its own and the shared
-        # codebooks and requantization constants): the copies of different PEs then differ, so
-        # synthesis cannot merge them back into one register that drives every PE.
+        # A local copy of the write bus, in two registers (timing): the first takes every word
+        # as it arrives from the top level, far away, with an enable that includes its own
+        # register; the second, which fans out to every memory of the PE, only the words of
+        # this PE's memories and registers (its own and the shared codebooks and
+        # requantization constants). The copies of different PEs then differ, so synthesis
+        # cannot merge them back into one register that drives every PE.
+        arriving = Signal(lay.bus)
+        with m.If(self.write.en | arriving.en):
+            m.d.sync += arriving.eq(self.write)
         bus = Signal(lay.bus)
-        mine = Cat(self.write.addr[_bits(r.depth):] == (r.base >> _bits(r.depth))
+        mine = Cat(arriving.addr[_bits(r.depth):] == (r.base >> _bits(r.depth))
                    for r in plan.regions
                    if r.pe == p or (r.pe is None and r.name in ("codebook", "requant"))).any()
-        take = self.write.en & mine
+        take = arriving.en & mine
         m.d.sync += bus.en.eq(take)
         with m.If(take):
-            m.d.sync += [bus.addr.eq(self.write.addr), bus.data.eq(self.write.data)]
+            m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
         for i, layer in enumerate(layers):
             image = layer.image
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
@@ -714,13 +757,22 @@ class ProcessingElement(wiring.Component):
         # -- activation queue and pointer stage ----------------------------------------------
         m.submodules.queue = queue = _RegisteredFIFO(width=lay.group.size,
                                                       depth=plan.queue_depth)
-        # Room for the group arriving now and for one committed now (arriving next clock),
-        # counted in the deep part of the queue, which takes every write.
+        # A group is registered as it arrives, then queued: the broadcaster is far away
+        # (timing). The register loads only when this PE's ``valid`` is high, so the PEs'
+        # copies differ and synthesis cannot merge them into one that drives every PE.
+        arrived = Signal()
+        arrived_group = Signal(lay.group)
+        m.d.sync += arrived.eq(self.i.valid)
+        with m.If(self.i.valid):
+            m.d.sync += arrived_group.eq(self.i.payload)
+        # ``ready`` (registered) reaches the broadcaster's commit a clock later, and a group it
+        # commits is queued three clocks after that: room for the writes of the five clocks
+        # from the one whose level this is, counted in the deep part, which takes every write.
         room = Signal()
-        m.d.sync += room.eq(queue.w_level + self.i.valid + 2 <= queue.w_depth)
+        m.d.sync += room.eq(queue.w_level + 5 <= queue.w_depth)
         m.d.comb += [
-            queue.w_data.eq(self.i.payload),
-            queue.w_en.eq(self.i.valid),
+            queue.w_data.eq(arrived_group),
+            queue.w_en.eq(arrived),
             self.i.ready.eq(room),
         ]
         head = lay.group(queue.r_data)
@@ -731,7 +783,9 @@ class ProcessingElement(wiring.Component):
             "value": value_shape, "layer": unsigned(plan.layer_bits),
             "bank": unsigned(plan.bank_bits), "fence": 1,
         })
-        m.submodules.columns = columns = SyncFIFO(width=column_layout.size, depth=8)
+        # Its head comes from flip-flops: the entry stage compares and adds with it, and pops
+        # it, in one clock (timing).
+        m.submodules.columns = columns = _RegisteredFIFO(width=column_layout.size, depth=6)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
@@ -859,14 +913,23 @@ class ProcessingElement(wiring.Component):
 
         # -- drain commands --------------------------------------------------------------------
         m.submodules.commands = commands = SyncFIFO(width=lay.context.size,
-                                                    depth=2 * n_layers + 2)
-        # ``ready`` is registered and two clocks ahead (the sequencer registers it again, and
-        # its command): room for the command arriving now and two more committed meanwhile.
+                                                    depth=2 * n_layers + 5)
+        # A command is registered as it arrives (the sequencer is far away: timing). Each
+        # register's enable includes this PE's own ``valid`` register, so the PEs' copies
+        # differ and synthesis cannot merge them.
+        command_arrived = Signal()
+        command_arrived_context = Signal(lay.context)
+        with m.If(self.drain.valid | command_arrived):
+            m.d.sync += [command_arrived.eq(self.drain.valid),
+                         command_arrived_context.eq(self.drain.payload)]
+        # ``ready`` is registered; the sequencer registers it again, and its command, which
+        # is registered here before it is queued: room for the writes of the five clocks from
+        # the one whose level this is.
         drain_room = Signal()
-        m.d.sync += drain_room.eq(commands.level + self.drain.valid + 3 <= commands.depth)
+        m.d.sync += drain_room.eq(commands.level + 5 <= commands.depth)
         m.d.comb += [
-            commands.w_data.eq(self.drain.payload),
-            commands.w_en.eq(self.drain.valid),
+            commands.w_data.eq(command_arrived_context),
+            commands.w_en.eq(command_arrived),
             self.drain.ready.eq(drain_room),
         ]
         # The command being drained, registered off the queue (timing): one clock to load it.
@@ -875,6 +938,10 @@ class ProcessingElement(wiring.Component):
         current_valid = Signal()
         current_rows = Signal(row_bits)
         current_last = Signal()
+        k = Signal(row_bits)
+        # k has reached the context's row count: registered with k, so that the drain's issue
+        # starts from flip-flops (timing).
+        k_at_end = Signal()
         load = commands.r_rdy & ~current_valid
         m.d.comb += commands.r_en.eq(load)
         with m.If(load):
@@ -883,8 +950,10 @@ class ProcessingElement(wiring.Component):
                 current_rows.eq(_switch(m, command.layer, [layer.image.rows(p) for layer in layers],
                                         unsigned(row_bits), "rows_here")),
                 current_last.eq(command.layer == n_layers - 1),
+                k_at_end.eq(_switch(m, command.layer,
+                                    [int(layer.image.rows(p) == 0) for layer in layers], 1,
+                                    "no_rows_here")),
             ]
-        k = Signal(row_bits)
         issue_row = Signal()            # D0 issues row k (below)
         d_layout = data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
                                       "bank": unsigned(plan.bank_bits), "row": unsigned(row_bits)})
@@ -894,14 +963,16 @@ class ProcessingElement(wiring.Component):
         # Reading in one clock and adding in the next keeps the LUT RAM's read (and its mux
         # tree) and the adder in separate clocks (timing). The row E5 writes in the clock E4
         # registers the same row was read before that write: E4 takes E5's new sum instead.
-        # Two clocks behind, the transparent read already sees the write. The drain shares the
-        # accumulator ports (never on the same context at once).
+        # Two clocks behind, the transparent read already sees the write. One register and one
+        # adder serve every (layer, bank) memory (area). The drain shares the memories' ports
+        # (never on the same context as the MAC at once) and registers its own row (D1).
         e5 = Signal(stage)
         e5_product = Signal.like(product)
         m.d.sync += [e5.eq(e4), e5_product.eq(product)]
-        same_row = Signal()
-        m.d.comb += same_row.eq(e4.row == e5.row)
-        accumulated_rows = {}
+        accumulated = Signal(signed(acc_bits))
+        total = Signal(signed(acc_bits + 1))
+        m.d.comb += total.eq(accumulated + e5_product)
+        read_rows = {}
         for (i, b), (rport, wport) in acc_mems.items():
             draining = current_valid & (current.layer == i) & (current.bank == b)
             # The write's enable and address, registered a clock ahead: they fan out to every
@@ -915,17 +986,21 @@ class ProcessingElement(wiring.Component):
                 mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
                 write_row.eq(Mux(clear_next, k, e4.row)),
             ]
-            accumulated = Signal(signed(acc_bits), name=f"accumulated{i}_{b}")
-            accumulated_rows[i, b] = accumulated
-            total = Signal(signed(acc_bits + 1), name=f"sum{i}_{b}")
-            m.d.comb += total.eq(accumulated + e5_product)
-            m.d.sync += accumulated.eq(Mux(mac & same_row, total, rport.data))
+            read_rows[i, b] = rport.data
             m.d.comb += [
                 rport.addr.eq(Mux(draining, k, e3.row)[:len(rport.addr)]),
                 wport.addr.eq(write_row[:len(wport.addr)]),
                 wport.data.eq(Mux(clearing, 0, total)),
                 wport.en.eq(clearing | mac),
             ]
+        e4_read = _switch(m, Cat(e4.bank, e4.layer),
+                          [read_rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
+                           for i in range(1 << (plan.layer_bits + plan.bank_bits))],
+                          signed(acc_bits), "e4_read")
+        same_row = Signal()
+        m.d.comb += same_row.eq(e5.valid & ~e5.fence & (e4.row == e5.row)
+                                & (e4.layer == e5.layer) & (e4.bank == e5.bank))
+        m.d.sync += accumulated.eq(Mux(same_row, total, e4_read))
         m.d.comb += [
             self.retire.valid.eq(e5.valid & e5.fence),
             self.retire.layer.eq(e5.layer),
@@ -941,15 +1016,15 @@ class ProcessingElement(wiring.Component):
         credit = Signal(range(list_depth + 1), init=list_depth)
         logit_credit = Signal(range(logit_depth + 1), init=logit_depth)
         is_last = current_last
-        more_rows = current_valid & (k != current_rows)
-        at_end = current_valid & (k == current_rows)
+        more_rows = current_valid & ~k_at_end
+        at_end = current_valid & k_at_end
         m.d.comb += issue_row.eq(more_rows & Mux(is_last, logit_credit != 0, credit != 0))
         issue_end = at_end & ~is_last & (credit != 0)
         finish_last = at_end & is_last
         with m.If(issue_end | finish_last):
             m.d.sync += [k.eq(0), current_valid.eq(0)]
         with m.Elif(issue_row):
-            m.d.sync += k.eq(k + 1)
+            m.d.sync += [k.eq(k + 1), k_at_end.eq(k + 1 == current_rows)]
         for port in biases + [r for r in row_ids if r is not None]:
             m.d.comb += port.addr.eq(k[:len(port.addr)])
         m.d.sync += [
@@ -958,28 +1033,28 @@ class ProcessingElement(wiring.Component):
         ]
 
         # -- D1: each layer's bias and row id registered as they leave their memories (block
-        # RAM read data is slow: timing); the row's sum is registered by E4's register of its
-        # memory (no MAC runs on a context being drained) --------------------------------------
+        # RAM read data is slow: timing); the row's sum, from the context's accumulator memory
+        # (no MAC runs on a context being drained), registered ---------------------------------
         bias_words = _registered(m, biases, "bias_word")
         row_id_words = _registered(m, row_ids, "row_id_word")
         d1b = Signal(d_layout)
-        m.d.sync += d1b.eq(d1)
+        d1b_acc = Signal(signed(acc_bits))
+        m.d.sync += [d1b.eq(d1), d1b_acc.eq(_switch(
+            m, Cat(d1.bank, d1.layer),
+            [read_rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
+             for i in range(1 << (plan.layer_bits + plan.bank_bits))],
+            signed(acc_bits), "drained_row"))]
 
         # -- D1B: the layer's bias, row id and sum, registered -----------------------------------
         bias = _switch(m, d1b.layer, bias_words, signed(acc_bits), "bias")
         row_id = _switch(m, d1b.layer, [0 if word is None else word for word in row_id_words],
                          unsigned(plan.column_bits), "row_id")
-        selected = Signal(signed(acc_bits))
-        with m.Switch(Cat(d1b.bank, d1b.layer)):
-            for (i, b), accumulated in accumulated_rows.items():
-                with m.Case(b | (i << plan.bank_bits)):
-                    m.d.comb += selected.eq(accumulated)
         d1r = Signal(d_layout)
         d1r_bias = Signal(signed(acc_bits))
         d1r_column = Signal(plan.column_bits)
         d1r_acc = Signal(signed(acc_bits))
         m.d.sync += [d1r.eq(d1b), d1r_bias.eq(bias), d1r_column.eq(row_id),
-                     d1r_acc.eq(selected)]
+                     d1r_acc.eq(d1b_acc)]
 
         # -- D1R: bias (A4, A5) ----------------------------------------------------------------
         d2 = Signal(d_layout)
@@ -1065,29 +1140,44 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [d6.eq(d5), d6_value.eq(hidden), d6_logit.eq(logit),
                      d6_column.eq(d5_column)]
 
-        # -- D6: append ------------------------------------------------------------------------
+        # -- D6: the entry to append, registered; D7: append it (the lists' write logic, their
+        # levels' carry chains, then starts from flip-flops: timing) ---------------------------
         last_layer = d6.layer == n_layers - 1
-        push = d6.valid & ~last_layer & (d6.end | (d6_value != 0))
-        dropped = d6.valid & ~last_layer & ~d6.end & (d6_value == 0)
-        push_logit = d6.valid & last_layer
         entry = Signal(lay.source)
         m.d.comb += [
             entry.present.eq(~d6.end), entry.end.eq(d6.end),
             entry.item.column.eq(Mux(d6.end, 0, d6_column)),
             entry.item.value.eq(Mux(d6.end, 0, d6_value)),
             entry.item.layer.eq(d6.layer + 1), entry.item.bank.eq(d6.bank),
-            out_list.w_data.eq(entry), out_list.w_en.eq(push),
-            logit_list.w_data.eq(d6_logit), logit_list.w_en.eq(push_logit),
+        ]
+        push = Signal()
+        push_logit = Signal()
+        dropped = Signal()
+        appended = Signal(lay.source)
+        appended_logit = Signal(lay.logit)
+        m.d.sync += [
+            push.eq(d6.valid & ~last_layer & (d6.end | (d6_value != 0))),
+            dropped.eq(d6.valid & ~last_layer & ~d6.end & (d6_value == 0)),
+            push_logit.eq(d6.valid & last_layer),
+            appended.eq(entry), appended_logit.eq(d6_logit),
+        ]
+        m.d.comb += [
+            out_list.w_data.eq(appended), out_list.w_en.eq(push),
+            logit_list.w_data.eq(appended_logit), logit_list.w_en.eq(push_logit),
         ]
         with m.If(push):                    # all zero otherwise: no stale (or X) fields
             m.d.comb += [
-                self.trace.valid.eq(1), self.trace.end.eq(d6.end),
-                self.trace.layer.eq(d6.layer), self.trace.bank.eq(d6.bank),
-                self.trace.column.eq(entry.item.column), self.trace.value.eq(entry.item.value),
+                self.trace.valid.eq(1), self.trace.end.eq(appended.end),
+                self.trace.layer.eq(appended.item.layer - 1), self.trace.bank.eq(appended.item.bank),
+                self.trace.column.eq(appended.item.column), self.trace.value.eq(appended.item.value),
             ]
-        popped = self.o.valid & self.o.ready
+        # A pop frees its credit a clock later: ``ready`` comes from far away, and then only
+        # reaches a register here rather than the credit's adder (timing).
+        popped = Signal()
+        popped_logit = Signal()
+        m.d.sync += [popped.eq(self.o.valid & self.o.ready),
+                     popped_logit.eq(self.logits.valid & self.logits.ready)]
         m.d.sync += credit.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped)
-        popped_logit = self.logits.valid & self.logits.ready
         m.d.sync += logit_credit.eq(logit_credit - (issue_row & is_last) + popped_logit)
         m.d.comb += [
             self.o.valid.eq(out_list.r_rdy), self.o.payload.eq(out_list.r_data),
@@ -1135,14 +1225,23 @@ class Collector(wiring.Component):
         m = Module()
         width = len(self.o.payload)
         m.submodules.skid = skid = _SkidBuffer(width + 1)        # the logit and "last"
+        # Each PE's logits enter through a skid buffer of their own: the PEs are spread over
+        # the chip, and the selection below then reads local flip-flops (timing).
+        inputs = []
+        for p, i in enumerate(self.i):
+            m.submodules[f"input{p}"] = head = _SkidBuffer(width)
+            m.d.comb += [head.i_valid.eq(i.valid), head.i_data.eq(i.payload),
+                         i.ready.eq(head.i_ready)]
+            inputs.append(head)
         pe = Signal(range(plan.n_pes))
         neuron = Signal(range(plan.out_features))
         last = neuron == plan.out_features - 1
         with m.Switch(pe):
-            for p, i in enumerate(self.i):
+            for p, head in enumerate(inputs):
                 with m.Case(p):
-                    m.d.comb += [skid.i_valid.eq(i.valid), skid.i_data.eq(Cat(i.payload, last)),
-                                 i.ready.eq(skid.i_ready)]
+                    m.d.comb += [skid.i_valid.eq(head.o_valid),
+                                 skid.i_data.eq(Cat(head.o_data, last)),
+                                 head.o_ready.eq(skid.i_ready)]
         m.d.comb += [
             self.o.valid.eq(skid.o_valid), self.o.payload.eq(skid.o_data[:width]),
             skid.o_ready.eq(self.o.ready),
@@ -1213,9 +1312,9 @@ class Engine(wiring.Component):
         m = Module()
         n_pe = plan.n_pes
 
-        # The write bus is registered here and again in every PE: it fans out to every memory
-        # (timing). A word lands two clocks after it is accepted, long before an image that
-        # enters after it can read any memory.
+        # The write bus is registered here and twice in every PE: it fans out to every memory
+        # (timing). A word lands three clocks after it is accepted (two in the broadcaster's
+        # column masks), long before an image that enters after it can read any memory.
         bus = Signal(lay.bus)
         m.d.sync += [
             bus.en.eq(self.write.valid & ~self.busy),
@@ -1250,15 +1349,20 @@ class Engine(wiring.Component):
         for lane in range(plan.input_lanes):
             fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth)
             m.submodules[f"inputs{lane}"] = fifo
-            # The loader takes a beat only when every lane has room: that room is registered,
-            # room for the entry written now and one more, counted without this clock's write
-            # (timing: otherwise each lane's level, or the beat's data through the write
-            # enable, reaches every lane's write in one clock).
+            # The loader takes a beat only when every lane has room. Its entries are registered
+            # before they are written, and the room is registered too (timing: the write logic
+            # and the lists' levels then start from flip-flops, and no lane's level reaches
+            # another lane's write in one clock): room for the writes of this clock and the
+            # next, which the level does not count yet, and for the entry the loader sends now.
             room = Signal(name=f"input_room{lane}")
             m.d.sync += room.eq(fifo.w_level + 3 <= fifo.w_depth)
+            entry_valid = Signal(name=f"input_entry_valid{lane}")
+            entry = Signal(lay.source, name=f"input_entry{lane}")
+            m.d.sync += [entry_valid.eq(loader.o[lane].valid & room),
+                         entry.eq(loader.o[lane].payload)]
             m.d.comb += [
-                fifo.w_data.eq(loader.o[lane].payload),
-                fifo.w_en.eq(loader.o[lane].valid & room),
+                fifo.w_data.eq(entry),
+                fifo.w_en.eq(entry_valid),
                 loader.o[lane].ready.eq(room),
                 broadcaster.inputs[lane].valid.eq(fifo.r_rdy),
                 broadcaster.inputs[lane].payload.eq(fifo.r_data),
@@ -1303,8 +1407,11 @@ class Engine(wiring.Component):
             with m.If(issue_context.layer == plan.n_layers - 1):
                 m.d.sync += out_bank.eq(Mux(out_bank == plan.banks - 1, 0, out_bank + 1))
         for p, pe in enumerate(pes):
+            # Registered as it arrives: the PEs are spread over the chip (timing).
+            retire = Signal(lay.retire, name=f"retire{p}")
+            m.d.sync += retire.eq(pe.retire)
             for (i, b), bits in done.items():
-                with m.If(pe.retire.valid & (pe.retire.layer == i) & (pe.retire.bank == b)):
+                with m.If(retire.valid & (retire.layer == i) & (retire.bank == b)):
                     m.d.sync += bits[p].eq(1)
 
         # Status, and the bank an image frees when its last logit leaves.

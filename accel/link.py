@@ -632,6 +632,7 @@ class HostBridge(wiring.Component):
         record_index = Signal(range(max(beats, max_words) + 1))
         overflow = Signal()
 
+        bad_crc, bad_kind, bad_length, bad_repeat = Signal(), Signal(), Signal(), Signal()
         error_code = Signal(3)
         discard_after = Signal()
         resp_kind = Signal(8)
@@ -646,6 +647,7 @@ class HostBridge(wiring.Component):
         feed_next = Signal(range(max(beats, max_words)))
         runs_to_feed = Signal(16)
         runs_to_collect = Signal(16)
+        last_run = Signal()                     # runs_to_collect == 1, registered (timing)
         collect_neuron = Signal(range(max(out_features, 1)))
         first_beat = Signal()
         start_cycles = Signal(CYCLE_COUNTER_BITS)
@@ -738,6 +740,7 @@ class HostBridge(wiring.Component):
         else:
             info_bytes = info_constant
         resp_payload = Signal(8)
+        resp_payload_byte = Signal(8)
         with m.Switch(resp_kind):
             with m.Case(INFO | RESPONSE):
                 m.d.comb += resp_payload.eq(info_bytes.word_select(resp_index, 8))
@@ -789,23 +792,33 @@ class HostBridge(wiring.Component):
                     m.d.comb += restart.eq(1)
                     m.next = "RECEIVE"
             with m.State("CHECK"):
+                # The frame's tests are registered here and acted on in DECIDE (timing).
                 write_ok = (record_phase == 0) & (record_index != 0) & ~overflow
-                with m.If((count < 4) | (crc != Cat(hist2, hist1))):
+                m.d.sync += [
+                    bad_crc.eq((count < 4) | (crc != Cat(hist2, hist1))),
+                    bad_kind.eq((kind != INFO) & (kind != INFER) & (kind != WRITE)),
+                    bad_length.eq(((kind == INFO) & (count != 4))
+                                  | ((kind == INFER) & (count != infer_body))
+                                  | ((kind == WRITE) & ~write_ok)),
+                    bad_repeat.eq((kind == INFER) & (repeat == 0)),
+                ]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                with m.If(bad_crc):
                     nak(BAD_CRC, discard=0)
-                with m.Elif((kind != INFO) & (kind != INFER) & (kind != WRITE)):
+                with m.Elif(bad_kind):
                     nak(BAD_KIND, discard=0)
-                with m.Elif(((kind == INFO) & (count != 4))
-                            | ((kind == INFER) & (count != infer_body))
-                            | ((kind == WRITE) & ~write_ok)):
+                with m.Elif(bad_length):
                     nak(BAD_LENGTH, discard=0)
-                with m.Elif((kind == INFER) & (repeat == 0)):
+                with m.Elif(bad_repeat):
                     nak(BAD_REPEAT, discard=0)
                 with m.Else():
                     m.next = "WAIT_IDLE"
             with m.State("WAIT_IDLE"):
                 with m.If(~self.busy):
                     m.d.sync += [feed_valid.eq(0), feed_next.eq(0), runs_to_feed.eq(repeat),
-                                 runs_to_collect.eq(repeat), collect_neuron.eq(0),
+                                 runs_to_collect.eq(repeat), last_run.eq(repeat == 1),
+                                 collect_neuron.eq(0),
                                  first_beat.eq(1), write_count.eq(record_index)]
                     with m.If(kind == INFO):
                         m.d.sync += [discard_after.eq(0), info_clock.eq(measured_hz)]
@@ -831,8 +844,9 @@ class HostBridge(wiring.Component):
                     m.d.comb += logit_write.en.eq(1)
                     with m.If(collect_neuron == out_features - 1):
                         m.d.sync += [collect_neuron.eq(0),
-                                     runs_to_collect.eq(runs_to_collect - 1)]
-                        with m.If(runs_to_collect == 1):
+                                     runs_to_collect.eq(runs_to_collect - 1),
+                                     last_run.eq(runs_to_collect == 2)]
+                        with m.If(last_run):
                             m.d.sync += [elapsed.eq(self.cycles - start_cycles),
                                          discard_after.eq(0), feed_valid.eq(0)]
                             respond(INFER | RESPONSE, seq, infer_total)
@@ -858,10 +872,14 @@ class HostBridge(wiring.Component):
                 with m.If(framer.i.ready):
                     m.next = "RESP_FETCH"
             with m.State("RESP_FETCH"):
-                m.next = "RESP_PAYLOAD"                 # the logit read settles
+                m.next = "RESP_LATCH"                   # the logit read settles
+            with m.State("RESP_LATCH"):
+                # The byte is registered before the framer's CRC takes it (timing).
+                m.d.sync += resp_payload_byte.eq(resp_payload)
+                m.next = "RESP_PAYLOAD"
             with m.State("RESP_PAYLOAD"):
                 last = resp_index == resp_last     # no subtractor on the path to `restart`
-                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_payload),
+                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_payload_byte),
                              framer.i.payload.last.eq(last)]
                 with m.If(framer.i.ready):
                     m.d.sync += resp_index.eq(resp_index + 1)
