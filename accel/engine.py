@@ -347,11 +347,12 @@ class Broadcaster(wiring.Component):
     lane has delivered its end mark of bank ``b``, or every PE list its end mark of a later
     (layer, bank), a fence for that context is sent to all PEs before any later group.
 
-    Latency and throughput: ``lanes`` entries per clock; a group reaches the PEs six clocks
-    after its entries leave their lists (a skid buffer per list, registered, column masks read
-    and registered, through a 7-deep group queue that keeps the PEs' ready off the lists'
-    timing paths, out of a register). A list's ``ready`` is a flip-flop. The PEs'
-    ``ready`` is one clock ahead: a group committed while they are ready reaches them, ``valid``,
+    Latency and throughput: ``lanes`` entries per clock (each of the ``2 * lanes`` clusters of
+    lists moves one per clock); an entry reaches the PEs about nine clocks after it leaves its
+    list (the list's skid buffer, the cluster's, the group register, column masks read and
+    registered, through a 7-deep group queue that keeps the PEs' ready off the lists' timing
+    paths, out of a register). A list's ``ready`` is a flip-flop. The PEs' ``ready`` is
+    registered here before the commit tests it; a group committed reaches its PEs, ``valid``,
     in the next clock.
     """
 
@@ -519,10 +520,16 @@ class Broadcaster(wiring.Component):
         # one waits a clock. Entries taken in between belong to other contexts (a list's end
         # mark of a context follows all its entries of it), so no entry of a context follows
         # its fence.
+        # The conditions themselves are registered too (each is an AND over every list): one
+        # stays set for a clock after its fence is sent and its bits cleared, the clock in
+        # which no fence is sent.
+        ready_fences = Signal(len(fences))
+        m.d.sync += ready_fences.eq(Cat(c for c, _, _ in fences))
+        fences = [(ready_fences[j], layer, b) for j, (_, layer, b) in enumerate(fences)]
         fence_any = Signal()
         fence_pending = Signal()
         send_fence = Signal()
-        m.d.comb += [fence_any.eq(Cat(c for c, _, _ in fences).any()),
+        m.d.comb += [fence_any.eq(ready_fences.any()),
                      send_fence.eq(advance & fence_pending & fence_any)]
         m.d.sync += fence_pending.eq(fence_any & ~send_fence)
 
@@ -636,13 +643,15 @@ class ProcessingElement(wiring.Component):
     Attributes
     ----------
     i : In(stream.Signature(group))
-        Groups of activations for this PE, and fences (queued, ``queue_depth`` deep). ``ready``
-        is one clock ahead (registered, for the clock rate): it promises room for a group that
-        arrives (``valid``) in the next clock, which is always taken.
+        Groups of activations for this PE, and fences (registered as they arrive, then queued,
+        ``queue_depth`` deep). ``ready`` is registered (for the clock rate) and the broadcaster
+        registers it again: it promises room for every group that arrives (``valid``) up to
+        three clocks later, which is always taken.
     drain : In(stream.Signature(context))
         Commands: drain accumulator bank ``bank`` of layer ``layer`` (its context is complete).
-        ``ready`` is registered and two clocks ahead: it promises room for commands that arrive
-        (``valid``) up to two clocks later, which are always taken.
+        ``ready`` is registered and the sequencer registers it again: it promises room for
+        commands that arrive (``valid``) up to three clocks later, which are always taken
+        (registered as they arrive, then queued).
     retire : Out(retire)
         Strobe with a context: this PE's fence of the context has retired, every product of the
         context before it is in the accumulators.
@@ -656,18 +665,21 @@ class ProcessingElement(wiring.Component):
     write : In(bus)
         The write port (entries, pointers, codebooks, biases, row ids, requantization constants).
 
-    Pipeline: an activation is queued, its pointer pair read, registered as it leaves the
-    memory and again as the layer's pair, its last entry's offset computed (4 clocks) and put
-    in an 8-deep column queue; the entry stage then issues one entry per clock, with no bubble
+    Pipeline: an activation is registered as it arrives and queued, its pointer pair read,
+    registered as it leaves the memory and again as the layer's pair, its last entry's offset
+    computed (4 clocks) and put in an 8-deep column queue whose head is in flip-flops; the
+    entry stage then issues one entry per clock, with no bubble
     between columns, into the MAC pipeline: entry read, each layer's word registered, the
     layer's word registered, row decode and codebook read, weight register, multiply and
-    accumulator read, accumulator row register, add and write (7 clocks). The accumulator read
-    is transparent to the write, so back-to-back updates of one row need no stall. Throughput:
+    accumulator read, accumulator row register (one for every accumulator memory), add and
+    write (7 clocks). The accumulator row register takes the sums the read misses (the two
+    clocks' writes before it), so back-to-back updates of one row need no stall. Throughput:
     one entry per clock.
     The drain reads one row per clock: accumulator, bias and row id, each layer's bias and row
     id registered, the context's registered, bias added, requantization multiply (two stages),
-    rounding term, shift, ReLU and clamp, append (9 clocks, one multiplier, carry chain or
-    shifter per stage for the clock rate), and clears the row for the next image.
+    rounding term, shift (two stages), ReLU and clamp, entry register, append (11 clocks, one
+    multiplier, carry chain or three-level shifter per stage for the clock rate), and clears the row for the next
+    image.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
@@ -740,8 +752,9 @@ class ProcessingElement(wiring.Component):
         shifts = [_register(m, plan, bus, "requant", i, 1, unsigned(SHIFT_BITS),
                             layer.shift) for i, layer in enumerate(layers)]
         # Accumulators: one memory per (layer, bank), shared by the MAC and the drain (never on
-        # the same context at once). The read is transparent to the write: read-modify-write
-        # of one row on consecutive clocks sees the newest sum.
+        # the same context at once). The read is not transparent to the write (a transparent
+        # read would put the write data, after the adder, on the read path: timing); the MAC
+        # forwards the sums its read misses instead (E4).
         acc_mems = {}
         for i, layer in enumerate(layers):
             for b in range(plan.banks):
@@ -751,7 +764,7 @@ class ProcessingElement(wiring.Component):
                              init=[], attrs=_lutram_attrs(platform))
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport = mem.write_port()
-                rport = mem.read_port(transparent_for=(wport,))
+                rport = mem.read_port()
                 acc_mems[i, b] = (rport, wport)
 
         # -- activation queue and pointer stage ----------------------------------------------
@@ -962,9 +975,10 @@ class ProcessingElement(wiring.Component):
         # -- E4: the accumulator's row, registered; E5: accumulate (A5) and write it back -------
         # Reading in one clock and adding in the next keeps the LUT RAM's read (and its mux
         # tree) and the adder in separate clocks (timing). The row E5 writes in the clock E4
-        # registers the same row was read before that write: E4 takes E5's new sum instead.
-        # Two clocks behind, the transparent read already sees the write. One register and one
-        # adder serve every (layer, bank) memory (area). The drain shares the memories' ports
+        # registers the same row was read before that write: E4 takes E5's new sum instead; and
+        # the read misses the write of the clock before it too (it is not transparent): E4 then
+        # takes that sum, registered (E6). One register and one adder serve every (layer,
+        # bank) memory (area). The drain shares the memories' ports
         # (never on the same context as the MAC at once) and registers its own row (D1).
         e5 = Signal(stage)
         e5_product = Signal.like(product)
@@ -997,10 +1011,16 @@ class ProcessingElement(wiring.Component):
                           [read_rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
                            for i in range(1 << (plan.layer_bits + plan.bank_bits))],
                           signed(acc_bits), "e4_read")
-        same_row = Signal()
-        m.d.comb += same_row.eq(e5.valid & ~e5.fence & (e4.row == e5.row)
-                                & (e4.layer == e5.layer) & (e4.bank == e5.bank))
-        m.d.sync += accumulated.eq(Mux(same_row, total, e4_read))
+        e6 = Signal(stage)                      # the entry E5 accumulated a clock ago
+        written = Signal(signed(acc_bits))      # and the sum it wrote
+        m.d.sync += [e6.eq(e5), written.eq(total)]
+
+        def same_row(stage):
+            return (stage.valid & ~stage.fence & (stage.row == e4.row)
+                    & (stage.layer == e4.layer) & (stage.bank == e4.bank))
+
+        m.d.sync += accumulated.eq(Mux(same_row(e5), total,
+                                       Mux(same_row(e6), written, e4_read)))
         m.d.comb += [
             self.retire.valid.eq(e5.valid & e5.fence),
             self.retire.layer.eq(e5.layer),
@@ -1112,13 +1132,24 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [d4.eq(d3), d4_rounded.eq(d3_product + d3_rounding), d4_sum.eq(d3_sum),
                      d4_column.eq(d3_column), d4_shift.eq(d3_shift), d4_beyond.eq(d3_beyond)]
 
-        # -- D4: the arithmetic right shift (A6) -----------------------------------------------
+        # -- D4, D4S: the arithmetic right shift (A6), by the shift's low three bits, then by
+        # its high bits (eight at a time): one shifter of three levels per clock (timing) ---
+        d4s = Signal(d_layout)
+        d4s_partial = Signal(signed(product_bits + 1))
+        d4s_high = Signal(SHIFT_BITS - 3)
+        d4s_beyond = Signal()
+        d4s_sum = Signal(signed(acc_bits + 1))
+        d4s_column = Signal(plan.column_bits)
+        m.d.sync += [d4s.eq(d4), d4s_partial.eq(d4_rounded >> d4_shift[:3]),
+                     d4s_high.eq(d4_shift[3:]), d4s_beyond.eq(d4_beyond),
+                     d4s_sum.eq(d4_sum), d4s_column.eq(d4_column)]
         d5 = Signal(d_layout)
         d5_shifted = Signal(signed(product_bits + 1))
         d5_sum = Signal(signed(acc_bits + 1))
         d5_column = Signal(plan.column_bits)
-        m.d.sync += [d5.eq(d4), d5_shifted.eq(Mux(d4_beyond, 0, d4_rounded >> d4_shift)),
-                     d5_sum.eq(d4_sum), d5_column.eq(d4_column)]
+        m.d.sync += [d5.eq(d4s),
+                     d5_shifted.eq(Mux(d4s_beyond, 0, d4s_partial >> Cat(Const(0, 3), d4s_high))),
+                     d5_sum.eq(d4s_sum), d5_column.eq(d4s_column)]
 
         # -- D5: ReLU and clamp (A7), or the logit (A8) ----------------------------------------
         hidden = Signal(value_shape)
@@ -1168,8 +1199,10 @@ class ProcessingElement(wiring.Component):
         with m.If(push):                    # all zero otherwise: no stale (or X) fields
             m.d.comb += [
                 self.trace.valid.eq(1), self.trace.end.eq(appended.end),
-                self.trace.layer.eq(appended.item.layer - 1), self.trace.bank.eq(appended.item.bank),
-                self.trace.column.eq(appended.item.column), self.trace.value.eq(appended.item.value),
+                self.trace.layer.eq(appended.item.layer - 1),       # the layer that made it
+                self.trace.bank.eq(appended.item.bank),
+                self.trace.column.eq(appended.item.column),
+                self.trace.value.eq(appended.item.value),
             ]
         # A pop frees its credit a clock later: ``ready`` comes from far away, and then only
         # reaches a register here rather than the credit's adder (timing).

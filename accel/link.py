@@ -622,6 +622,8 @@ class HostBridge(wiring.Component):
         escaped = Signal()
         dropped = Signal()                      # bytes arrived while not receiving
         kind = Signal(8)
+        # kind == INFO, INFER, WRITE, registered with it (timing: no comparator on the paths)
+        kind_info, kind_infer, kind_write = Signal(), Signal(), Signal()
         seq = Signal(8)
         hist1 = Signal(8)                       # the last body byte received
         hist2 = Signal(8)                       # the one before
@@ -691,29 +693,30 @@ class HostBridge(wiring.Component):
             new_word.addr.eq(raw_word[:plan.address_bits]),
             new_word.data.eq(raw_word[8 * fmt.address_bytes:][:plan.data_bits]),
         ]
-        is_infer_beat = (kind == INFER) & (count >= 6)
-        is_write_word = (kind == WRITE) & (count >= 4)
-        record_size = Mux(kind == INFER, fmt.beat_bytes, fmt.word_bytes)
+        is_infer_beat = kind_infer & (count >= 6)
+        is_write_word = kind_write & (count >= 4)
+        record_size = Mux(kind_infer, fmt.beat_bytes, fmt.word_bytes)
         record_done = record_phase == record_size - 1
         with m.If(got):
             m.d.sync += [hist1.eq(got_byte), hist2.eq(hist1)]
             with m.If(count != count_max):
                 m.d.sync += count.eq(count + 1)
             with m.If(count == 0):
-                m.d.sync += kind.eq(got_byte)
+                m.d.sync += [kind.eq(got_byte), kind_info.eq(got_byte == INFO),
+                             kind_infer.eq(got_byte == INFER), kind_write.eq(got_byte == WRITE)]
             with m.If(count == 1):
                 m.d.sync += seq.eq(got_byte)
             with m.If(count >= 2):
                 m.d.sync += crc.eq(_crc_step(crc, hist2))
-            with m.If((kind == INFER) & (count == 4)):
+            with m.If(kind_infer & (count == 4)):
                 m.d.sync += repeat[:8].eq(hist2)
-            with m.If((kind == INFER) & (count == 5)):
+            with m.If(kind_infer & (count == 5)):
                 m.d.sync += repeat[8:].eq(hist2)
             with m.If(is_infer_beat | is_write_word):
                 m.d.sync += [record.eq(shifted),
                              record_phase.eq(Mux(record_done, 0, record_phase + 1))]
                 with m.If(record_done):
-                    limit = Mux(kind == INFER, beats, max_words)
+                    limit = Mux(kind_infer, beats, max_words)
                     with m.If(record_index < limit):
                         m.d.sync += record_index.eq(record_index + 1)
                     with m.Else():
@@ -754,7 +757,7 @@ class HostBridge(wiring.Component):
                 m.d.comb += resp_payload.eq(error_code)
 
         # Engine feeders: present buffer entry `feed_next` one clock after claiming it.
-        feed_advance = ~feed_valid | Mux(kind == INFER, self.i.ready, self.write.ready)
+        feed_advance = ~feed_valid | Mux(kind_infer, self.i.ready, self.write.ready)
         m.d.comb += [beat_read.addr.eq(feed_next), beat_read.en.eq(feed_advance),
                      word_read.addr.eq(feed_next), word_read.en.eq(feed_advance)]
 
@@ -796,11 +799,11 @@ class HostBridge(wiring.Component):
                 write_ok = (record_phase == 0) & (record_index != 0) & ~overflow
                 m.d.sync += [
                     bad_crc.eq((count < 4) | (crc != Cat(hist2, hist1))),
-                    bad_kind.eq((kind != INFO) & (kind != INFER) & (kind != WRITE)),
-                    bad_length.eq(((kind == INFO) & (count != 4))
-                                  | ((kind == INFER) & (count != infer_body))
-                                  | ((kind == WRITE) & ~write_ok)),
-                    bad_repeat.eq((kind == INFER) & (repeat == 0)),
+                    bad_kind.eq(~kind_info & ~kind_infer & ~kind_write),
+                    bad_length.eq((kind_info & (count != 4))
+                                  | (kind_infer & (count != infer_body))
+                                  | (kind_write & ~write_ok)),
+                    bad_repeat.eq(kind_infer & (repeat == 0)),
                 ]
                 m.next = "DECIDE"
             with m.State("DECIDE"):
@@ -820,10 +823,10 @@ class HostBridge(wiring.Component):
                                  runs_to_collect.eq(repeat), last_run.eq(repeat == 1),
                                  collect_neuron.eq(0),
                                  first_beat.eq(1), write_count.eq(record_index)]
-                    with m.If(kind == INFO):
+                    with m.If(kind_info):
                         m.d.sync += [discard_after.eq(0), info_clock.eq(measured_hz)]
                         respond(INFO | RESPONSE, seq, info_total)
-                    with m.Elif(kind == INFER):
+                    with m.Elif(kind_infer):
                         m.next = "INFER"
                     with m.Else():
                         m.d.sync += runs_to_feed.eq(record_index)
