@@ -396,10 +396,9 @@ class HostBridge(wiring.Component):
     write : Out(stream.Signature(StructLayout({"addr": ..., "data": ...})))
         To the engine's ``write``.
     busy : In(1)
-        The engine's ``busy``: a request starts only when it is low.
-    cycles : In(48)
-        The engine's ``cycles``: INFER reports the difference between the first beat accepted
-        and the last logit accepted.
+        The engine's ``busy``: a request starts only when it is low. INFER reports the clocks
+        during which it was high from the first beat accepted to the last logit accepted (the
+        increments of the engine's ``cycles`` counter over that time), counted here.
 
     A request is executed only after its closing ``END`` and CRC check; its payload is
     buffered in a beat memory (``beats_per_image`` beats) or a word memory
@@ -457,7 +456,6 @@ class HostBridge(wiring.Component):
             "o": In(stream.Signature(signed(plan.logit_bits))),
             "write": Out(stream.Signature(self._word)),
             "busy": In(1),
-            "cycles": In(CYCLE_COUNTER_BITS),
         })
 
     @property
@@ -652,7 +650,7 @@ class HostBridge(wiring.Component):
         last_run = Signal()                     # runs_to_collect == 1, registered (timing)
         collect_neuron = Signal(range(max(out_features, 1)))
         first_beat = Signal()
-        start_cycles = Signal(CYCLE_COUNTER_BITS)
+        busy_clocks = Signal(CYCLE_COUNTER_BITS)    # busy clocks since the first beat
         elapsed = Signal(CYCLE_COUNTER_BITS)
 
         # -- submodules ----------------------------------------------------------------------
@@ -771,6 +769,8 @@ class HostBridge(wiring.Component):
             m.d.sync += [error_code.eq(code), discard_after.eq(discard)]
             respond(NAK, Mux(count >= 2, seq, 0), 1)
 
+        with m.If(self.busy):
+            m.d.sync += busy_clocks.eq(busy_clocks + 1)
         with m.FSM() as fsm:
             with m.State("RECEIVE"):
                 with m.If(rx_framing):
@@ -842,7 +842,9 @@ class HostBridge(wiring.Component):
                     with m.Else():
                         m.d.sync += feed_valid.eq(0)
                 with m.If(self.i.valid & self.i.ready & first_beat):
-                    m.d.sync += [start_cycles.eq(self.cycles), first_beat.eq(0)]
+                    # Count the engine's busy clocks from this one (its `cycles` counter's
+                    # increments, without a 48-bit subtraction at the end: timing).
+                    m.d.sync += [busy_clocks.eq(self.busy), first_beat.eq(0)]
                 with m.If(self.o.valid):
                     m.d.comb += logit_write.en.eq(1)
                     with m.If(collect_neuron == out_features - 1):
@@ -850,7 +852,7 @@ class HostBridge(wiring.Component):
                                      runs_to_collect.eq(runs_to_collect - 1),
                                      last_run.eq(runs_to_collect == 2)]
                         with m.If(last_run):
-                            m.d.sync += [elapsed.eq(self.cycles - start_cycles),
+                            m.d.sync += [elapsed.eq(busy_clocks),
                                          discard_after.eq(0), feed_valid.eq(0)]
                             respond(INFER | RESPONSE, seq, infer_total)
                     with m.Else():
@@ -963,6 +965,5 @@ class LinkedEngine(wiring.Component):
             bridge.rx.eq(self.rx),
             self.tx.eq(bridge.tx),
             bridge.busy.eq(engine.busy),
-            bridge.cycles.eq(engine.cycles),
         ]
         return m
