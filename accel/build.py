@@ -36,9 +36,6 @@ __all__ = ["add_engine_arguments", "build", "build_parser", "engine_options", "f
 DEFAULT_PES = 2
 
 
-#: Engines with at least this many PEs are placed with ``boards.synthesis.PLACER_TIMING_WEIGHT``.
-LARGE_ENGINE_PES = 8
-
 def build_parser() -> argparse.ArgumentParser:
     from compress.data import DATASETS
 
@@ -214,7 +211,7 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
         return report
 
     from accel.top import BoardTop
-    from boards.synthesis import PLACER_TIMING_WEIGHT, TimingError, synthesize
+    from boards.synthesis import TimingError, synthesize
 
     print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
           f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
@@ -223,12 +220,9 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     try:
         # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
         # clock), so the highest clock takes one place and route on an ECP5.
-        # Large engines are placed with a higher timing weight; on the 2-PE default it only
-        # made nextpnr slower (docs/boards.md).
-        weight = PLACER_TIMING_WEIGHT if plan.n_pes >= LARGE_ENGINE_PES else None
         result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
                             out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
-                            retunable=True, progress=progress, placer_timing_weight=weight)
+                            retunable=True, progress=progress)
     except TimingError as error:
         timing_error, result = error, error.result
     clock_hz = result.clock_mhz * 1e6
