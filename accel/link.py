@@ -619,8 +619,8 @@ class HostBridge(wiring.Component):
         count = Signal(range(count_max + 1))    # body bytes received (saturating)
         escaped = Signal()
         dropped = Signal()                      # bytes arrived while not receiving
-        kind = Signal(8)
-        # kind == INFO, INFER, WRITE, registered with it (timing: no comparator on the paths)
+        # The request's kind byte, as the flags kind == INFO, INFER, WRITE (timing: no
+        # comparator on the paths that use it)
         kind_info, kind_infer, kind_write = Signal(), Signal(), Signal()
         seq = Signal(8)
         hist1 = Signal(8)                       # the last body byte received
@@ -700,7 +700,7 @@ class HostBridge(wiring.Component):
             with m.If(count != count_max):
                 m.d.sync += count.eq(count + 1)
             with m.If(count == 0):
-                m.d.sync += [kind.eq(got_byte), kind_info.eq(got_byte == INFO),
+                m.d.sync += [kind_info.eq(got_byte == INFO),
                              kind_infer.eq(got_byte == INFER), kind_write.eq(got_byte == WRITE)]
             with m.If(count == 1):
                 m.d.sync += seq.eq(got_byte)
