@@ -732,12 +732,17 @@ class ProcessingElement(wiring.Component):
             m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
         for i, layer in enumerate(layers):
             image = layer.image
+            # Block RAM, however small: the entry address comes from an adder (start +
+            # offset), the pointer address from the queue head's lane choice; a block RAM's
+            # address register ends those paths, where LUT RAM's read and its mux tree would
+            # lengthen them (timing: on 16-PE LeNet-300-100 a pointer memory in LUT RAM was
+            # the critical path).
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
-                                   unsigned(image.entry_bits), platform).read_port())
-            # Block RAM: the pointer address comes from the queue head's lane choice (timing).
+                                   unsigned(image.entry_bits), platform,
+                                   block=True).read_port())
             pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
                                     unsigned(image.pointer_word_bits), platform,
-                                    small_in_lutram=False).read_port())
+                                    block=True).read_port())
             codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
                                      signed(layer.weight_bits), platform).read_port())
             biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,
@@ -955,10 +960,15 @@ class ProcessingElement(wiring.Component):
         # k has reached the context's row count: registered with k, so that the drain's issue
         # starts from flip-flops (timing).
         k_at_end = Signal()
+        # Which (layer, bank) memory the drain reads, decoded as the command is loaded: it
+        # selects the memory's read address (timing).
+        draining_of = {key: Signal(name=f"draining{key[0]}_{key[1]}") for key in acc_mems}
         load = commands.r_rdy & ~current_valid
         m.d.comb += commands.r_en.eq(load)
         with m.If(load):
             m.d.sync += [
+                *[flag.eq((command.layer == i) & (command.bank == b))
+                  for (i, b), flag in draining_of.items()],
                 current.eq(command), current_valid.eq(1),
                 current_rows.eq(_switch(m, command.layer, [layer.image.rows(p) for layer in layers],
                                         unsigned(row_bits), "rows_here")),
@@ -987,8 +997,17 @@ class ProcessingElement(wiring.Component):
         total = Signal(signed(acc_bits + 1))
         m.d.comb += total.eq(accumulated + e5_product)
         read_rows = {}
+        # Each memory's read address, registered from its next value: the LUT RAM's address
+        # pins then come straight from flip-flops of their own (timing): D0's row k for the
+        # memory being drained, else E2's row (E3's in the next clock).
+        drain_done = Signal()           # the drained context's last clock (below)
+        k_next = Mux(drain_done, 0, Mux(issue_row, k + 1, k))
         for (i, b), (rport, wport) in acc_mems.items():
-            draining = current_valid & (current.layer == i) & (current.bank == b)
+            draining = draining_of[i, b]
+            draining_next = Mux(load, (command.layer == i) & (command.bank == b),
+                                draining & ~drain_done)
+            read_address = Signal(row_bits, name=f"read_address{i}_{b}")
+            m.d.sync += read_address.eq(Mux(draining_next, k_next, e2.row))
             # The write's enable and address, registered a clock ahead: they fan out to every
             # LUT RAM cell of the memory (timing). D1 clears the row D0 issues, E5 writes E4's.
             clearing = Signal(name=f"clearing{i}_{b}")
@@ -1002,7 +1021,7 @@ class ProcessingElement(wiring.Component):
             ]
             read_rows[i, b] = rport.data
             m.d.comb += [
-                rport.addr.eq(Mux(draining, k, e3.row)[:len(rport.addr)]),
+                rport.addr.eq(read_address[:len(rport.addr)]),
                 wport.addr.eq(write_row[:len(wport.addr)]),
                 wport.data.eq(Mux(clearing, 0, total)),
                 wport.en.eq(clearing | mac),
@@ -1015,12 +1034,16 @@ class ProcessingElement(wiring.Component):
         written = Signal(signed(acc_bits))      # and the sum it wrote
         m.d.sync += [e6.eq(e5), written.eq(total)]
 
-        def same_row(stage):
-            return (stage.valid & ~stage.fence & (stage.row == e4.row)
-                    & (stage.layer == e4.layer) & (stage.bank == e4.bank))
+        def same_row(earlier, later):
+            return (earlier.valid & ~earlier.fence & (earlier.row == later.row)
+                    & (earlier.layer == later.layer) & (earlier.bank == later.bank))
 
-        m.d.sync += accumulated.eq(Mux(same_row(e5), total,
-                                       Mux(same_row(e6), written, e4_read)))
+        # Whether E5's and E6's entries hit E4's row, compared a clock ahead (E4 against E3,
+        # E5 against E3) and registered: the forward mux's selects come from flip-flops
+        # (timing).
+        hit5, hit6 = Signal(), Signal()
+        m.d.sync += [hit5.eq(same_row(e4, e3)), hit6.eq(same_row(e5, e3))]
+        m.d.sync += accumulated.eq(Mux(hit5, total, Mux(hit6, written, e4_read)))
         m.d.comb += [
             self.retire.valid.eq(e5.valid & e5.fence),
             self.retire.layer.eq(e5.layer),
@@ -1038,11 +1061,17 @@ class ProcessingElement(wiring.Component):
         is_last = current_last
         more_rows = current_valid & ~k_at_end
         at_end = current_valid & k_at_end
-        m.d.comb += issue_row.eq(more_rows & Mux(is_last, logit_credit != 0, credit != 0))
-        issue_end = at_end & ~is_last & (credit != 0)
+        # Whether a credit is left, registered with the credit (timing: the issue decides the
+        # drain's next row and memory, on the way to the memories' read addresses).
+        has_credit = Signal(init=list_depth != 0)
+        has_logit_credit = Signal(init=logit_depth != 0)
+        m.d.comb += issue_row.eq(more_rows & Mux(is_last, has_logit_credit, has_credit))
+        issue_end = at_end & ~is_last & has_credit
         finish_last = at_end & is_last
-        with m.If(issue_end | finish_last):
-            m.d.sync += [k.eq(0), current_valid.eq(0)]
+        m.d.comb += drain_done.eq(issue_end | finish_last)
+        with m.If(drain_done):
+            m.d.sync += [k.eq(0), current_valid.eq(0),
+                         *[flag.eq(0) for flag in draining_of.values()]]
         with m.Elif(issue_row):
             m.d.sync += [k.eq(k + 1), k_at_end.eq(k + 1 == current_rows)]
         for port in biases + [r for r in row_ids if r is not None]:
@@ -1210,8 +1239,15 @@ class ProcessingElement(wiring.Component):
         popped_logit = Signal()
         m.d.sync += [popped.eq(self.o.valid & self.o.ready),
                      popped_logit.eq(self.logits.valid & self.logits.ready)]
-        m.d.sync += credit.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped)
-        m.d.sync += logit_credit.eq(logit_credit - (issue_row & is_last) + popped_logit)
+        credit_next = Signal.like(credit)
+        logit_credit_next = Signal.like(logit_credit)
+        m.d.comb += [
+            credit_next.eq(credit - (issue_row & ~is_last | issue_end) + popped + dropped),
+            logit_credit_next.eq(logit_credit - (issue_row & is_last) + popped_logit),
+        ]
+        m.d.sync += [credit.eq(credit_next), has_credit.eq(credit_next != 0),
+                     logit_credit.eq(logit_credit_next),
+                     has_logit_credit.eq(logit_credit_next != 0)]
         m.d.comb += [
             self.o.valid.eq(out_list.r_rdy), self.o.payload.eq(out_list.r_data),
             out_list.r_en.eq(self.o.ready),

@@ -612,7 +612,11 @@ class HostBridge(wiring.Component):
         infer_total = out_features * fmt.logit_bytes + CYCLES_BYTES
 
         # -- named strobes and registers ---------------------------------------------------
-        got = Signal()                          # a decoded body byte, `got_byte`
+        decoded = Signal()                      # a body byte decoded in this clock, and
+        decoded_byte = Signal(8)                # its value
+        # ... registered before the frame's registers take it (timing: the FSM's decode of
+        # the UART byte and the record's updates are then in different clocks).
+        got = Signal()
         got_byte = Signal(8)
         restart = Signal()                      # forget the frame being received
 
@@ -695,6 +699,7 @@ class HostBridge(wiring.Component):
         is_write_word = kind_write & (count >= 4)
         record_size = Mux(kind_infer, fmt.beat_bytes, fmt.word_bytes)
         record_done = record_phase == record_size - 1
+        m.d.sync += [got.eq(decoded), got_byte.eq(decoded_byte)]
         with m.If(got):
             m.d.sync += [hist1.eq(got_byte), hist2.eq(hist1)]
             with m.If(count != count_max):
@@ -780,16 +785,17 @@ class HostBridge(wiring.Component):
                     with m.If(escaped):
                         m.d.sync += escaped.eq(0)
                         with m.If((byte == ESC_END) | (byte == ESC_ESC)):
-                            m.d.comb += [got.eq(1), got_byte.eq(Mux(byte == ESC_END, END, ESC))]
+                            m.d.comb += [decoded.eq(1),
+                                         decoded_byte.eq(Mux(byte == ESC_END, END, ESC))]
                         with m.Else():
                             nak(BAD_ESCAPE, discard=byte != END)
                     with m.Elif(byte == END):
-                        with m.If(count != 0):
+                        with m.If((count != 0) | got):     # `got`: not yet counted
                             m.next = "CHECK"
                     with m.Elif(byte == ESC):
                         m.d.sync += escaped.eq(1)
                     with m.Else():
-                        m.d.comb += [got.eq(1), got_byte.eq(byte)]
+                        m.d.comb += [decoded.eq(1), decoded_byte.eq(byte)]
             with m.State("DISCARD"):
                 with m.If(rx_valid & (rx_byte == END)):
                     m.d.comb += restart.eq(1)

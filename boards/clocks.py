@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
-from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 
 __all__ = ["ClockGenerator", "PLLSettings", "pll_settings", "retune_ecp5_config"]
 
@@ -106,10 +106,20 @@ def pll_settings(family: str, input_mhz: float, target_mhz: float) -> PLLSetting
 class ClockGenerator(Elaboratable):
     """The ``sync`` domain at ``settings.output_mhz``, from the board's default clock via a PLL.
 
-    ``sync`` is held in reset until the PLL reports lock; the reset is released synchronously
-    (:class:`amaranth.lib.cdc.ResetSynchronizer`). nextpnr derives the PLL output's timing
-    constraint from the input clock's, so place and route checks timing at the frequency
-    actually configured.
+    Until the PLL reports lock, ``sync`` is held still:
+
+    - ECP5: ``sync`` has no reset. Its clock is the PLL's output through a ``DCCA`` clock
+      buffer, enabled by the lock flag after two flip-flops clocked on the falling edge of the
+      PLL's output (so the enable changes only while the clock is low and no short pulse
+      reaches the fabric). Every flip-flop starts from the value configuration gives it and
+      sees its first edge only once the clock is stable. No reset net has to reach every
+      flip-flop of the chip within a clock: on a 16-PE engine that net was the critical path.
+      Should lock be lost, the clock stops and resumes where it stopped.
+    - iCE40: ``sync`` is held in reset, released synchronously
+      (:class:`amaranth.lib.cdc.ResetSynchronizer`).
+
+    nextpnr derives the PLL output's timing constraint from the input clock's, so place and
+    route checks timing at the frequency actually configured.
 
     With ``reference_domain``, that domain (reset-less) is clocked by the board's clock itself:
     logic whose constants depend on a frequency (a UART's bit time) lives there, so that the
@@ -129,9 +139,17 @@ class ClockGenerator(Elaboratable):
     def elaborate(self, platform):
         s = self.settings
         m = Module()
-        m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal()
         if s.family == "ecp5":
+            m.domains.sync = ClockDomain("sync", reset_less=True)
+            # The enable's flip-flops run on the ungated clock's falling edge.
+            m.domains.pll_gate = ClockDomain("pll_gate", clk_edge="neg", reset_less=True)
+            pll_clk = Signal()
+            enable = Signal()
+            m.d.comb += ClockSignal("pll_gate").eq(pll_clk)
+            m.submodules.lock_sync = FFSynchronizer(locked, enable, o_domain="pll_gate")
+            m.submodules.clk_gate = Instance(
+                "DCCA", i_CLKI=pll_clk, i_CE=enable, o_CLKO=ClockSignal("sync"))
             m.submodules.clk_buffer = clk_buffer = io.Buffer(
                 "i", platform.request(platform.default_clk, dir="-"))
             clk_in = clk_buffer.i
@@ -146,12 +164,13 @@ class ClockGenerator(Elaboratable):
                 p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
                 p_CLKI_DIV=d["CLKI_DIV"], p_CLKFB_DIV=d["CLKFB_DIV"], p_CLKOP_DIV=d["CLKOP_DIV"],
                 p_CLKOP_CPHASE=d["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
-                i_CLKI=clk_in, i_CLKFB=ClockSignal("sync"), i_RST=0, i_STDBY=0,
+                i_CLKI=clk_in, i_CLKFB=pll_clk, i_RST=0, i_STDBY=0,
                 i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
                 i_PLLWAKESYNC=0, i_ENCLKOP=0,
-                o_CLKOP=ClockSignal("sync"), o_LOCK=locked,
+                o_CLKOP=pll_clk, o_LOCK=locked,
             )
         else:
+            m.domains.sync = ClockDomain("sync")
             # On the iCE40 the PLL sits on the clock pin's own pad (the pin cannot also be an
             # input buffer): SB_PLL40_2_PAD, whose port A passes the board's clock through.
             d = s.dividers
@@ -165,7 +184,7 @@ class ClockGenerator(Elaboratable):
                 i_RESETB=1, i_BYPASS=0,
                 o_PLLOUTGLOBALA=clk_in, o_PLLOUTGLOBALB=ClockSignal("sync"), o_LOCK=locked,
             )
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         if self.reference_domain is not None:
             m.domains += ClockDomain(self.reference_domain, reset_less=True)
             m.d.comb += ClockSignal(self.reference_domain).eq(clk_in)
