@@ -1453,28 +1453,33 @@ class Engine(wiring.Component):
         # chip (timing); a PE's ready allows for it (two clocks ahead).
         drain_ready = Signal()
         m.d.sync += drain_ready.eq(Cat(pe.drain.ready for pe in pes).all())
+        # Every PE has retired the context's fence: `done`'s AND across the PEs, registered
+        # (timing); the clock that issues the context's drain clears it.
+        complete = {key: Signal(name=f"complete{key[0]}_{key[1]}") for key in done}
+        # One grant per context, the first complete one in `done`'s order (the last layer only
+        # for the bank next in image order), so that the clear needs no decode of the context.
+        conds = [complete[i, b] & ((out_bank == b) if i == plan.n_layers - 1 else 1)
+                 for (i, b) in done]
+        grants = [cond & ~Cat(conds[:k]).any() if k else cond
+                  for k, cond in enumerate(conds)]
         issue = Signal()
         issue_context = Signal(lay.context)
-        first = True
-        for (i, b), bits in done.items():
-            cond = bits.all()
-            if i == plan.n_layers - 1:
-                cond = cond & (out_bank == b)
-            with (m.If(cond) if first else m.Elif(cond)):
-                m.d.comb += [issue.eq(drain_ready), issue_context.layer.eq(i),
-                             issue_context.bank.eq(b)]
-            first = False
+        m.d.comb += issue.eq(drain_ready & Cat(conds).any())
+        for grant, (i, b) in zip(grants, done):
+            with m.If(grant):
+                m.d.comb += [issue_context.layer.eq(i), issue_context.bank.eq(b)]
         drain_valid = Signal()
         drain_context = Signal(lay.context)
         m.d.sync += [drain_valid.eq(issue), drain_context.eq(issue_context)]
         for pe in pes:
             m.d.comb += [pe.drain.valid.eq(drain_valid), pe.drain.payload.eq(drain_context)]
-        with m.If(issue):
-            for (i, b), bits in done.items():
-                with m.If((issue_context.layer == i) & (issue_context.bank == b)):
-                    m.d.sync += bits.eq(0)
-            with m.If(issue_context.layer == plan.n_layers - 1):
-                m.d.sync += out_bank.eq(Mux(out_bank == plan.banks - 1, 0, out_bank + 1))
+        for grant, ((i, b), bits) in zip(grants, done.items()):
+            issued = drain_ready & grant
+            m.d.sync += complete[i, b].eq(bits.all() & ~issued)
+            with m.If(issued):
+                m.d.sync += bits.eq(0)
+                if i == plan.n_layers - 1:
+                    m.d.sync += out_bank.eq(Mux(out_bank == plan.banks - 1, 0, out_bank + 1))
         for p, pe in enumerate(pes):
             # Registered as it arrives: the PEs are spread over the chip (timing).
             retire = Signal(lay.retire, name=f"retire{p}")

@@ -776,6 +776,11 @@ class HostBridge(wiring.Component):
 
         with m.If(self.busy):
             m.d.sync += busy_clocks.eq(busy_clocks + 1)
+        # The engine's busy flag a clock late, for WAIT_IDLE (timing: it is decoded from the
+        # engine's count of images in flight). It is never stale there: only INFER makes the
+        # engine busy, and the bridge is then in other states for many clocks.
+        busy_seen = Signal()
+        m.d.sync += busy_seen.eq(self.busy)
         with m.FSM() as fsm:
             with m.State("RECEIVE"):
                 with m.If(rx_framing):
@@ -824,7 +829,7 @@ class HostBridge(wiring.Component):
                 with m.Else():
                     m.next = "WAIT_IDLE"
             with m.State("WAIT_IDLE"):
-                with m.If(~self.busy):
+                with m.If(~busy_seen):
                     m.d.sync += [feed_valid.eq(0), feed_next.eq(0), runs_to_feed.eq(repeat),
                                  runs_to_collect.eq(repeat), last_run.eq(repeat == 1),
                                  collect_neuron.eq(0),
