@@ -732,14 +732,12 @@ class ProcessingElement(wiring.Component):
             m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
         for i, layer in enumerate(layers):
             image = layer.image
-            # Block RAM, however small: the entry address comes from an adder (start +
-            # offset), the pointer address from the queue head's lane choice; a block RAM's
-            # address register ends those paths, where LUT RAM's read and its mux tree would
-            # lengthen them (timing: on 16-PE LeNet-300-100 a pointer memory in LUT RAM was
-            # the critical path).
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
-                                   unsigned(image.entry_bits), platform,
-                                   block=True).read_port())
+                                   unsigned(image.entry_bits), platform).read_port())
+            # Block RAM, however small: the pointer address comes from the queue head's lane
+            # choice, and a block RAM's address register ends that path where LUT RAM's read
+            # and its mux tree would lengthen it (timing: on 16-PE LeNet-300-100 a 100-deep
+            # pointer memory in LUT RAM was the critical path).
             pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
                                     unsigned(image.pointer_word_bits), platform,
                                     block=True).read_port())
