@@ -965,8 +965,6 @@ class ProcessingElement(wiring.Component):
         m.d.comb += commands.r_en.eq(load)
         with m.If(load):
             m.d.sync += [
-                *[flag.eq((command.layer == i) & (command.bank == b))
-                  for (i, b), flag in draining_of.items()],
                 current.eq(command), current_valid.eq(1),
                 current_rows.eq(_switch(m, command.layer, [layer.image.rows(p) for layer in layers],
                                         unsigned(row_bits), "rows_here")),
@@ -1005,7 +1003,8 @@ class ProcessingElement(wiring.Component):
             draining_next = Mux(load, (command.layer == i) & (command.bank == b),
                                 draining & ~drain_done)
             read_address = Signal(row_bits, name=f"read_address{i}_{b}")
-            m.d.sync += read_address.eq(Mux(draining_next, k_next, e2.row))
+            m.d.sync += [draining.eq(draining_next),
+                         read_address.eq(Mux(draining_next, k_next, e2.row))]
             # The write's enable and address, registered a clock ahead: they fan out to every
             # LUT RAM cell of the memory (timing). D1 clears the row D0 issues, E5 writes E4's.
             clearing = Signal(name=f"clearing{i}_{b}")
@@ -1068,8 +1067,7 @@ class ProcessingElement(wiring.Component):
         finish_last = at_end & is_last
         m.d.comb += drain_done.eq(issue_end | finish_last)
         with m.If(drain_done):
-            m.d.sync += [k.eq(0), current_valid.eq(0),
-                         *[flag.eq(0) for flag in draining_of.values()]]
+            m.d.sync += [k.eq(0), current_valid.eq(0)]
         with m.Elif(issue_row):
             m.d.sync += [k.eq(k + 1), k_at_end.eq(k + 1 == current_rows)]
         for port in biases + [r for r in row_ids if r is not None]:
