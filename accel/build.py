@@ -9,7 +9,8 @@ Steps (each prints what it does):
    (``accel.resources``): a model that cannot fit gets an error with the numbers;
 3. verification of the first ``--verify-samples`` test images in simulation (Amaranth's own by
    default: nothing outside PyPI), every hidden activation and logit against ``sim``; the
-   cycles it measures give ``cycles_per_inference``;
+   cycles it measures give ``cycles_per_inference``. It runs in a process of its own,
+   alongside step 4 (each takes one core); a mismatch fails the build when both are done;
 4. synthesis, place and route and bitstream with the open toolchain (``boards.synthesis``) at
    ``--clock-mhz`` or the highest clock attainable;
 5. ``OUT/report.json``, ``OUT/utilization.png`` and a printed table.
@@ -169,18 +170,135 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
 
     x_all = sim.quantize_input(model, data.x_test).astype(np.int64)
     x = x_all[:verify_samples]
+    verify_options = dict(model=model, x=x, calibration=calibration, simulator=simulator,
+                          build_dir=out / "verify", **engine_options)
+    if synthesis:
+        # Simulation and synthesis are independent and each takes one core: the verification
+        # runs in a process of its own while synthesis runs here (see _Verification).
+        print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation, "
+              "alongside synthesis ...", flush=True)
+        verification = _Verification(verify_options)
+        try:
+            return _build_and_report(model, data, board, plan, estimate, x_all, verification,
+                                     out=out, clock_mhz=clock_mhz, engine_options=engine_options,
+                                     balance=balance, baud=baud, simulator=simulator,
+                                     nextpnr_seed=nextpnr_seed, progress=progress,
+                                     model_path=model_path, started=started)
+        finally:
+            verification.cancel()
     print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation ...",
           flush=True)
-    verified = verify(model, x, calibration=calibration, simulator=simulator,
-                      build_dir=out / "verify", **engine_options)
+    verified = _checked(verify(**verify_options), len(x))
+    return _build_and_report(model, data, board, plan, estimate, x_all, verified, out=out,
+                             clock_mhz=None, engine_options=engine_options, balance=balance,
+                             baud=baud, simulator=simulator, nextpnr_seed=nextpnr_seed,
+                             progress=progress, model_path=model_path, started=started,
+                             synthesis=False)
+
+
+def _checked(verified: dict, samples: int) -> dict:
+    """``verified``, after raising on a mismatch and printing the figures."""
     if verified["mismatches"]:
         m = verified["first_mismatch"]
         raise RuntimeError(
-            f"the engine differs from sim on {verified['mismatches']} of {len(x)} images "
+            f"the engine differs from sim on {verified['mismatches']} of {samples} images "
             f"(first: sample {m['sample']}, layer {m['layer']}, neuron {m['neuron']}: expected "
             f"{m['expected']}, got {m['got']}); waveform: {verified['waveform']}")
-    print(f"      0 mismatches; {verified['cycles_per_inference']:.1f} cycles per inference "
-          f"measured ({verified['predicted_cycles']:.1f} predicted)", flush=True)
+    print(f"      verified: 0 mismatches; {verified['cycles_per_inference']:.1f} cycles per "
+          f"inference measured ({verified['predicted_cycles']:.1f} predicted)", flush=True)
+    return verified
+
+
+def _verify_in_child(send, options: dict) -> None:
+    from accel.verify import verify
+
+    try:
+        send.send(("done", verify(**options)))
+    except BaseException as error:          # reported by the parent, which may not unpickle it
+        import traceback
+        send.send(("error", f"{type(error).__name__}: {error}\n{traceback.format_exc()}"))
+
+
+class _Verification:
+    """:func:`accel.verify.verify` in a process of its own, started now.
+
+    Spawned, not forked: the parent may have trained with PyTorch, whose thread pool does not
+    survive a fork. A thread waits for the answer and prints it as soon as it comes (a mismatch
+    is raised by :meth:`result`, after synthesis).
+    """
+
+    def __init__(self, options: dict):
+        import multiprocessing
+        import threading
+
+        self._samples = len(options["x"])
+        context = multiprocessing.get_context("spawn")
+        self._receive, send = context.Pipe(duplex=False)
+        self._process = context.Process(target=_verify_in_child, args=(send, options),
+                                        name="verification", daemon=True)
+        self._process.start()
+        send.close()
+        self._answer = None
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        try:
+            kind, value = self._receive.recv()
+        except EOFError:
+            self._process.join()
+            kind, value = "error", f"the verification process died (exit code " \
+                                   f"{self._process.exitcode})"
+        if kind == "done" and not value["mismatches"]:
+            try:
+                _checked(value, self._samples)
+            except Exception as error:      # printing must not lose the answer
+                kind, value = "error", repr(error)
+        self._answer = kind, value
+
+    def result(self) -> dict:
+        """The verification's result; ``RuntimeError`` if it failed or found a mismatch."""
+        self._waiter.join()
+        self._process.join()
+        kind, value = self._answer
+        if kind == "error":
+            raise RuntimeError(f"verification failed: {value}")
+        if value["mismatches"]:
+            _checked(value, self._samples)      # raises
+        return value
+
+    def cancel(self) -> None:
+        """Stop the process if it is still running (synthesis failed)."""
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def _build_and_report(model, data, board, plan, estimate, x_all, verification, *, out,
+                      clock_mhz, engine_options, balance, baud, simulator, nextpnr_seed,
+                      progress, model_path, started, synthesis=True) -> dict:
+    """Synthesis (unless not ``synthesis``; ``verification`` then is its result) and the report."""
+    import sim
+
+    if synthesis:
+        from accel.top import BoardTop
+        from boards.synthesis import TimingError, synthesize
+
+        print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
+              f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
+              flush=True)
+        timing_error = None
+        try:
+            # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
+            # clock), so the highest clock takes one place and route on an ECP5.
+            result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
+                                out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
+                                retunable=True, progress=progress)
+        except TimingError as error:
+            timing_error, result = error, error.result
+        verified = verification.result()
+    else:
+        verified = verification
     expected = sim.trace(model, x_all)
     steady = plan.predict([x_all] + expected[:-1])
 
@@ -210,21 +328,6 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
         _write(report, out)
         return report
 
-    from accel.top import BoardTop
-    from boards.synthesis import TimingError, synthesize
-
-    print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
-          f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
-          flush=True)
-    timing_error = None
-    try:
-        # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
-        # clock), so the highest clock takes one place and route on an ECP5.
-        result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
-                            out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
-                            retunable=True, progress=progress)
-    except TimingError as error:
-        timing_error, result = error, error.result
     clock_hz = result.clock_mhz * 1e6
     per_second = clock_hz / report["cycles_per_inference"]
     ceiling = board.capacity.multipliers * clock_hz

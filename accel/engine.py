@@ -144,13 +144,18 @@ class _SkidBuffer(Elaboratable):
         take = self.i_valid & ~spare_valid
         pop = self.o_ready & self.o_valid
         m.d.comb += self.i_ready.eq(~spare_valid)
+        # The spare register loads whatever arrives while it is empty: its enable is then a
+        # flip-flop, not the consumer's pop (timing: the pop reaches half as many enables).
+        # Only a word taken while the output stalls is kept (spare_valid).
+        with m.If(~spare_valid):
+            m.d.sync += spare.eq(self.i_data)
         with m.If(pop | ~self.o_valid):
             with m.If(spare_valid):
                 m.d.sync += [self.o_data.eq(spare), self.o_valid.eq(1), spare_valid.eq(0)]
             with m.Else():
                 m.d.sync += [self.o_data.eq(self.i_data), self.o_valid.eq(take)]
         with m.Elif(take):
-            m.d.sync += [spare.eq(self.i_data), spare_valid.eq(1)]
+            m.d.sync += spare_valid.eq(1)
         return m
 
 
@@ -676,10 +681,11 @@ class ProcessingElement(wiring.Component):
     clocks' writes before it), so back-to-back updates of one row need no stall. Throughput:
     one entry per clock.
     The drain reads one row per clock: accumulator, bias and row id, each layer's bias and row
-    id registered, the context's registered, bias added, requantization multiply (two stages),
-    rounding term, shift (two stages), ReLU and clamp, entry register, append (11 clocks, one
-    multiplier, carry chain or three-level shifter per stage for the clock rate), and clears the row for the next
-    image.
+    id registered, the context's registered, bias added, requantization multiply (four stages:
+    the operands copied beside the hard multipliers, the partial products, their copies, the
+    product), rounding term, shift (two stages), ReLU and clamp, entry register, append (13
+    clocks, one multiplier, carry chain or three-level shifter per stage for the clock rate),
+    and clears the row for the next image.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
@@ -1114,25 +1120,52 @@ class ProcessingElement(wiring.Component):
                                            "layer_multiplier")),
                      shift.eq(_switch(m, d1r.layer, shifts, unsigned(SHIFT_BITS), "layer_shift"))]
 
-        # -- D2: requantization multiply (A6), as two partial products, each one hard multiplier
-        # (the sum's low 17 bits unsigned, its high bits signed), combined in D2S: a multiplier
-        # and a carry chain in one clock would not meet the clock rate. The rounding term is
-        # made in D2S from the registered shift, so that D3 .. D5 each hold one carry chain or
-        # one shifter --------------------------------------------------------------------
+        # -- D2: the multiplier's operands registered again, a copy per hard multiplier: these
+        # flip-flops drive nothing else, so placement puts them beside it (timing: the routing
+        # from the shared registers to a hard multiplier took 3 ns) ----------------------------
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
         low_bits = 17
+        high_part_bits = max(1, acc_bits + 1 - low_bits)
+        d2m = Signal(d_layout)
+        d2m_low = Signal(unsigned(low_bits))
+        d2m_high = Signal(signed(high_part_bits))
+        d2m_low_multiplier = Signal(unsigned(MULTIPLIER_BITS))
+        d2m_high_multiplier = Signal(unsigned(MULTIPLIER_BITS))
+        d2m_sum = Signal(signed(acc_bits + 1))
+        d2m_column = Signal(plan.column_bits)
+        d2m_shift = Signal(unsigned(SHIFT_BITS))
+        high_part = d2_sum[low_bits:].as_signed() if acc_bits + 1 > low_bits else Const(0, 1)
+        m.d.sync += [d2m.eq(d2), d2m_low.eq(d2_sum[:low_bits].as_unsigned()),
+                     d2m_high.eq(high_part), d2m_low_multiplier.eq(multiplier),
+                     d2m_high_multiplier.eq(multiplier), d2m_sum.eq(d2_sum),
+                     d2m_column.eq(d2_column), d2m_shift.eq(shift)]
+
+        # -- D2M: requantization multiply (A6), as two partial products, each one hard
+        # multiplier (the sum's low 17 bits unsigned, its high bits signed), combined in D2T: a
+        # multiplier and a carry chain in one clock would not meet the clock rate. Each
+        # product is registered twice (D2S, D2T), the first register driving nothing else, so
+        # that it sits beside its multiplier (timing: 4.9 ns of routing from a hard multiplier
+        # to a shared adder). The rounding term is made in D2T from the registered shift, so
+        # that D3 .. D5 each hold one carry chain or one shifter ------------------------------
         d2s = Signal(d_layout)
         d2s_low = Signal(unsigned(low_bits + MULTIPLIER_BITS))
-        d2s_high = Signal(signed(max(1, acc_bits + 1 - low_bits) + MULTIPLIER_BITS + 1))
+        d2s_high = Signal(signed(high_part_bits + MULTIPLIER_BITS + 1))
         d2s_sum = Signal(signed(acc_bits + 1))
         d2s_column = Signal(plan.column_bits)
         d2s_shift = Signal(unsigned(SHIFT_BITS))
-        high_part = d2_sum[low_bits:].as_signed() if acc_bits + 1 > low_bits else Const(0, 1)
-        m.d.sync += [d2s.eq(d2), d2s_low.eq(d2_sum[:low_bits].as_unsigned() * multiplier),
-                     d2s_high.eq(high_part * multiplier), d2s_sum.eq(d2_sum),
-                     d2s_column.eq(d2_column), d2s_shift.eq(shift)]
+        m.d.sync += [d2s.eq(d2m), d2s_low.eq(d2m_low * d2m_low_multiplier),
+                     d2s_high.eq(d2m_high * d2m_high_multiplier), d2s_sum.eq(d2m_sum),
+                     d2s_column.eq(d2m_column), d2s_shift.eq(d2m_shift)]
+        d2t = Signal(d_layout)
+        d2t_low = Signal.like(d2s_low)
+        d2t_high = Signal.like(d2s_high)
+        d2t_sum = Signal(signed(acc_bits + 1))
+        d2t_column = Signal(plan.column_bits)
+        d2t_shift = Signal(unsigned(SHIFT_BITS))
+        m.d.sync += [d2t.eq(d2s), d2t_low.eq(d2s_low), d2t_high.eq(d2s_high),
+                     d2t_sum.eq(d2s_sum), d2t_column.eq(d2s_column), d2t_shift.eq(d2s_shift)]
 
-        # -- D2S: the product (A6) ----------------------------------------------------------
+        # -- D2T: the product (A6) ----------------------------------------------------------
         d3 = Signal(d_layout)
         d3_product = Signal(signed(product_bits))
         d3_sum = Signal(signed(acc_bits + 1))
@@ -1142,10 +1175,10 @@ class ProcessingElement(wiring.Component):
         # and a larger shift gives 0 whatever the product (|product| < 2**(product_bits-1)).
         d3_rounding = Signal(unsigned(product_bits + 1))
         d3_beyond = Signal()
-        m.d.sync += [d3.eq(d2s), d3_product.eq((d2s_high << low_bits) + d2s_low),
-                     d3_sum.eq(d2s_sum), d3_column.eq(d2s_column), d3_shift.eq(d2s_shift),
-                     d3_rounding.eq((Const(1, product_bits + 2) << d2s_shift)[1:]),
-                     d3_beyond.eq(d2s_shift > product_bits)]
+        m.d.sync += [d3.eq(d2t), d3_product.eq((d2t_high << low_bits) + d2t_low),
+                     d3_sum.eq(d2t_sum), d3_column.eq(d2t_column), d3_shift.eq(d2t_shift),
+                     d3_rounding.eq((Const(1, product_bits + 2) << d2t_shift)[1:]),
+                     d3_beyond.eq(d2t_shift > product_bits)]
 
         # -- D3: add the rounding term (A6) ----------------------------------------------------
         d4 = Signal(d_layout)

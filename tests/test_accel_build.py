@@ -50,6 +50,29 @@ def test_build_without_synthesis_reports_the_verified_engine(tmp_path):
         build(model, _Data(model), get_board("ulx3s"), out=tmp_path, verify_samples=0)
 
 
+def test_verification_alongside_synthesis_reports_its_result_and_its_failures(tmp_path):
+    """The verification that runs in its own process while synthesis runs: the same result as
+    in this process, and a failure inside it raised here, named."""
+    from accel.build import _checked, _Verification
+    from accel.verify import verify
+
+    model = random_model(16, [12, 8, 3])
+    x = sim.quantize_input(model, _Data(model).x_test[:2]).astype(np.int64)
+    options = dict(model=model, x=x, simulator="amaranth", build_dir=tmp_path, n_pes=2)
+    got, expected = _Verification(options).result(), verify(**options)
+    for timed in (got, expected):
+        del timed["simulation_seconds"]
+    assert got == expected and got["mismatches"] == 0
+    with pytest.raises(RuntimeError, match="verification failed: ValueError: simulator must be "
+                                           "'icarus' or 'amaranth', not 'nonsense'"):
+        _Verification({**options, "simulator": "nonsense"}).result()
+    mismatch = {"mismatches": 1, "first_mismatch": {"sample": 0, "layer": 1, "neuron": 2,
+                                                    "expected": 3, "got": 4}, "waveform": "w"}
+    with pytest.raises(RuntimeError, match=r"differs from sim on 1 of 2 images \(first: sample "
+                                           r"0, layer 1, neuron 2: expected 3, got 4\)"):
+        _checked(mismatch, 2)
+
+
 @pytest.mark.slow
 def test_ecp5_build_end_to_end_and_deterministic(tmp_path):
     """A one-PE engine on the ULX3S-12F through Yosys, nextpnr-ecp5 and ecppack, twice."""
