@@ -31,10 +31,11 @@ import numpy as np
 __all__ = ["add_engine_arguments", "build", "build_parser", "engine_options", "format_table",
            "main", "make_plan", "write_chart"]
 
-#: Processing elements of the default engine: small, so that the default job builds in minutes
-#: on two cores (place and route time grows with the design); ``--pes 16`` for throughput, as
+#: Processing elements of the default engine: one, so that the default job builds in under five
+#: minutes on two cores (place and route time grows with the design: nextpnr took 275 s on
+#: the 2-PE digits engine, 200 s on the 1-PE one); ``--pes 16`` for throughput, as
 #: ``bench/accel_build.py`` builds LeNet-300-100. ``accel.run`` must be given the same value.
-DEFAULT_PES = 2
+DEFAULT_PES = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baud", type=int, default=1_000_000,
                         help="host link bit rate (default 1000000)")
     parser.add_argument("--verify-samples", type=int, default=8,
-                        help="test images verified in simulation before synthesis (default 8)")
+                        help="test images verified in simulation, alongside synthesis (default 8)")
     parser.add_argument("--simulator", choices=["amaranth", "icarus"], default="amaranth",
                         help="simulator of the verification (default: amaranth)")
     parser.add_argument("--nextpnr-seed", type=int, default=1,
                         help="placement seed (default 1; same seed, same bitstream)")
+    parser.add_argument("--router", choices=["auto", "router1", "router2"], default="auto",
+                        help="nextpnr-ecp5's router (default auto: router1 for a design of at "
+                             "most a quarter of the device's LUTs, router2 for a fuller one)")
     parser.add_argument("--no-synthesis", action="store_true",
                         help="stop after the fit check and verification")
     parser.add_argument("--quiet", action="store_true", help="less progress output")
@@ -140,7 +144,7 @@ def weight_bytes(plan) -> dict:
 def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lanes=2,
           input_lanes=4, banks=3, queue_depth=64, zero_run_bits=4, balance=True,
           baud=1_000_000, verify_samples=8, simulator="amaranth", nextpnr_seed=1,
-          synthesis=True, progress=True, model_path=None) -> dict:
+          router="auto", synthesis=True, progress=True, model_path=None) -> dict:
     """Plan, fit check, verification and (unless ``synthesis`` is false) the board build.
 
     Returns the report (also written to ``out/report.json``). Raises :class:`FitError` before
@@ -157,6 +161,9 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     out.mkdir(parents=True, exist_ok=True)
     if not isinstance(verify_samples, int) or verify_samples < 1:
         raise ValueError(f"verify_samples must be >= 1, not {verify_samples!r}")
+    from boards.synthesis import ROUTERS, choose_router
+    if router not in ROUTERS:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS)}, not {router!r}")
     engine_options = dict(n_pes=pes, lanes=lanes, input_lanes=input_lanes, banks=banks,
                           queue_depth=queue_depth, zero_run_bits=zero_run_bits)
     plan, calibration = make_plan(model, data, engine_options, balance=balance)
@@ -167,6 +174,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
           f"multipliers (available {board.capacity.luts:,}, {board.capacity.brams}, "
           f"{board.capacity.multipliers})", flush=True)
     check_fit(plan, board, estimate)
+    if router == "auto":
+        router = choose_router(estimate.luts, board.capacity.luts)
 
     x_all = sim.quantize_input(model, data.x_test).astype(np.int64)
     x = x_all[:verify_samples]
@@ -182,8 +191,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
             return _build_and_report(model, data, board, plan, estimate, x_all, verification,
                                      out=out, clock_mhz=clock_mhz, engine_options=engine_options,
                                      balance=balance, baud=baud, simulator=simulator,
-                                     nextpnr_seed=nextpnr_seed, progress=progress,
-                                     model_path=model_path, started=started)
+                                     nextpnr_seed=nextpnr_seed, router=router,
+                                     progress=progress, model_path=model_path, started=started)
         finally:
             verification.cancel()
     print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation ...",
@@ -192,8 +201,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     return _build_and_report(model, data, board, plan, estimate, x_all, verified, out=out,
                              clock_mhz=None, engine_options=engine_options, balance=balance,
                              baud=baud, simulator=simulator, nextpnr_seed=nextpnr_seed,
-                             progress=progress, model_path=model_path, started=started,
-                             synthesis=False)
+                             router=router, progress=progress, model_path=model_path,
+                             started=started, synthesis=False)
 
 
 def _checked(verified: dict, samples: int) -> dict:
@@ -276,7 +285,7 @@ class _Verification:
 
 def _build_and_report(model, data, board, plan, estimate, x_all, verification, *, out,
                       clock_mhz, engine_options, balance, baud, simulator, nextpnr_seed,
-                      progress, model_path, started, synthesis=True) -> dict:
+                      router, progress, model_path, started, synthesis=True) -> dict:
     """Synthesis (unless not ``synthesis``; ``verification`` then is its result) and the report."""
     import sim
 
@@ -293,7 +302,8 @@ def _build_and_report(model, data, board, plan, estimate, x_all, verification, *
             # clock), so the highest clock takes one place and route on an ECP5.
             result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
                                 out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
-                                retunable=True, progress=progress)
+                                retunable=True, progress=progress,
+                                router=router)
         except TimingError as error:
             timing_error, result = error, error.result
         verified = verification.result()
@@ -349,6 +359,7 @@ def _build_and_report(model, data, board, plan, estimate, x_all, verification, *
         "bitstream": str(result.bitstream),
         "bitstream_sha256": result.bitstream_sha256,
         "nextpnr_seed": nextpnr_seed,
+        "nextpnr_router": router if board.family == "ecp5" else None,
         "nextpnr_utilization": result.nextpnr_utilization,
         "tools": result.tools,
         "tool_seconds": result.tool_seconds,
@@ -462,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
                        zero_run_bits=options["zero_run_bits"], balance=not args.no_balance,
                        baud=args.baud, verify_samples=args.verify_samples,
                        simulator=args.simulator, nextpnr_seed=args.nextpnr_seed,
+                       router=args.router,
                        synthesis=not args.no_synthesis, progress=not args.quiet,
                        model_path=model_path)
     except TimingError as error:

@@ -39,8 +39,9 @@ SHIFT_BITS = 6
 #: the PE's list, broadcast (the list's and the cluster's skid buffers, registered end marks
 #: and fence, the column masks' register, the group queue), the PE's registered input and
 #: queue, pointer read and column queue, MAC pipeline. Registers after every block RAM read
-#: and at every crossing between blocks count one clock each.
-LAYER_LATENCY = 62
+#: and at every crossing between blocks count one clock each. 62 measured, then 2 more for
+#: the requantization multiplier's operand and product copies (each one clock of the drain).
+LAYER_LATENCY = 64
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")

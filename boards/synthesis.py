@@ -20,6 +20,10 @@ Clocking:
   most ``max_passes``).
 
 Every build uses nextpnr's ``--seed`` (default 1): the same design gives the same bitstream.
+
+Routing (ECP5): ``router="auto"`` takes nextpnr's timing-driven ``router1`` for a design that
+fills at most :data:`ROUTER1_MAX_LUT_SHARE` of the device's LUTs (the estimate, before any tool
+runs) and ``router2`` for a fuller one (see :func:`choose_router`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from pathlib import Path
 from boards.clocks import PLLSettings, pll_settings, retune_ecp5_config
 from boards.toolchain import Flow, read_nextpnr_report, sha256_file
 
-__all__ = ["SynthesisResult", "TimingError", "synthesize", "utilization_summary"]
+__all__ = ["ROUTERS", "SynthesisResult", "TimingError", "choose_router", "synthesize",
+           "utilization_summary"]
 
 #: nextpnr's BEL types, by the name the reports use.
 RESOURCE_NAMES = {
@@ -47,6 +52,23 @@ _BITSTREAM_SUFFIX = {"ecp5": ".bit", "ice40": ".bin"}
 #: nextpnr-ecp5's ``--placer-heap-timingweight``: how much the placer weighs timing against
 #: wire length.
 PLACER_TIMING_WEIGHT = 30
+
+#: nextpnr-ecp5's routers, and ``auto`` (:func:`choose_router`).
+ROUTERS = ("auto", "router1", "router2")
+
+#: The largest share of the device's LUTs for which ``auto`` takes ``router1``. Measured on the
+#: ULX3S-85F (docs/boards.md): the 1-PE digits engine (13% of the LUTs) routed at 112.7 MHz with
+#: router1 and 93.5 MHz with router2, in the same time; the 16-PE LeNet-300-100 engine (67%)
+#: was still not routed after an hour with router1, and router2 routes it in minutes.
+ROUTER1_MAX_LUT_SHARE = 0.25
+
+
+def choose_router(luts: int, capacity_luts: int) -> str:
+    """nextpnr-ecp5's router for a design estimated at ``luts`` LUTs of ``capacity_luts``."""
+    if luts < 0 or capacity_luts <= 0:
+        raise ValueError(f"LUT counts must be luts >= 0 and capacity_luts > 0, not {luts!r} "
+                         f"and {capacity_luts!r}")
+    return "router1" if luts <= ROUTER1_MAX_LUT_SHARE * capacity_luts else "router2"
 
 
 class TimingError(RuntimeError):
@@ -110,14 +132,18 @@ def _fmax_of(report: dict, pll: PLLSettings) -> tuple[float, bool]:
 
 def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, seed: int = 1,
                max_passes: int = 3, retunable: bool = False, progress: bool = True,
-               log=print) -> SynthesisResult:
+               router: str = "router2", log=print) -> SynthesisResult:
     """Build ``make_top(pll)`` for ``board`` in ``build_dir`` (see module doc).
 
     ``retunable``: nothing in the design but the PLL depends on its frequency, so on an ECP5 the
     highest clock is found in one place and route (the PLL retuned in the routed configuration).
+    ``router``: nextpnr-ecp5's router, ``router1`` or ``router2`` (callers with an estimate of
+    the design pass :func:`choose_router`'s answer); ignored on an iCE40.
     """
     if clock_mhz is not None and not clock_mhz > 0:
         raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
+    if router not in ROUTERS[1:]:
+        raise ValueError(f"router must be one of {', '.join(ROUTERS[1:])}, not {router!r}")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, not {seed!r}")
     build_dir = Path(build_dir)
@@ -140,7 +166,7 @@ def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, se
                 f"({', '.join(f'{k}={v}' for k, v in pll.dividers.items())})"
                 + (", then the PLL set to the highest clock the routed design meets"
                    if retune else ""))
-        result = _build(board, make_top(pll), build_dir, pll, seed, progress,
+        result = _build(board, make_top(pll), build_dir, pll, seed, progress, router,
                         retune=retune, input_mhz=input_mhz, low_mhz=low)
         for step, secs in result.tool_seconds.items():
             seconds[f"{step} (pass {index})"] = secs
@@ -168,16 +194,15 @@ def _input_mhz(board) -> float:
     return platform.default_clk_frequency / 1e6
 
 
-def _build(board, top, build_dir, pll, seed, progress, *, retune=False, input_mhz=None,
+def _build(board, top, build_dir, pll, seed, progress, router, *, retune=False, input_mhz=None,
            low_mhz=None) -> SynthesisResult:
     name = "top"
     report_path = f"{name}.report.json"
     options = f"--report {report_path} --seed {seed} --timing-allow-fail"
     if board.family == "ecp5":
-        # router2 converges on congested 16-PE designs where router1 went past an hour; a
-        # placer timing weight of 30 (nextpnr's default is 10) gave the 2-PE digits engine
+        # A placer timing weight of 30 (nextpnr's default is 10) gave the 2-PE digits engine
         # 97.0 MHz where the default gave 87.5 MHz, same netlist and seed.
-        options += f" --router router2 --placer-heap-timingweight {PLACER_TIMING_WEIGHT}"
+        options += f" --router {router} --placer-heap-timingweight {PLACER_TIMING_WEIGHT}"
     flow = Flow(board, top, build_dir, name=name, progress=progress,
                 nextpnr_options=options,
                 synth_options="-dsp" if board.family == "ice40" else "")

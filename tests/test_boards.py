@@ -246,3 +246,27 @@ def test_a_full_device_is_named_when_nextpnr_cannot_place(tmp_path, monkeypatch)
     with pytest.raises(ToolError, match=r"(?s)utilisation limit.*does not fit icebreaker "
                                         r"\(iCE40UP5K\).*fewer PEs"):
         flow.run("NEXTPNR_ICE40")
+
+
+def test_router_choice_by_the_designs_share_of_the_device(tmp_path):
+    from boards.synthesis import ROUTER1_MAX_LUT_SHARE, choose_router, synthesize
+
+    capacity = get_board("ulx3s").capacity.luts
+    assert choose_router(0, capacity) == "router1"
+    assert choose_router(int(ROUTER1_MAX_LUT_SHARE * capacity), capacity) == "router1"
+    assert choose_router(int(ROUTER1_MAX_LUT_SHARE * capacity) + 1, capacity) == "router2"
+    assert choose_router(capacity, capacity) == "router2"
+    with pytest.raises(ValueError, match="capacity_luts > 0"):
+        choose_router(10, 0)
+    with pytest.raises(ValueError, match="router must be one of router1, router2, not 'fast'"):
+        synthesize(get_board("ulx3s"), None, tmp_path, router="fast")
+
+
+def test_build_refuses_an_unknown_router(tmp_path):
+    from accel.build import build, build_parser
+
+    model = random_model(17, [12, 8, 3])
+    with pytest.raises(ValueError, match="router must be one of auto, router1, router2, not 'x'"):
+        build(model, None, get_board("ulx3s"), out=tmp_path, router="x")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--router", "x"])
