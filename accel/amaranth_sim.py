@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 import numpy as np
+from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.sim import Simulator
 
 from accel.engine import Engine
@@ -45,6 +46,23 @@ class EngineRun:
     latency: list = field(default_factory=list)
 
 
+class _Clocked(Elaboratable):
+    """The engine beside a free-running count of clocks, which the testbench samples at the
+    clock edge it observes. A count kept by a process of its own would be read before or after
+    its increment depending on the order in which the simulator wakes processes at the same
+    edge, which changes from run to run."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.clock = Signal(64)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = self.engine
+        m.d.sync += self.clock.eq(self.clock + 1)
+        return m
+
+
 def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 0.0,
                seed: int = 0, writes=(), max_cycles: int | None = None,
                vcd: str | None = None) -> EngineRun:
@@ -72,6 +90,7 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
                         for layer in plan.layers) + plan.beats_per_image + 200
         max_cycles = int((n + 2) * per_image * (1 + 4 * max(idle, backpressure))) + 1000
     engine = Engine(plan)
+    top = _Clocked(engine)
     rng = random.Random(seed)
     logits: list[int] = []
     starts: list[int] = []
@@ -80,10 +99,6 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
     completed: dict[int, list[dict]] = {i: [] for i in range(plan.n_layers - 1)}
     ends_seen: dict[tuple[int, int], int] = {}
     state = {"clock": 0, "first": None, "last": None, "busy": 0}
-
-    async def clock_counter(ctx):
-        async for _ in ctx.tick():
-            state["clock"] += 1
 
     async def writer_and_driver(ctx):
         for address, data in writes:
@@ -97,23 +112,24 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
                 await ctx.tick()
             ctx.set(engine.i.valid, 1)
             ctx.set(engine.i.payload, word)
-            await ctx.tick().until(engine.i.ready)
+            clock, = await ctx.tick().sample(top.clock).until(engine.i.ready)
             if index % plan.beats_per_image == 0:
-                starts.append(state["clock"])
+                starts.append(clock)
                 if state["first"] is None:
-                    state["first"] = state["clock"]
+                    state["first"] = clock
             ctx.set(engine.i.valid, 0)
 
     async def monitor(ctx):
         trace_bits = plan.trace_bits * plan.n_pes
-        async for clk_edge, rst, o_valid, o_ready, o_payload, trace, cycles in ctx.tick().sample(
-                engine.o.valid, engine.o.ready, engine.o.payload, engine.trace,
-                engine.cycles):
+        async for clk_edge, rst, o_valid, o_ready, o_payload, trace, cycles, clock in \
+                ctx.tick().sample(engine.o.valid, engine.o.ready, engine.o.payload, engine.trace,
+                                  engine.cycles, top.clock):
+            state["clock"] = clock
             if o_valid and o_ready:
                 logits.append(plan.decode_logit(o_payload))
                 if len(logits) % plan.out_features == 0:
-                    ends.append(state["clock"])
-                    state["last"] = state["clock"]
+                    ends.append(clock)
+                    state["last"] = clock
             state["busy"] = cycles
             if trace and trace_bits:
                 for record in plan.decode_trace(trace):
@@ -131,9 +147,8 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
             ready = not (backpressure and rng.random() < backpressure)
             ctx.set(engine.o.ready, ready)
 
-    sim = Simulator(engine)
+    sim = Simulator(top)
     sim.add_clock(1e-8)
-    sim.add_process(clock_counter)
     sim.add_testbench(writer_and_driver)
     sim.add_process(monitor)
 

@@ -186,13 +186,17 @@ SMALL_MEMORY_DEPTH = 64
 
 
 def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
-            small_in_lutram=True, block=False):
+            small_in_lutram=True, block=False, strobe_from=None):
     """A memory initialised from the plan, with a write port on the write bus.
 
     ``small_in_lutram=False`` keeps a memory in block RAM however shallow: one whose read
     address comes from logic and whose read data is registered anyway, where a block RAM's
     address register ends the address path and LUT RAM's read mux would lengthen it.
     ``block=True`` keeps it in block RAM however narrow or deep, for the same reason.
+    ``strobe_from``: the bus a clock before ``bus`` (``bus`` is its copy, registered); the
+    write enable is then decoded from it and registered, so that it comes from a flip-flop of
+    its own (timing: the decode of the address, then LUT RAM's decode of its rows, was the
+    critical path of 16-PE LeNet-300-100).
     """
     region = plan.region(region_name, layer, pe)
     if block:
@@ -211,16 +215,29 @@ def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
     m.d.comb += [
         port.addr.eq(bus.addr[:size_bits]),
         port.data.eq(bus.data),
-        port.en.eq(bus.en & (bus.addr[size_bits:] == (region.base >> size_bits))),
+        port.en.eq(_strobe(m, f"{name}_write", bus, strobe_from,
+                           lambda b: b.addr[size_bits:] == (region.base >> size_bits))),
     ]
     return mem
 
 
-def _register(m, plan, bus, region_name, layer, index, shape, init):
-    """A register on the write bus: word ``index`` of a register region."""
+def _strobe(m, name, bus, strobe_from, match):
+    """``bus``'s write enable for the words ``match(bus)`` selects; with ``strobe_from`` (the bus
+    a clock earlier), decoded from it into a register of its own (see :func:`_memory`)."""
+    if strobe_from is None:
+        return bus.en & match(bus)
+    strobe = Signal(name=name)
+    m.d.sync += strobe.eq(strobe_from.en & match(strobe_from))
+    return strobe
+
+
+def _register(m, plan, bus, region_name, layer, index, shape, init, *, strobe_from=None):
+    """A register on the write bus: word ``index`` of a register region (``strobe_from`` as
+    for :func:`_memory`)."""
     region = plan.region(region_name, layer)
     reg = Signal(shape, init=init, name=f"{region_name}{layer}_{index}")
-    with m.If(bus.en & (bus.addr == region.base + index)):
+    with m.If(_strobe(m, f"{region_name}{layer}_{index}_write", bus, strobe_from,
+                      lambda b: b.addr == region.base + index)):
         m.d.sync += reg.eq(bus.data)
     return reg
 
@@ -721,45 +738,41 @@ class ProcessingElement(wiring.Component):
         entries, pointers, codebooks, biases, row_ids = [], [], [], [], []
         # A local copy of the write bus, in two registers (timing): the first takes every word
         # as it arrives from the top level, far away, with an enable that includes its own
-        # register; the second, which fans out to every memory of the PE, only the words of
-        # this PE's memories and registers (its own and the shared codebooks and
-        # requantization constants). The copies of different PEs then differ, so synthesis
-        # cannot merge them back into one register that drives every PE.
+        # register, so that the copies of different PEs differ and synthesis cannot merge them
+        # back into one register that drives every PE; the second fans out to every memory of
+        # the PE. Each memory's and register's write enable is decoded from the first and
+        # registered beside the second (``strobe_from``).
         arriving = Signal(lay.bus)
         with m.If(self.write.en | arriving.en):
             m.d.sync += arriving.eq(self.write)
         bus = Signal(lay.bus)
-        mine = Cat(arriving.addr[_bits(r.depth):] == (r.base >> _bits(r.depth))
-                   for r in plan.regions
-                   if r.pe == p or (r.pe is None and r.name in ("codebook", "requant"))).any()
-        take = arriving.en & mine
-        m.d.sync += bus.en.eq(take)
-        with m.If(take):
-            m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
+        m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
+        own = dict(strobe_from=arriving)
         for i, layer in enumerate(layers):
             image = layer.image
             entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
-                                   unsigned(image.entry_bits), platform).read_port())
+                                   unsigned(image.entry_bits), platform, **own).read_port())
             # Block RAM, however small: the pointer address comes from the queue head's lane
             # choice, and a block RAM's address register ends that path where LUT RAM's read
             # and its mux tree would lengthen it (timing: on 16-PE LeNet-300-100 a 100-deep
             # pointer memory in LUT RAM was the critical path).
             pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
                                     unsigned(image.pointer_word_bits), platform,
-                                    block=True).read_port())
+                                    block=True, **own).read_port())
             codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
-                                     signed(layer.weight_bits), platform).read_port())
+                                     signed(layer.weight_bits), platform, **own).read_port())
             biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,
-                                  signed(layer.accumulator_bits), platform).read_port())
+                                  signed(layer.accumulator_bits), platform, **own).read_port())
             if not layer.logits:
                 row_ids.append(_memory(m, f"row_ids{i}", plan, bus, "row_ids", i, p,
-                                       unsigned(_bits(image.out_features)), platform).read_port())
+                                       unsigned(_bits(image.out_features)), platform,
+                                       **own).read_port())
             else:
                 row_ids.append(None)
         multipliers = [_register(m, plan, bus, "requant", i, 0, unsigned(MULTIPLIER_BITS),
-                                 layer.multiplier) for i, layer in enumerate(layers)]
+                                 layer.multiplier, **own) for i, layer in enumerate(layers)]
         shifts = [_register(m, plan, bus, "requant", i, 1, unsigned(SHIFT_BITS),
-                            layer.shift) for i, layer in enumerate(layers)]
+                            layer.shift, **own) for i, layer in enumerate(layers)]
         # Accumulators: one memory per (layer, bank), shared by the MAC and the drain (never on
         # the same context at once). The read is not transparent to the write (a transparent
         # read would put the write data, after the adder, on the read path: timing); the MAC
