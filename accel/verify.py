@@ -140,6 +140,7 @@ def _compare(run, expected) -> tuple[int, dict | None]:
 
 def main(argv: list[str] | None = None) -> int:
     import sim
+    from accel.build import engine_options
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -154,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             sim.quantize_input(model, data.x_train[:1000]).astype(np.int64)
         print(f"verify: {data.name}, {len(x)} test samples, {args.pes} PEs, "
               f"{args.simulator} simulation ...", flush=True)
-        report = verify(model, x, calibration=calibration, n_pes=args.pes, lanes=args.lanes,
-                        input_lanes=args.input_lanes, banks=args.banks,
-                        queue_depth=args.queue_depth, zero_run_bits=args.zero_run_bits,
+        options = engine_options(args)
+        report = verify(model, x, calibration=calibration, n_pes=options["n_pes"],
+                        lanes=options["lanes"], input_lanes=options["input_lanes"],
+                        banks=options["banks"], queue_depth=options["queue_depth"],
+                        zero_run_bits=options["zero_run_bits"],
                         simulator=args.simulator, idle=args.idle,
                         backpressure=args.backpressure, build_dir=args.build_dir,
                         waves=args.waves)

@@ -160,3 +160,13 @@ def test_run_refuses_bad_options(tmp_path):
          str(_npz(tmp_path / "d.npz", model)), "--repeat", "0"],
         capture_output=True, text=True)
     assert done.returncode == 2 and "--repeat must be 1..65535, not 0" in done.stderr
+
+
+def test_banks_default_to_two_with_one_pe_and_three_with_more():
+    from accel.build import build_parser, default_banks, engine_options
+
+    assert default_banks(1) == 2 and default_banks(2) == 3 and default_banks(16) == 3
+    parser = build_parser()
+    assert engine_options(parser.parse_args([]))["banks"] == 2
+    assert engine_options(parser.parse_args(["--pes", "16"]))["banks"] == 3
+    assert engine_options(parser.parse_args(["--pes", "16", "--banks", "1"]))["banks"] == 1
