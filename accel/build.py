@@ -33,8 +33,9 @@ __all__ = ["add_engine_arguments", "build", "build_parser", "default_banks", "en
 
 #: Processing elements of the default engine: one, so that the default job builds in under five
 #: minutes on two cores (place and route time grows with the design: nextpnr took 275 s on
-#: the 2-PE digits engine, 200 s on the 1-PE one); ``--pes 16`` for throughput, as
-#: ``bench/accel_build.py`` builds LeNet-300-100. ``accel.run`` must be given the same value.
+#: the 2-PE digits engine, 234 s on the 1-PE one with three banks); ``--pes 16`` for
+#: throughput, as ``bench/accel_build.py`` builds LeNet-300-100. ``accel.run`` must be given
+#: the same value.
 DEFAULT_PES = 1
 
 
