@@ -746,6 +746,7 @@ class ProcessingElement(wiring.Component):
         with m.If(self.write.en | arriving.en):
             m.d.sync += arriving.eq(self.write)
         bus = Signal(lay.bus)
+        # Only the address and data: the enables are the strobes (``bus.en`` stays 0).
         m.d.sync += [bus.addr.eq(arriving.addr), bus.data.eq(arriving.data)]
         own = dict(strobe_from=arriving)
         for i, layer in enumerate(layers):
