@@ -203,21 +203,24 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
               "alongside synthesis ...", flush=True)
         verification = _Verification(verify_options)
         try:
-            return _build_and_report(model, data, board, plan, estimate, x_all, verification,
-                                     out=out, clock_mhz=clock_mhz, engine_options=engine_options,
-                                     balance=balance, baud=baud, simulator=simulator,
-                                     nextpnr_seed=nextpnr_seed, router=router,
-                                     progress=progress, model_path=model_path, started=started)
+            synthesized, timing_error = _synthesize(board, plan, out, clock_mhz=clock_mhz,
+                                                    baud=baud, nextpnr_seed=nextpnr_seed,
+                                                    router=router, progress=progress)
+            verified = verification.result()
         finally:
             verification.cancel()
-    print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation ...",
-          flush=True)
-    verified = _checked(verify(**verify_options), len(x))
-    return _build_and_report(model, data, board, plan, estimate, x_all, verified, out=out,
-                             clock_mhz=None, engine_options=engine_options, balance=balance,
-                             baud=baud, simulator=simulator, nextpnr_seed=nextpnr_seed,
-                             router=router, progress=progress, model_path=model_path,
-                             started=started, synthesis=False)
+    else:
+        print(f"[3/5] verifying {len(x)} {data.name} test images in {simulator} simulation ...",
+              flush=True)
+        verified = _checked(verify(**verify_options), len(x))
+        synthesized = timing_error = None
+    report = _report(model, data, board, plan, estimate, x_all, verified, synthesized,
+                     clock_mhz=clock_mhz, engine_options=engine_options, balance=balance,
+                     baud=baud, simulator=simulator, nextpnr_seed=nextpnr_seed, router=router,
+                     model_path=model_path, started=started, out=out)
+    if timing_error is not None:
+        raise timing_error
+    return report
 
 
 def _checked(verified: dict, samples: int) -> dict:
@@ -298,32 +301,31 @@ class _Verification:
         self._process.join()
 
 
-def _build_and_report(model, data, board, plan, estimate, x_all, verification, *, out,
-                      clock_mhz, engine_options, balance, baud, simulator, nextpnr_seed,
-                      router, progress, model_path, started, synthesis=True) -> dict:
-    """Synthesis (unless not ``synthesis``; ``verification`` then is its result) and the report."""
+def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, progress):
+    """The board's bitstream: the synthesis result and the :class:`TimingError`, if any."""
+    from accel.top import BoardTop
+    from boards.synthesis import TimingError, synthesize
+
+    print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
+          f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
+          flush=True)
+    try:
+        # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
+        # clock), so the highest clock takes one place and route on an ECP5.
+        return synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
+                          out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
+                          retunable=True, progress=progress, router=router), None
+    except TimingError as error:
+        return error.result, error
+
+
+def _report(model, data, board, plan, estimate, x_all, verified, result, *, out, clock_mhz,
+            engine_options, balance, baud, simulator, nextpnr_seed, router, model_path,
+            started) -> dict:
+    """The report of the verification ``verified`` and the synthesis ``result`` (``None``
+    without synthesis), written to ``out``."""
     import sim
 
-    if synthesis:
-        from accel.top import BoardTop
-        from boards.synthesis import TimingError, synthesize
-
-        print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
-              f"({'clock ' + format(clock_mhz, 'g') + ' MHz' if clock_mhz else 'highest clock'})",
-              flush=True)
-        timing_error = None
-        try:
-            # BoardTop's only clock-dependent part is the PLL (the UART runs from the board's
-            # clock), so the highest clock takes one place and route on an ECP5.
-            result = synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
-                                out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
-                                retunable=True, progress=progress,
-                                router=router)
-        except TimingError as error:
-            timing_error, result = error, error.result
-        verified = verification.result()
-    else:
-        verified = verification
     expected = sim.trace(model, x_all)
     steady = plan.predict([x_all] + expected[:-1])
 
@@ -348,7 +350,7 @@ def _build_and_report(model, data, board, plan, estimate, x_all, verification, *
                                             for l in plan.layers)),
         "useful_macs_per_inference": verified["useful_macs_per_inference"],
     }
-    if not synthesis:
+    if result is None:
         report["seconds"] = round(time.perf_counter() - started, 1)
         _write(report, out)
         return report
@@ -381,8 +383,6 @@ def _build_and_report(model, data, board, plan, estimate, x_all, verification, *
     })
     report["seconds"] = round(time.perf_counter() - started, 1)
     _write(report, out)
-    if timing_error is not None:
-        raise timing_error
     return report
 
 

@@ -581,8 +581,18 @@ class Broadcaster(wiring.Component):
             rest = Signal(n_clusters, name=f"rest{k}")
             m.d.comb += rest.eq(remaining & ~pick)
             remaining = rest
+        # The clusters taken, straight from ``available`` rather than through the picks
+        # (timing: the picks are a chain of priority encoders, and the clusters' pops load
+        # wide registers): the `lanes - 1` lowest available and the highest one.
         take_any = Signal(n_clusters)
-        m.d.comb += take_any.eq(_or_all(chosen))
+        for c in range(n_clusters):
+            if lanes == 1:
+                picked = _fewer_than(available[:c], 1)
+            elif c == n_clusters - 1:
+                picked = Const(1)
+            else:
+                picked = _fewer_than(available[:c], lanes - 1) | ~available[c + 1:].any()
+            m.d.comb += take_any[c].eq(available[c] & picked)
         do_take = advance & ~fence_pending
         for c, h in enumerate(heads):
             m.d.comb += h.ready.eq(do_take & take_any[c])
@@ -642,6 +652,16 @@ class Broadcaster(wiring.Component):
 
 #: The head of a list as the broadcaster's pick sees it (a skid buffer's output).
 _Head = namedtuple("_Head", "valid payload ready")
+
+
+def _fewer_than(bits, count: int):
+    """Whether fewer than ``count`` of ``bits`` are set: a table, which synthesis maps to a few
+    LUTs, rather than an adder tree and a comparison."""
+    width = len(bits)
+    if width == 0:
+        return Const(count > 0)
+    table = sum(1 << v for v in range(1 << width) if bin(v).count("1") < count)
+    return Const(table, 1 << width).bit_select(bits, 1)
 
 
 def _or_all(values):
@@ -814,28 +834,34 @@ class ProcessingElement(wiring.Component):
         head = lay.group(queue.r_data)
         # A queued column: its first entry and the offset of its last (a PE gets only columns
         # where it has at least one entry), or a fence.
+        # ``single``: the column has one entry (or is a fence); ``penultimate``: the offset of
+        # its last entry but one. The entry stage then knows a clock ahead whether its next
+        # entry is the column's last, and pops with one LUT from flip-flops (timing).
         column_layout = data.StructLayout({
-            "start": unsigned(pointer_bits), "last": unsigned(pointer_bits),
-            "value": value_shape, "layer": unsigned(plan.layer_bits),
+            "start": unsigned(pointer_bits), "penultimate": unsigned(pointer_bits),
+            "single": 1, "value": value_shape, "layer": unsigned(plan.layer_bits),
             "bank": unsigned(plan.bank_bits), "fence": 1,
         })
         # Its head comes from flip-flops: the entry stage compares and adds with it, and pops
         # it, in one clock (timing).
-        m.submodules.columns = columns = _RegisteredFIFO(width=column_layout.size, depth=6)
+        m.submodules.columns = columns = _RegisteredFIFO(width=column_layout.size, depth=7)
 
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
         lowest = Signal(plan.lanes)
         m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
+        p0_valid = Signal()
         p1_valid = Signal()
         p1r_valid = Signal()
         p2_valid = Signal()
         p3_valid = Signal()
-        # Room in the column queue for this issue and those in P1 .. P3, registered (timing): at
+        # Room in the column queue for this issue and those in P0 .. P3, registered (timing): at
         # most one issue per clock, so room for one more than now is room in the next clock.
+        # ``occupancy`` is the queue's level plus the issues in P0 .. P3, counted as they are
+        # issued and popped rather than summed (timing).
         room = Signal()
-        m.d.sync += room.eq(columns.level + p1_valid + p1r_valid + p2_valid + p3_valid + 1
-                            < columns.depth)
+        occupancy = Signal(range(columns.depth + 1))
+        m.d.sync += room.eq(occupancy + 1 < columns.depth)
         can_issue = queue.r_rdy & room
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
@@ -845,22 +871,30 @@ class ProcessingElement(wiring.Component):
             with m.If(lowest[k]):
                 m.d.comb += item.eq(head.items[k])
         m.d.comb += queue.r_en.eq(pop_group)
+        m.d.sync += occupancy.eq(occupancy + (issue_item | issue_fence)
+                                 - (columns.r_rdy & columns.r_en))
         with m.If(pop_group):
             m.d.sync += taken.eq(0)
         with m.Elif(issue_item):
             m.d.sync += taken.eq(taken | lowest)
-        for port, layer in zip(pointers, layers):
-            m.d.comb += port.addr.eq(item.column[:len(port.addr)])
 
-        p1 = Signal(data.StructLayout({"value": value_shape, "layer": unsigned(plan.layer_bits),
+        # P0: the issue registered, its column the pointer memories' address (timing: the lane
+        # choice is several LUTs deep, and each pointer memory's block RAMs sit apart).
+        p0 = Signal(data.StructLayout({"value": value_shape, "layer": unsigned(plan.layer_bits),
                                        "bank": unsigned(plan.bank_bits), "fence": 1}))
-        m.d.sync += p1_valid.eq(issue_item | issue_fence)
+        p0_column = Signal.like(item.column)
+        m.d.sync += [p0_valid.eq(issue_item | issue_fence), p0_column.eq(item.column)]
         with m.If(issue_fence):
-            m.d.sync += [p1.fence.eq(1), p1.layer.eq(head.fence_layer),
-                         p1.bank.eq(head.fence_bank), p1.value.eq(0)]
+            m.d.sync += [p0.fence.eq(1), p0.layer.eq(head.fence_layer),
+                         p0.bank.eq(head.fence_bank), p0.value.eq(0)]
         with m.Else():
-            m.d.sync += [p1.fence.eq(0), p1.layer.eq(item.layer), p1.bank.eq(item.bank),
-                         p1.value.eq(item.value)]
+            m.d.sync += [p0.fence.eq(0), p0.layer.eq(item.layer), p0.bank.eq(item.bank),
+                         p0.value.eq(item.value)]
+        for port, layer in zip(pointers, layers):
+            m.d.comb += port.addr.eq(p0_column[:len(port.addr)])
+
+        p1 = Signal(p0.shape())
+        m.d.sync += [p1_valid.eq(p0_valid), p1.eq(p0)]
         # P1R: each layer's pointer word registered as it leaves its block RAM; P2: the pair of
         # the column's layer (block RAM read data is slow: timing).
         p1r = Signal(p1.shape())
@@ -868,21 +902,23 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [p1r_valid.eq(p1_valid), p1r.eq(p1)]
         p2 = Signal(p1.shape())
         p2_start = Signal(pointer_bits)
-        p2_end = Signal(pointer_bits)
+        p2_count = Signal(pointer_bits)
         starts = [word[:layer.image.pointer_bits] for word, layer in zip(pointer_words, layers)]
-        ends = [word[layer.image.pointer_bits:] for word, layer in zip(pointer_words, layers)]
+        counts = [(word[layer.image.pointer_bits:] - word[:layer.image.pointer_bits])
+                  [:pointer_bits] for word, layer in zip(pointer_words, layers)]
         m.d.sync += [
             p2_valid.eq(p1r_valid), p2.eq(p1r),
             p2_start.eq(_switch(m, p1r.layer, starts, unsigned(pointer_bits), "start")),
-            p2_end.eq(_switch(m, p1r.layer, ends, unsigned(pointer_bits), "end")),
+            p2_count.eq(_switch(m, p1r.layer, counts, unsigned(pointer_bits), "count")),
         ]
-        # P3: the offset of the column's last entry, so that the entry stage compares with a
-        # register instead of adding (timing).
+        # P3: the column's ``single`` and ``penultimate`` (see ``column_layout``), so that the
+        # entry stage compares with registers instead of adding (timing).
         column = Signal(column_layout)
         m.d.sync += [
             p3_valid.eq(p2_valid),
             column.start.eq(Mux(p2.fence, 0, p2_start)),
-            column.last.eq(Mux(p2.fence, 0, p2_end - p2_start - 1)),
+            column.penultimate.eq(p2_count - 2),
+            column.single.eq(p2.fence | (p2_count == 1)),
             column.value.eq(p2.value), column.layer.eq(p2.layer), column.bank.eq(p2.bank),
             column.fence.eq(p2.fence),
         ]
@@ -892,24 +928,32 @@ class ProcessingElement(wiring.Component):
         ]
 
         # -- entry stage (E0): one entry per clock from the head column -----------------------
+        # ``fresh``: the head column's first entry is next (``offset`` is 0); ``at_last``: the
+        # entry after the current one is the column's last, registered a clock ahead.
         current = column_layout(columns.r_data)
         offset = Signal(pointer_bits)
-        address = Signal(pointer_bits)
-        m.d.comb += address.eq(current.start + offset)
-        last_entry = current.fence | (offset == current.last)
+        fresh = Signal(init=1)
+        at_last = Signal()
+        last_entry = current.fence | Mux(fresh, current.single, at_last)
         m.d.comb += columns.r_en.eq(last_entry)
         with m.If(columns.r_rdy):
-            m.d.sync += offset.eq(Mux(last_entry, 0, offset + 1))
+            m.d.sync += [offset.eq(Mux(last_entry, 0, offset + 1)), fresh.eq(last_entry),
+                         at_last.eq(offset == current.penultimate)]
+        # E0: the entry's address registered, the entry memories' only load (timing: each
+        # layer's memory is several block RAMs, apart on the chip, behind an address decode).
+        address = Signal(pointer_bits)
+        m.d.sync += address.eq(current.start + offset)
         for port in entries:
             m.d.comb += port.addr.eq(address[:len(port.addr)])
 
         stage = data.StructLayout({"valid": 1, "fence": 1, "first": 1,
                                    "layer": unsigned(plan.layer_bits), "bank": unsigned(plan.bank_bits),
                                    "value": value_shape, "row": unsigned(row_bits)})
-        e1, e2, e3 = Signal(stage), Signal(stage), Signal(stage)
+        e0, e1, e2, e3 = Signal(stage), Signal(stage), Signal(stage), Signal(stage)
         m.d.sync += [
-            e1.valid.eq(columns.r_rdy), e1.fence.eq(current.fence), e1.first.eq(offset == 0),
-            e1.layer.eq(current.layer), e1.bank.eq(current.bank), e1.value.eq(current.value),
+            e0.valid.eq(columns.r_rdy), e0.fence.eq(current.fence), e0.first.eq(fresh),
+            e0.layer.eq(current.layer), e0.bank.eq(current.bank), e0.value.eq(current.value),
+            e1.eq(e0),
         ]
 
         # -- E1: each layer's entry word registered as it leaves its block RAM; E1R: the word

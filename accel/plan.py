@@ -40,8 +40,9 @@ SHIFT_BITS = 6
 #: and fence, the column masks' register, the group queue), the PE's registered input and
 #: queue, pointer read and column queue, MAC pipeline. Registers after every block RAM read
 #: and at every crossing between blocks count one clock each. 62 measured, then 2 more for
-#: the requantization multiplier's operand and product copies (each one clock of the drain).
-LAYER_LATENCY = 64
+#: the requantization multiplier's operand and product copies (each one clock of the drain),
+#: then 2 for the registered pointer and entry addresses.
+LAYER_LATENCY = 66
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
