@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--router", choices=["auto", "router1", "router2"], default="auto",
                         help="nextpnr-ecp5's router (default auto: router1 for a design of at "
                              "most a quarter of the device's LUTs, router2 for a fuller one)")
+    parser.add_argument("--nextpnr-options", default="", metavar="OPTIONS",
+                        help="more nextpnr options, after the project's own, e.g. "
+                             "--nextpnr-options=--detailed-timing-report (recorded in the "
+                             "report)")
     parser.add_argument("--no-synthesis", action="store_true",
                         help="stop after the fit check and verification")
     parser.add_argument("--quiet", action="store_true", help="less progress output")
@@ -157,7 +161,8 @@ def weight_bytes(plan) -> dict:
 def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lanes=2,
           input_lanes=4, banks=None, queue_depth=64, zero_run_bits=4, balance=True,
           baud=1_000_000, verify_samples=8, simulator="amaranth", nextpnr_seed=1,
-          router="auto", synthesis=True, progress=True, model_path=None) -> dict:
+          router="auto", nextpnr_options="", synthesis=True, progress=True,
+          model_path=None) -> dict:
     """Plan, fit check, verification and (unless ``synthesis`` is false) the board build.
 
     Returns the report (also written to ``out/report.json``). Raises :class:`FitError` before
@@ -177,6 +182,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     from boards.synthesis import ROUTERS, choose_router
     if router not in ROUTERS:
         raise ValueError(f"router must be one of {', '.join(ROUTERS)}, not {router!r}")
+    if not isinstance(nextpnr_options, str):
+        raise TypeError(f"nextpnr_options must be a string, not {nextpnr_options!r}")
     if banks is None:
         banks = default_banks(pes)
     engine_options = dict(n_pes=pes, lanes=lanes, input_lanes=input_lanes, banks=banks,
@@ -205,7 +212,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
         try:
             synthesized, timing_error = _synthesize(board, plan, out, clock_mhz=clock_mhz,
                                                     baud=baud, nextpnr_seed=nextpnr_seed,
-                                                    router=router, progress=progress)
+                                                    router=router, progress=progress,
+                                                    nextpnr_options=nextpnr_options)
             verified = verification.result()
         finally:
             verification.cancel()
@@ -217,7 +225,8 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     report = _report(model, data, board, plan, estimate, x_all, verified, synthesized,
                      clock_mhz=clock_mhz, engine_options=engine_options, balance=balance,
                      baud=baud, simulator=simulator, nextpnr_seed=nextpnr_seed, router=router,
-                     model_path=model_path, started=started, out=out)
+                     nextpnr_options=nextpnr_options, model_path=model_path, started=started,
+                     out=out)
     if timing_error is not None:
         raise timing_error
     return report
@@ -301,7 +310,8 @@ class _Verification:
         self._process.join()
 
 
-def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, progress):
+def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, progress,
+                nextpnr_options):
     """The board's bitstream: the synthesis result and the :class:`TimingError`, if any."""
     from accel.top import BoardTop
     from boards.synthesis import TimingError, synthesize
@@ -314,14 +324,15 @@ def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, prog
         # clock), so the highest clock takes one place and route on an ECP5.
         return synthesize(board, lambda pll: BoardTop(plan, board, pll, baud=baud),
                           out / "gateware", clock_mhz=clock_mhz, seed=nextpnr_seed,
-                          retunable=True, progress=progress, router=router), None
+                          retunable=True, progress=progress, router=router,
+                          nextpnr_options=nextpnr_options), None
     except TimingError as error:
         return error.result, error
 
 
 def _report(model, data, board, plan, estimate, x_all, verified, result, *, out, clock_mhz,
-            engine_options, balance, baud, simulator, nextpnr_seed, router, model_path,
-            started) -> dict:
+            engine_options, balance, baud, simulator, nextpnr_seed, router, nextpnr_options,
+            model_path, started) -> dict:
     """The report of the verification ``verified`` and the synthesis ``result`` (``None``
     without synthesis), written to ``out``."""
     import sim
@@ -377,6 +388,7 @@ def _report(model, data, board, plan, estimate, x_all, verified, result, *, out,
         "bitstream_sha256": result.bitstream_sha256,
         "nextpnr_seed": nextpnr_seed,
         "nextpnr_router": router if board.family == "ecp5" else None,
+        "nextpnr_options": nextpnr_options,
         "nextpnr_utilization": result.nextpnr_utilization,
         "tools": result.tools,
         "tool_seconds": result.tool_seconds,
@@ -488,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                        zero_run_bits=options["zero_run_bits"], balance=not args.no_balance,
                        baud=args.baud, verify_samples=args.verify_samples,
                        simulator=args.simulator, nextpnr_seed=args.nextpnr_seed,
-                       router=args.router,
+                       router=args.router, nextpnr_options=args.nextpnr_options,
                        synthesis=not args.no_synthesis, progress=not args.quiet,
                        model_path=model_path)
     except TimingError as error:

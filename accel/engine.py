@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import (Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal,
+                          signed, unsigned)
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -117,6 +118,74 @@ class _RegisteredFIFO(Elaboratable):
             self.w_level.eq(deep.level),
         ]
         return m
+
+
+#: Operand width of the ECP5's hard multiplier (MULT18X18D, signed operands).
+_ECP5_MULTIPLIER_BITS = 18
+
+
+class _RegisteredProduct(Elaboratable):
+    """``p = a * b``, two clocks after ``a`` and ``b``: the operands registered, then the product.
+
+    On an ECP5, when both operands fit its signed 18-bit inputs, both registers are a
+    MULT18X18D's own input and output registers: the hard multipliers sit in rows of their
+    own, and a flip-flop in the fabric on either side of one was placed as far as 4.6 ns of
+    routing away (timing: the 16-PE LeNet-300-100 build's critical path). Elsewhere, and in
+    simulation, flip-flops and ``*``: the same values on the same clocks (``p`` is exact; it
+    is reset to 0 in the fabric version only).
+
+    Attributes
+    ----------
+    a, b : Signal
+        The operands (signed or unsigned, of the shapes given).
+    p : Signal(signed)
+        Their product, wide enough for every value.
+    """
+
+    def __init__(self, a_shape, b_shape):
+        self.a = Signal(a_shape)
+        self.b = Signal(b_shape)
+        self.p = Signal(signed(_signed_bits(self.a) + _signed_bits(self.b)))
+
+    def elaborate(self, platform):
+        m = Module()
+        fits = max(_signed_bits(self.a), _signed_bits(self.b)) <= _ECP5_MULTIPLIER_BITS
+        if not (fits and _is_ecp5(platform)):
+            a, b = Signal.like(self.a), Signal.like(self.b)
+            m.d.sync += [a.eq(self.a), b.eq(self.b), self.p.eq(a * b)]
+            return m
+        # Both operands signed (an unsigned one zero-extended): the product of the values.
+        a = Signal(signed(_ECP5_MULTIPLIER_BITS))
+        b = Signal(signed(_ECP5_MULTIPLIER_BITS))
+        product = Signal(2 * _ECP5_MULTIPLIER_BITS)
+        m.d.comb += [a.eq(self.a), b.eq(self.b), self.p.eq(product[:len(self.p)])]
+        registers = {f"p_REG_{name}_{kind}": f"{kind}0"
+                     for name in ("INPUTA", "INPUTB", "OUTPUT") for kind in ("CLK", "CE", "RST")}
+        m.submodules.multiplier = Instance(
+            "MULT18X18D",
+            **registers,
+            p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
+            p_MULT_BYPASS="DISABLED", p_SOURCEB_MODE="B_INPUT", p_RESETMODE="SYNC",
+            p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE",
+            i_CLK0=ClockSignal("sync"), i_CE0=Const(1), i_RST0=Const(0),
+            i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
+            **{f"i_A{k}": a[k] for k in range(_ECP5_MULTIPLIER_BITS)},
+            **{f"i_B{k}": b[k] for k in range(_ECP5_MULTIPLIER_BITS)},
+            **{f"i_C{k}": Const(0) for k in range(_ECP5_MULTIPLIER_BITS)},
+            **{f"o_P{k}": product[k] for k in range(2 * _ECP5_MULTIPLIER_BITS)},
+        )
+        return m
+
+
+def _signed_bits(value) -> int:
+    """Bits of a signed number that holds every value of ``value``."""
+    return len(value) + (0 if value.shape().signed else 1)
+
+
+def _is_ecp5(platform) -> bool:
+    from amaranth.vendor import LatticePlatform
+
+    return isinstance(platform, LatticePlatform) and platform.family == "ecp5"
 
 
 class _SkidBuffer(Elaboratable):
@@ -980,16 +1049,17 @@ class ProcessingElement(wiring.Component):
             m.d.comb += port.addr.eq(v[:len(port.addr)])
         m.d.sync += [e2.eq(e1w), e2.row.eq(row_next)]
 
-        # -- E2: the weight (A3) ----------------------------------------------------------------
-        weight = Signal(signed(weight_bits))
-        m.d.sync += [e3.eq(e2),
-                     weight.eq(_switch(m, e2.layer, [port.data for port in codebooks],
-                                       signed(weight_bits), "codebook_value"))]
-
-        # -- E3: multiply, read the accumulator ------------------------------------------------
+        # -- E2: the weight (A3) and the activation, registered as the multiplier's operands;
+        # E3: multiply, read the accumulator (the product registered in E4) -------------------
+        m.submodules.mac = mac = _RegisteredProduct(signed(weight_bits), value_shape)
+        m.d.comb += [mac.a.eq(_switch(m, e2.layer, [port.data for port in codebooks],
+                                      signed(weight_bits), "codebook_value")),
+                     mac.b.eq(e2.value)]
+        m.d.sync += e3.eq(e2)
         e4 = Signal(stage)
         product = Signal(signed(weight_bits + plan.value_bits))
-        m.d.sync += [e4.eq(e3), product.eq(weight * e3.value)]
+        m.d.comb += product.eq(mac.p)
+        m.d.sync += e4.eq(e3)
 
         # -- drain commands --------------------------------------------------------------------
         m.submodules.commands = commands = SyncFIFO(width=lay.context.size,
@@ -1178,32 +1248,33 @@ class ProcessingElement(wiring.Component):
                                            "layer_multiplier")),
                      shift.eq(_switch(m, d1r.layer, shifts, unsigned(SHIFT_BITS), "layer_shift"))]
 
-        # -- D2: the multiplier's operands registered again, a copy per hard multiplier: these
-        # flip-flops drive nothing else, so placement puts them beside it (timing: the routing
-        # from the shared registers to a hard multiplier took 3 ns) ----------------------------
+        # -- D2: the multipliers' operands registered again, in registers that drive nothing
+        # else: on an ECP5 the hard multipliers' own input registers (_RegisteredProduct;
+        # timing: the routing from shared registers to a hard multiplier took 3 ns) -----------
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
         low_bits = 17
         high_part_bits = max(1, acc_bits + 1 - low_bits)
         d2m = Signal(d_layout)
-        d2m_low = Signal(unsigned(low_bits))
-        d2m_high = Signal(signed(high_part_bits))
-        d2m_low_multiplier = Signal(unsigned(MULTIPLIER_BITS))
-        d2m_high_multiplier = Signal(unsigned(MULTIPLIER_BITS))
         d2m_sum = Signal(signed(acc_bits + 1))
         d2m_column = Signal(plan.column_bits)
         d2m_shift = Signal(unsigned(SHIFT_BITS))
         high_part = d2_sum[low_bits:].as_signed() if acc_bits + 1 > low_bits else Const(0, 1)
-        m.d.sync += [d2m.eq(d2), d2m_low.eq(d2_sum[:low_bits].as_unsigned()),
-                     d2m_high.eq(high_part), d2m_low_multiplier.eq(multiplier),
-                     d2m_high_multiplier.eq(multiplier), d2m_sum.eq(d2_sum),
-                     d2m_column.eq(d2_column), d2m_shift.eq(shift)]
+        # The operands' registers are the multipliers' own where the device has them.
+        m.submodules.requant_low = low = _RegisteredProduct(unsigned(low_bits),
+                                                            unsigned(MULTIPLIER_BITS))
+        m.submodules.requant_high = high = _RegisteredProduct(signed(high_part_bits),
+                                                              unsigned(MULTIPLIER_BITS))
+        m.d.comb += [low.a.eq(d2_sum[:low_bits].as_unsigned()), low.b.eq(multiplier),
+                     high.a.eq(high_part), high.b.eq(multiplier)]
+        m.d.sync += [d2m.eq(d2), d2m_sum.eq(d2_sum), d2m_column.eq(d2_column),
+                     d2m_shift.eq(shift)]
 
         # -- D2M: requantization multiply (A6), as two partial products, each one hard
         # multiplier (the sum's low 17 bits unsigned, its high bits signed), combined in D2T: a
         # multiplier and a carry chain in one clock would not meet the clock rate. Each
-        # product is registered twice (D2S, D2T), the first register driving nothing else, so
-        # that it sits beside its multiplier (timing: 4.9 ns of routing from a hard multiplier
-        # to a shared adder). The rounding term is made in D2T from the registered shift, so
+        # product is registered twice (D2S, D2T), the first register driving nothing else (on
+        # an ECP5 the hard multiplier's own output register; timing: 4.9 ns of routing from a
+        # hard multiplier to a shared adder). The rounding term is made in D2T from the registered shift, so
         # that D3 .. D5 each hold one carry chain or one shifter ------------------------------
         d2s = Signal(d_layout)
         d2s_low = Signal(unsigned(low_bits + MULTIPLIER_BITS))
@@ -1211,9 +1282,9 @@ class ProcessingElement(wiring.Component):
         d2s_sum = Signal(signed(acc_bits + 1))
         d2s_column = Signal(plan.column_bits)
         d2s_shift = Signal(unsigned(SHIFT_BITS))
-        m.d.sync += [d2s.eq(d2m), d2s_low.eq(d2m_low * d2m_low_multiplier),
-                     d2s_high.eq(d2m_high * d2m_high_multiplier), d2s_sum.eq(d2m_sum),
-                     d2s_column.eq(d2m_column), d2s_shift.eq(d2m_shift)]
+        m.d.comb += [d2s_low.eq(low.p), d2s_high.eq(high.p)]
+        m.d.sync += [d2s.eq(d2m), d2s_sum.eq(d2m_sum), d2s_column.eq(d2m_column),
+                     d2s_shift.eq(d2m_shift)]
         d2t = Signal(d_layout)
         d2t_low = Signal.like(d2s_low)
         d2t_high = Signal.like(d2s_high)

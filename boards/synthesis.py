@@ -132,13 +132,15 @@ def _fmax_of(report: dict, pll: PLLSettings) -> tuple[float, bool]:
 
 def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, seed: int = 1,
                max_passes: int = 3, retunable: bool = False, progress: bool = True,
-               router: str = "router2", log=print) -> SynthesisResult:
+               router: str = "router2", nextpnr_options: str = "",
+               log=print) -> SynthesisResult:
     """Build ``make_top(pll)`` for ``board`` in ``build_dir`` (see module doc).
 
     ``retunable``: nothing in the design but the PLL depends on its frequency, so on an ECP5 the
     highest clock is found in one place and route (the PLL retuned in the routed configuration).
     ``router``: nextpnr-ecp5's router, ``router1`` or ``router2`` (callers with an estimate of
-    the design pass :func:`choose_router`'s answer); ignored on an iCE40.
+    the design pass :func:`choose_router`'s answer); ignored on an iCE40. ``nextpnr_options``:
+    more options for nextpnr, after the project's own (e.g. ``--detailed-timing-report``).
     """
     if clock_mhz is not None and not clock_mhz > 0:
         raise ValueError(f"clock_mhz must be positive, not {clock_mhz!r}")
@@ -167,7 +169,7 @@ def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, se
                 + (", then the PLL set to the highest clock the routed design meets"
                    if retune else ""))
         result = _build(board, make_top(pll), build_dir, pll, seed, progress, router,
-                        retune=retune, input_mhz=input_mhz, low_mhz=low)
+                        nextpnr_options, retune=retune, input_mhz=input_mhz, low_mhz=low)
         for step, secs in result.tool_seconds.items():
             seconds[f"{step} (pass {index})"] = secs
         passes.append({"constraint_mhz": pll.output_mhz, "fmax_mhz": result.fmax_mhz,
@@ -194,8 +196,8 @@ def _input_mhz(board) -> float:
     return platform.default_clk_frequency / 1e6
 
 
-def _build(board, top, build_dir, pll, seed, progress, router, *, retune=False, input_mhz=None,
-           low_mhz=None) -> SynthesisResult:
+def _build(board, top, build_dir, pll, seed, progress, router, nextpnr_options, *, retune=False,
+           input_mhz=None, low_mhz=None) -> SynthesisResult:
     name = "top"
     report_path = f"{name}.report.json"
     options = f"--report {report_path} --seed {seed} --timing-allow-fail"
@@ -203,6 +205,8 @@ def _build(board, top, build_dir, pll, seed, progress, router, *, retune=False, 
         # A placer timing weight of 30 (nextpnr's default is 10) gave the 2-PE digits engine
         # 97.0 MHz where the default gave 87.5 MHz, same netlist and seed.
         options += f" --router {router} --placer-heap-timingweight {PLACER_TIMING_WEIGHT}"
+    if nextpnr_options:
+        options += " " + nextpnr_options
     flow = Flow(board, top, build_dir, name=name, progress=progress,
                 nextpnr_options=options,
                 synth_options="-dsp" if board.family == "ice40" else "")

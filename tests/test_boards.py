@@ -270,3 +270,36 @@ def test_build_refuses_an_unknown_router(tmp_path):
         build(model, None, get_board("ulx3s"), out=tmp_path, router="x")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--router", "x"])
+
+
+def test_more_nextpnr_options_follow_the_projects_own(tmp_path, monkeypatch):
+    """``nextpnr_options`` reach nextpnr's command line, after the project's options."""
+    from amaranth.hdl import Elaboratable, Module, Signal
+    from amaranth.lib import io
+
+    from boards.synthesis import synthesize
+    from boards.toolchain import ToolError
+
+    class Blink(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+            count = Signal(24)
+            m.d.sync += count.eq(count + 1)
+            m.d.comb += led.o.eq(count[-1])
+            return m
+
+    yosys = tmp_path / "fake-yosys"
+    yosys.write_text("#!/bin/sh\nexit 0\n")
+    nextpnr = tmp_path / "fake-nextpnr"
+    nextpnr.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\nexit 1\n")
+    for tool in (yosys, nextpnr):
+        tool.chmod(0o755)
+    monkeypatch.setenv("YOSYS", str(yosys))
+    monkeypatch.setenv("NEXTPNR_ECP5", str(nextpnr))
+    with pytest.raises(ToolError):
+        synthesize(get_board("ulx3s"), lambda pll: Blink(), tmp_path / "build", progress=False,
+                   nextpnr_options="--tmg-ripup --detailed-timing-report")
+    args = (tmp_path / "args").read_text().split()
+    assert args.index("--tmg-ripup") > args.index("--placer-heap-timingweight")
+    assert "--detailed-timing-report" in args
