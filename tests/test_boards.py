@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -303,3 +304,34 @@ def test_more_nextpnr_options_follow_the_projects_own(tmp_path, monkeypatch):
     args = (tmp_path / "args").read_text().split()
     assert args.index("--tmg-ripup") > args.index("--placer-heap-timingweight")
     assert "--detailed-timing-report" in args
+
+
+def test_slow_endpoints_are_grouped_across_pes(tmp_path, capsys):
+    from boards.timing import main, slow_endpoints
+
+    report = {
+        "fmax": {"clocks.clk": {"achieved": 80.0, "constraint": 200.0}},
+        "detailed_net_timings": [
+            {"net": "link.engine.pe3.offset", "endpoints": [
+                {"cell": "link.engine.pe3.offset_TRELLIS_FF_Q_2", "port": "DI", "delay": 11.5},
+                {"cell": "link.engine.pe3.fresh_TRELLIS_FF_Q", "port": "CE", "delay": 4.0}]},
+            {"net": "link.engine.pe12.offset", "endpoints": [
+                {"cell": "link.engine.pe12.offset_TRELLIS_FF_Q_7", "port": "DI", "delay": 12.1}]},
+            {"net": "link.bridge.fsm_state", "endpoints": [
+                {"cell": "link.bridge.resp_kind_TRELLIS_FF_Q", "port": "CE", "delay": 10.2}]},
+        ],
+    }
+    groups = slow_endpoints(report, 10.0)
+    assert [(g.name, g.count, g.worst_ns) for g in groups] == [
+        ("link.engine.peN.offset.DI", 2, 12.1), ("link.bridge.resp_kind.CE", 1, 10.2)]
+    assert groups[0].worst_cell == "link.engine.pe12.offset_TRELLIS_FF_Q_7"
+    with pytest.raises(ValueError, match="no detailed net timings: run nextpnr with "
+                                         "--detailed-timing-report"):
+        slow_endpoints({"fmax": {}}, 10.0)
+    with pytest.raises(ValueError, match="above_ns must be a time in ns"):
+        slow_endpoints(report, -1)
+    path = tmp_path / "top.report.json"
+    path.write_text(json.dumps(report))
+    main([str(path)])              # default: 90% of the period at fmax, 11.25 ns
+    out = capsys.readouterr().out
+    assert "2 endpoints at or above 11.25 ns, in 1 groups (fmax 80.00 MHz)" in out
