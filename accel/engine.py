@@ -506,7 +506,7 @@ class Broadcaster(wiring.Component):
             ready = Signal(len(members), name=f"cluster_eligible{c}")
             first = Signal(len(members), name=f"cluster_pick{c}")
             m.d.comb += [ready.eq(Cat(eligible[s] for s in members)),
-                         first.eq(ready & -ready)]
+                         first.eq(_lowest_set(ready))]
             picked = _or_all([Mux(first[j], Cat(Const(s, source_bits), sources[s].payload), 0)
                               for j, s in enumerate(members)])
             m.d.comb += [skid.i_valid.eq(ready.any()), skid.i_data.eq(picked)]
@@ -630,14 +630,14 @@ class Broadcaster(wiring.Component):
         available = Signal(n_clusters)
         m.d.comb += available.eq(Cat(h.valid for h in heads))
         chosen = [Signal(n_clusters, name="pick0")]
-        m.d.comb += chosen[0].eq(available & -available)          # lowest set bit
+        m.d.comb += chosen[0].eq(_lowest_set(available))
         remaining = Signal(n_clusters, name="rest0")
         m.d.comb += remaining.eq(available & ~chosen[0])
         if lanes > 1:
             mirrored = Signal(n_clusters, name="available_mirrored")
             highest_mirrored = Signal(n_clusters, name="highest_mirrored")
             m.d.comb += [mirrored.eq(available[::-1]),
-                         highest_mirrored.eq(mirrored & -mirrored)]
+                         highest_mirrored.eq(_lowest_set(mirrored))]
             chosen.append(Signal(n_clusters, name="pick1"))
             m.d.comb += chosen[1].eq(highest_mirrored[::-1] & ~chosen[0])
             rest = Signal(n_clusters, name="rest1")
@@ -645,7 +645,7 @@ class Broadcaster(wiring.Component):
             remaining = rest
         for k in range(2, lanes):
             pick = Signal(n_clusters, name=f"pick{k}")
-            m.d.comb += pick.eq(remaining & -remaining)
+            m.d.comb += pick.eq(_lowest_set(remaining))
             chosen.append(pick)
             rest = Signal(n_clusters, name=f"rest{k}")
             m.d.comb += rest.eq(remaining & ~pick)
@@ -721,6 +721,12 @@ class Broadcaster(wiring.Component):
 
 #: The head of a list as the broadcaster's pick sees it (a skid buffer's output).
 _Head = namedtuple("_Head", "valid payload ready")
+
+
+def _lowest_set(bits):
+    """``bits`` with only its lowest set bit kept: each bit ANDed with the NOR of those below
+    it, which synthesis maps to a few LUTs (``bits & -bits`` became a carry chain: timing)."""
+    return Cat(bits[k] & ~bits[:k].any() if k else bits[0] for k in range(len(bits)))
 
 
 def _fewer_than(bits, count: int):
@@ -918,7 +924,7 @@ class ProcessingElement(wiring.Component):
         taken = Signal(plan.lanes)
         remaining = Signal(plan.lanes)
         lowest = Signal(plan.lanes)
-        m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(remaining & -remaining)]
+        m.d.comb += [remaining.eq(head.valid & ~taken), lowest.eq(_lowest_set(remaining))]
         p0_valid = Signal()
         p1_valid = Signal()
         p1r_valid = Signal()

@@ -765,9 +765,10 @@ class HostBridge(wiring.Component):
                      word_read.addr.eq(feed_next), word_read.en.eq(feed_advance)]
 
         def respond(response_kind, response_seq, total):
+            # The payload counters start in RESP_KIND, not here: fewer registers on the
+            # paths from every condition that answers (timing).
             m.d.sync += [resp_kind.eq(response_kind), resp_seq.eq(response_seq),
-                         resp_last.eq(total - 1), resp_index.eq(0), resp_neuron.eq(0),
-                         resp_byte.eq(0)]
+                         resp_last.eq(total - 1)]
             m.next = "RESP_KIND"
 
         def nak(code, *, discard):
@@ -880,6 +881,7 @@ class HostBridge(wiring.Component):
                         m.d.sync += discard_after.eq(0)
                         respond(WRITE | RESPONSE, seq, 2)
             with m.State("RESP_KIND"):
+                m.d.sync += [resp_index.eq(0), resp_neuron.eq(0), resp_byte.eq(0)]
                 m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_kind)]
                 with m.If(framer.i.ready):
                     m.next = "RESP_SEQ"
