@@ -165,8 +165,10 @@ class _RegisteredProduct(Elaboratable):
             "MULT18X18D",
             **registers,
             p_REG_INPUTC_CLK="NONE", p_REG_PIPELINE_CLK="NONE",
-            p_MULT_BYPASS="DISABLED", p_SOURCEB_MODE="B_INPUT", p_RESETMODE="SYNC",
-            p_GSR="DISABLED", p_CAS_MATCH_REG="FALSE",
+            # SOURCEB_MODE stays at its default (B_SHIFT, as Yosys's own mapping leaves it):
+            # ecppack refuses B_INPUT. SOURCEB is 0, so B is the B input either way.
+            p_MULT_BYPASS="DISABLED", p_RESETMODE="SYNC", p_GSR="DISABLED",
+            p_CAS_MATCH_REG="FALSE",
             i_CLK0=ClockSignal("sync"), i_CE0=Const(1), i_RST0=Const(0),
             i_SIGNEDA=Const(1), i_SIGNEDB=Const(1), i_SOURCEA=Const(0), i_SOURCEB=Const(0),
             **{f"i_A{k}": a[k] for k in range(_ECP5_MULTIPLIER_BITS)},
