@@ -61,7 +61,9 @@ def slow_endpoints(report: dict | str | Path, above_ns: float) -> list[EndpointG
     found = defaultdict(list)
     for net in report["detailed_net_timings"]:
         for endpoint in net.get("endpoints", []):
-            delay = float(endpoint["delay"])
+            delay = endpoint["delay"]
+            # Newer nextpnr gives [the net's routing delay, the arrival]; older, the arrival.
+            delay = float(delay[-1] if isinstance(delay, list) else delay)
             if delay >= above_ns:
                 key = _group_name(endpoint["cell"], endpoint["port"])
                 found[key].append((delay, endpoint["cell"], endpoint["port"], net["net"]))
