@@ -222,12 +222,10 @@ def test_retune_changes_only_the_pll_divider_words():
         retune_ecp5_config(config, pll_settings("ice40", 12.0, 48.0))
 
 
-def test_a_full_device_is_named_when_nextpnr_cannot_place(tmp_path, monkeypatch):
-    """nextpnr's placement failure becomes an error that says the design does not fit."""
+def _blink():
+    """A counter on an LED: the smallest design a board's flow builds."""
     from amaranth.hdl import Elaboratable, Module, Signal
     from amaranth.lib import io
-
-    from boards.toolchain import Flow, ToolError
 
     class Blink(Elaboratable):
         def elaborate(self, platform):
@@ -238,12 +236,19 @@ def test_a_full_device_is_named_when_nextpnr_cannot_place(tmp_path, monkeypatch)
             m.d.comb += led.o.eq(count[-1])
             return m
 
+    return Blink()
+
+
+def test_a_full_device_is_named_when_nextpnr_cannot_place(tmp_path, monkeypatch):
+    """nextpnr's placement failure becomes an error that says the design does not fit."""
+    from boards.toolchain import Flow, ToolError
+
     fake = tmp_path / "fake-nextpnr"
     fake.write_text("#!/bin/sh\necho 'ERROR: Unable to find legal placement for all cells, "
                     "design is probably at utilisation limit.'\nexit 1\n")
     fake.chmod(0o755)
     monkeypatch.setenv("NEXTPNR_ICE40", str(fake))
-    flow = Flow(get_board("icebreaker"), Blink(), tmp_path / "build", progress=False)
+    flow = Flow(get_board("icebreaker"), _blink(), tmp_path / "build", progress=False)
     with pytest.raises(ToolError, match=r"(?s)utilisation limit.*does not fit icebreaker "
                                         r"\(iCE40UP5K\).*fewer PEs"):
         flow.run("NEXTPNR_ICE40")
@@ -275,20 +280,8 @@ def test_build_refuses_an_unknown_router(tmp_path):
 
 def test_more_nextpnr_options_follow_the_projects_own(tmp_path, monkeypatch):
     """``nextpnr_options`` reach nextpnr's command line, after the project's options."""
-    from amaranth.hdl import Elaboratable, Module, Signal
-    from amaranth.lib import io
-
     from boards.synthesis import synthesize
     from boards.toolchain import ToolError
-
-    class Blink(Elaboratable):
-        def elaborate(self, platform):
-            m = Module()
-            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
-            count = Signal(24)
-            m.d.sync += count.eq(count + 1)
-            m.d.comb += led.o.eq(count[-1])
-            return m
 
     yosys = tmp_path / "fake-yosys"
     yosys.write_text("#!/bin/sh\nexit 0\n")
@@ -299,7 +292,7 @@ def test_more_nextpnr_options_follow_the_projects_own(tmp_path, monkeypatch):
     monkeypatch.setenv("YOSYS", str(yosys))
     monkeypatch.setenv("NEXTPNR_ECP5", str(nextpnr))
     with pytest.raises(ToolError):
-        synthesize(get_board("ulx3s"), lambda pll: Blink(), tmp_path / "build", progress=False,
+        synthesize(get_board("ulx3s"), lambda pll: _blink(), tmp_path / "build", progress=False,
                    nextpnr_options="--tmg-ripup --detailed-timing-report")
     args = (tmp_path / "args").read_text().split()
     assert args.index("--tmg-ripup") > args.index("--placer-heap-timingweight")
