@@ -35,11 +35,12 @@ _BRAM_COST = {"ecp5": 128, "ice40": 64}
 _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (fitted)
 
 #: LUT4s of one PE (datapath, queues' control, drain) and of the rest (host link, broadcaster,
-#: input buffers), fitted to nextpnr's TRELLIS_COMB count of the 2-PE digits engine (13,867
-#: with 854 LUT RAM cells) and the 16-PE LeNet-300-100 engine (59,515 with 2,848) on the
-#: ULX3S-85F; a LUT RAM cell (TRELLIS_DPR16X4) holds its 16x4 bits in four LUT4s.
-LUTS_PER_PE = 2700
-LUTS_FIXED = 5100
+#: input buffers), fitted to nextpnr's TRELLIS_COMB count of the 1-PE, 2-bank digits engine
+#: (9,126 with 578 LUT RAM cells) and the 16-PE LeNet-300-100 engine (56,272 with 2,484) on
+#: the ULX3S-85F (2026-12-01); a LUT RAM cell (TRELLIS_DPR16X4) holds its 16x4 bits in four
+#: LUT4s.
+LUTS_PER_PE = 2620
+LUTS_FIXED = 4350
 LUTS_PER_LUTRAM = 4
 
 #: Margin under the LUT estimate below which the fit check still lets a design through.
