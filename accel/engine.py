@@ -967,7 +967,7 @@ class ProcessingElement(wiring.Component):
         with m.Else():
             m.d.sync += [p0.fence.eq(0), p0.layer.eq(item.layer), p0.bank.eq(item.bank),
                          p0.value.eq(item.value)]
-        for port, layer in zip(pointers, layers):
+        for port in pointers:
             m.d.comb += port.addr.eq(p0_column[:len(port.addr)])
 
         p1 = Signal(p0.shape())
