@@ -27,7 +27,7 @@ from collections import namedtuple
 from amaranth.hdl import (Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal,
                           signed, unsigned)
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -81,13 +81,107 @@ def layouts(plan: EnginePlan) -> _Layouts:
     return _Layouts(plan)
 
 
+#: Memory attribute: a read of the address being written in the same clock may return anything.
+#: Yosys otherwise emulates "old data" around a block RAM (whose two ports do not promise it)
+#: with a copy of the write data, an address comparison and a mux on the read data: the
+#: critical path of the 16-PE LeNet-300-100 build (timing), and 1,700 flip-flops of its group
+#: queues. Set only on memories that are never read and written at one address in one clock
+#: (see :func:`_read_port`); it takes effect through Yosys's ``memory_dff``, which folds the
+#: read data's register into the memory.
+_NO_COLLISION = {"no_rw_check": 1}
+
+
+class _ReadPort(namedtuple("_ReadPort", ["addr", "en", "data"])):
+    """See :func:`_read_port`."""
+
+
+def _read_port(m, memory, name):
+    """A read port of ``memory`` with one clock of latency, as ``memory.read_port()``.
+
+    Built as an asynchronous read and a register (``data`` loads ``memory[addr]`` at each
+    clock where ``en`` is high, 1 unless driven): the same values on the same clocks as the
+    synchronous, non-transparent port, and the form in which Yosys honours ``no_rw_check``
+    (:data:`_NO_COLLISION`) when it folds the register into the memory. ``memory`` must carry
+    that attribute, and its users must never read an address in the clock it is written: the
+    engine's memories are written only while it is idle, and a FIFO never reads the slot it
+    writes (it reads only when not empty and writes only when not full).
+    """
+    port = memory.read_port(domain="comb")
+    read = _ReadPort(Signal.like(port.addr, name=f"{name}_addr"), Signal(init=1, name=f"{name}_en"),
+                     Signal.like(port.data, name=f"{name}_data", reset_less=True))
+    m.d.comb += port.addr.eq(read.addr)
+    with m.If(read.en):
+        m.d.sync += read.data.eq(port.data)
+    return read
+
+
+class _BufferedFIFO(Elaboratable):
+    """A first-word-fall-through FIFO whose ``r_data`` is a memory's registered read data.
+
+    Interface, behaviour and timing of :class:`amaranth.lib.fifo.SyncFIFOBuffered` (``depth``
+    words, ``r_data`` a clock after the word is written); its storage is read through
+    :func:`_read_port`, so that a block RAM needs no collision logic around it (timing).
+    """
+
+    def __init__(self, *, width: int, depth: int):
+        if depth < 2:
+            raise ValueError(f"depth must be at least 2, not {depth!r}")
+        self.width, self.depth = width, depth
+        self.w_data = Signal(width)
+        self.w_en = Signal()
+        self.w_rdy = Signal()
+        self.r_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+        self.level = Signal(range(depth + 1))
+
+    def elaborate(self, platform):
+        m = Module()
+        inner_depth = self.depth - 1
+        inner_level = Signal(range(inner_depth + 1))
+        inner_rdy = Signal()
+        do_write = self.w_rdy & self.w_en
+        # The register takes the next word when it is empty or being read.
+        do_inner_read = inner_rdy & (~self.r_rdy | self.r_en)
+
+        m.submodules.storage = storage = Memory(shape=self.width, depth=inner_depth, init=[],
+                                                attrs=_NO_COLLISION)
+        write = storage.write_port()
+        read = _read_port(m, storage, "storage_read")
+        produce = Signal(range(inner_depth))
+        consume = Signal(range(inner_depth))
+
+        m.d.comb += [
+            self.w_rdy.eq(inner_level != inner_depth),
+            inner_rdy.eq(inner_level != 0),
+            write.addr.eq(produce), write.data.eq(self.w_data), write.en.eq(do_write),
+            read.addr.eq(consume), read.en.eq(do_inner_read),
+            self.r_data.eq(read.data),
+            self.level.eq(inner_level + self.r_rdy),
+        ]
+        with m.If(do_write):
+            m.d.sync += produce.eq(Mux(produce == inner_depth - 1, 0, produce + 1))
+        with m.If(do_inner_read):
+            m.d.sync += consume.eq(Mux(consume == inner_depth - 1, 0, consume + 1))
+        with m.If(do_write & ~do_inner_read):
+            m.d.sync += inner_level.eq(inner_level + 1)
+        with m.Elif(do_inner_read & ~do_write):
+            m.d.sync += inner_level.eq(inner_level - 1)
+        with m.If(do_inner_read):
+            m.d.sync += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        return m
+
+
 class _RegisteredFIFO(Elaboratable):
     """A first-word-fall-through FIFO whose ``r_data`` comes from fabric flip-flops.
 
-    :class:`SyncFIFOBuffered` followed by a skid buffer (a main and a spare register): a deep
+    :class:`_BufferedFIFO` followed by a skid buffer (a main and a spare register): a deep
     FIFO's storage becomes block RAM, whose read data arrives about 5.6 ns after the clock on an
     ECP5, and a consumer's ``r_en`` should reach only a few flip-flop enables, not a memory's
-    pointers (timing). Interface and behaviour as :class:`SyncFIFOBuffered` with room for
+    pointers (timing). Interface and behaviour as
+    :class:`amaranth.lib.fifo.SyncFIFOBuffered` with room for
     ``depth + 2`` words, one more clock of latency, one word per clock throughput.
     """
 
@@ -106,7 +200,7 @@ class _RegisteredFIFO(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.deep = deep = SyncFIFOBuffered(width=self.width, depth=self.depth - 2)
+        m.submodules.deep = deep = _BufferedFIFO(width=self.width, depth=self.depth - 2)
         m.submodules.skid = skid = _SkidBuffer(self.width)
         m.d.comb += [
             deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
@@ -278,8 +372,9 @@ def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
         attrs = _lutram_attrs(platform)
     else:
         attrs = _block_ram_attrs(platform)
+    # Written only while the engine is idle: no collisions (see ``_read_port``).
     mem = Memory(shape=shape, depth=region.depth, init=plan.init(region_name, layer, pe),
-                 attrs=attrs)
+                 attrs={**attrs, **_NO_COLLISION})
     m.submodules[name] = mem
     size_bits = _bits(region.depth)
     port = mem.write_port()
@@ -550,7 +645,7 @@ class Broadcaster(wiring.Component):
         for layer in range(plan.n_layers):
             mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
                           unsigned(n_pe), platform, small_in_lutram=False, block=True)
-            ports = [mem.read_port() for _ in range(lanes)]
+            ports = [_read_port(m, mem, f"col_mask{layer}_{k}") for k in range(lanes)]
             for k, port in enumerate(ports):
                 m.d.comb += port.addr.eq(s_group.items[k].column)
             mask_ports.append(ports)
@@ -848,23 +943,26 @@ class ProcessingElement(wiring.Component):
         own = dict(strobe_from=arriving)
         for i, layer in enumerate(layers):
             image = layer.image
-            entries.append(_memory(m, f"entries{i}", plan, bus, "entries", i, p,
-                                   unsigned(image.entry_bits), platform, **own).read_port())
+            entries.append(_read_port(m, _memory(m, f"entries{i}", plan, bus, "entries", i, p,
+                                                 unsigned(image.entry_bits), platform, **own),
+                                      f"entries{i}"))
             # Block RAM, however small: the pointer address comes from the queue head's lane
             # choice, and a block RAM's address register ends that path where LUT RAM's read
             # and its mux tree would lengthen it (timing: on 16-PE LeNet-300-100 a 100-deep
             # pointer memory in LUT RAM was the critical path).
-            pointers.append(_memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
-                                    unsigned(image.pointer_word_bits), platform,
-                                    block=True, **own).read_port())
-            codebooks.append(_memory(m, f"codebook{i}", plan, bus, "codebook", i, None,
-                                     signed(layer.weight_bits), platform, **own).read_port())
-            biases.append(_memory(m, f"bias{i}", plan, bus, "bias", i, p,
-                                  signed(layer.accumulator_bits), platform, **own).read_port())
+            pointers.append(_read_port(m, _memory(m, f"pointers{i}", plan, bus, "pointers", i, p,
+                                                  unsigned(image.pointer_word_bits), platform,
+                                                  block=True, **own), f"pointers{i}"))
+            codebooks.append(_read_port(m, _memory(m, f"codebook{i}", plan, bus, "codebook", i,
+                                                   None, signed(layer.weight_bits), platform,
+                                                   **own), f"codebook{i}"))
+            biases.append(_read_port(m, _memory(m, f"bias{i}", plan, bus, "bias", i, p,
+                                                signed(layer.accumulator_bits), platform, **own),
+                                     f"bias{i}"))
             if not layer.logits:
-                row_ids.append(_memory(m, f"row_ids{i}", plan, bus, "row_ids", i, p,
-                                       unsigned(_bits(image.out_features)), platform,
-                                       **own).read_port())
+                row_ids.append(_read_port(m, _memory(m, f"row_ids{i}", plan, bus, "row_ids", i,
+                                                     p, unsigned(_bits(image.out_features)),
+                                                     platform, **own), f"row_ids{i}"))
             else:
                 row_ids.append(None)
         multipliers = [_register(m, plan, bus, "requant", i, 0, unsigned(MULTIPLIER_BITS),
