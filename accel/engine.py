@@ -1310,8 +1310,18 @@ class ProcessingElement(wiring.Component):
             m.d.sync += [k.eq(0), current_valid.eq(0)]
         with m.Elif(issue_row):
             m.d.sync += [k.eq(k + 1), k_at_end.eq(k + 1 == current_rows)]
-        for port in biases + [r for r in row_ids if r is not None]:
-            m.d.comb += port.addr.eq(k[:len(port.addr)])
+        # Each layer's bias and row id memories read row k from an address register of their
+        # own, a copy of k counted only while the layer is drained (timing: k itself reached
+        # every LUT RAM cell of every layer's two memories, and the PE's other logic).
+        for i, ports in enumerate(zip(biases, row_ids)):
+            address = Signal(row_bits, name=f"drain_address{i}")
+            with m.If(drain_done):
+                m.d.sync += address.eq(0)
+            with m.Elif(issue_row & (current.layer == i)):
+                m.d.sync += address.eq(address + 1)
+            for port in ports:
+                if port is not None:
+                    m.d.comb += port.addr.eq(address[:len(port.addr)])
         m.d.sync += [
             d1.valid.eq(issue_row | issue_end), d1.end.eq(issue_end), d1.layer.eq(current.layer),
             d1.bank.eq(current.bank), d1.row.eq(k),

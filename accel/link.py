@@ -650,6 +650,10 @@ class HostBridge(wiring.Component):
         feed_valid = Signal()
         feed_next = Signal(range(max(beats, max_words)))
         runs_to_feed = Signal(16)
+        # ``runs_to_feed != 0`` and ``feed_next == beats - 1``, kept in registers beside their
+        # counters: the feeders then advance with one LUT after the engine's ``ready`` (timing).
+        more_to_feed = Signal()
+        feed_at_last = Signal()
         runs_to_collect = Signal(16)
         last_run = Signal()                     # runs_to_collect == 1, registered (timing)
         collect_neuron = Signal(range(max(out_features, 1)))
@@ -831,7 +835,8 @@ class HostBridge(wiring.Component):
                     m.next = "WAIT_IDLE"
             with m.State("WAIT_IDLE"):
                 with m.If(~busy_seen):
-                    m.d.sync += [feed_valid.eq(0), feed_next.eq(0), runs_to_feed.eq(repeat),
+                    m.d.sync += [feed_valid.eq(0), feed_next.eq(0), feed_at_last.eq(beats == 1),
+                                 runs_to_feed.eq(repeat), more_to_feed.eq(repeat != 0),
                                  runs_to_collect.eq(repeat), last_run.eq(repeat == 1),
                                  collect_neuron.eq(0),
                                  first_beat.eq(1), write_count.eq(record_index)]
@@ -841,16 +846,20 @@ class HostBridge(wiring.Component):
                     with m.Elif(kind_infer):
                         m.next = "INFER"
                     with m.Else():
-                        m.d.sync += runs_to_feed.eq(record_index)
+                        m.d.sync += [runs_to_feed.eq(record_index),
+                                     more_to_feed.eq(record_index != 0)]
                         m.next = "WRITE"
             with m.State("INFER"):
                 m.d.comb += self.i.valid.eq(feed_valid)
                 with m.If(feed_advance):
-                    with m.If(runs_to_feed != 0):
+                    with m.If(more_to_feed):
                         m.d.sync += [feed_valid.eq(1),
-                                     feed_next.eq(Mux(feed_next == beats - 1, 0, feed_next + 1))]
-                        with m.If(feed_next == beats - 1):
-                            m.d.sync += runs_to_feed.eq(runs_to_feed - 1)
+                                     feed_next.eq(Mux(feed_at_last, 0, feed_next + 1)),
+                                     feed_at_last.eq(Mux(feed_at_last, beats == 1,
+                                                         feed_next + 1 == beats - 1))]
+                        with m.If(feed_at_last):
+                            m.d.sync += [runs_to_feed.eq(runs_to_feed - 1),
+                                         more_to_feed.eq(runs_to_feed != 1)]
                     with m.Else():
                         m.d.sync += feed_valid.eq(0)
                 with m.If(self.i.valid & self.i.ready & first_beat):
@@ -873,9 +882,10 @@ class HostBridge(wiring.Component):
                 # runs_to_feed counts words here.
                 m.d.comb += self.write.valid.eq(feed_valid)
                 with m.If(feed_advance):
-                    with m.If(runs_to_feed != 0):
+                    with m.If(more_to_feed):
                         m.d.sync += [feed_valid.eq(1), feed_next.eq(feed_next + 1),
-                                     runs_to_feed.eq(runs_to_feed - 1)]
+                                     runs_to_feed.eq(runs_to_feed - 1),
+                                     more_to_feed.eq(runs_to_feed != 1)]
                     with m.Else():
                         m.d.sync += feed_valid.eq(0)
                         m.d.sync += discard_after.eq(0)
