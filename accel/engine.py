@@ -125,6 +125,7 @@ class _BufferedFIFO(Elaboratable):
 
     def __init__(self, *, width: int, depth: int):
         if depth < 2:
+            self._MustUse__used = True          # never built: no "created but never used"
             raise ValueError(f"depth must be at least 2, not {depth!r}")
         self.width, self.depth = width, depth
         self.w_data = Signal(width)
