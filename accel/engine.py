@@ -27,7 +27,7 @@ from collections import namedtuple
 from amaranth.hdl import (Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal,
                           signed, unsigned)
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import FIFOInterface, SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -115,7 +115,7 @@ def _read_port(m, memory, name):
     return read
 
 
-class _BufferedFIFO(Elaboratable):
+class _BufferedFIFO(Elaboratable, FIFOInterface):
     """A first-word-fall-through FIFO whose ``r_data`` is a memory's registered read data.
 
     Interface, behaviour and timing of :class:`amaranth.lib.fifo.SyncFIFOBuffered` (``depth``
@@ -127,13 +127,7 @@ class _BufferedFIFO(Elaboratable):
         if depth < 2:
             self._MustUse__used = True          # never built: no "created but never used"
             raise ValueError(f"depth must be at least 2, not {depth!r}")
-        self.width, self.depth = width, depth
-        self.w_data = Signal(width)
-        self.w_en = Signal()
-        self.w_rdy = Signal()
-        self.r_data = Signal(width)
-        self.r_en = Signal()
-        self.r_rdy = Signal()
+        super().__init__(width=width, depth=depth)
         self.level = Signal(range(depth + 1))
 
     def elaborate(self, platform):
@@ -159,6 +153,7 @@ class _BufferedFIFO(Elaboratable):
             read.addr.eq(consume), read.en.eq(do_inner_read),
             self.r_data.eq(read.data),
             self.level.eq(inner_level + self.r_rdy),
+            self.w_level.eq(self.level), self.r_level.eq(self.level),
         ]
         with m.If(do_write):
             m.d.sync += produce.eq(Mux(produce == inner_depth - 1, 0, produce + 1))
