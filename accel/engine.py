@@ -121,14 +121,16 @@ class _BufferedFIFO(Elaboratable, FIFOInterface):
     Interface, behaviour and timing of :class:`amaranth.lib.fifo.SyncFIFOBuffered` (``depth``
     words, ``r_data`` a clock after the word is written); its storage is read through
     :func:`_read_port`, so that a block RAM needs no collision logic around it (timing).
+    ``attrs``: the storage memory's attributes (``ram_style``).
     """
 
-    def __init__(self, *, width: int, depth: int):
+    def __init__(self, *, width: int, depth: int, attrs: dict | None = None):
         if depth < 2:
             self._MustUse__used = True          # never built: no "created but never used"
             raise ValueError(f"depth must be at least 2, not {depth!r}")
         super().__init__(width=width, depth=depth)
         self.level = Signal(range(depth + 1))
+        self._attrs = dict(attrs or {})
 
     def elaborate(self, platform):
         m = Module()
@@ -140,7 +142,7 @@ class _BufferedFIFO(Elaboratable, FIFOInterface):
         do_inner_read = inner_rdy & (~self.r_rdy | self.r_en)
 
         m.submodules.storage = storage = Memory(shape=self.width, depth=inner_depth, init=[],
-                                                attrs=_NO_COLLISION)
+                                                attrs={**self._attrs, **_NO_COLLISION})
         write = storage.write_port()
         read = _read_port(m, storage, "storage_read")
         produce = Signal(range(inner_depth))
@@ -173,16 +175,22 @@ class _BufferedFIFO(Elaboratable, FIFOInterface):
 class _RegisteredFIFO(Elaboratable):
     """A first-word-fall-through FIFO whose ``r_data`` comes from fabric flip-flops.
 
-    :class:`_BufferedFIFO` followed by a skid buffer (a main and a spare register): a deep
-    FIFO's storage becomes block RAM, whose read data arrives about 5.6 ns after the clock on an
-    ECP5, and a consumer's ``r_en`` should reach only a few flip-flop enables, not a memory's
-    pointers (timing). Interface and behaviour as
-    :class:`amaranth.lib.fifo.SyncFIFOBuffered` with room for
+    :class:`_BufferedFIFO` followed by a skid buffer (a main and a spare register): a consumer's
+    ``r_en`` then reaches only a few flip-flop enables, not a memory's pointers (timing).
+    Interface and behaviour as :class:`amaranth.lib.fifo.SyncFIFOBuffered` with room for
     ``depth + 2`` words, one more clock of latency, one word per clock throughput.
+
+    ``block=True`` puts the storage in block RAM, and a register between it and the skid buffer
+    (room for ``depth + 3`` words, two more clocks of latency than ``SyncFIFOBuffered``): block
+    RAM read data arrives about 5.6 ns after the clock on an ECP5, and the skid buffer's input
+    mux after it had been placed up to 5.7 ns of routing away (timing: the 16-PE LeNet-300-100
+    build's group queues). The register loads with an enable only, so the read data reaches a
+    flip-flop's data pin with no logic in between.
     """
 
-    def __init__(self, *, width: int, depth: int):
-        self.width, self.depth = width, depth + 2
+    def __init__(self, *, width: int, depth: int, block: bool = False):
+        self.width, self.block = width, block
+        self.depth = depth + 2 + int(block)
         self.w_data = Signal(width)
         self.w_en = Signal()
         self.w_rdy = Signal()
@@ -196,16 +204,34 @@ class _RegisteredFIFO(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.deep = deep = _BufferedFIFO(width=self.width, depth=self.depth - 2)
+        m.submodules.deep = deep = _BufferedFIFO(
+            width=self.width, depth=self.w_depth,
+            attrs=_block_ram_attrs(platform) if self.block else {})
         m.submodules.skid = skid = _SkidBuffer(self.width)
         m.d.comb += [
             deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
-            skid.i_valid.eq(deep.r_rdy), skid.i_data.eq(deep.r_data),
-            deep.r_en.eq(skid.i_ready),
             self.r_data.eq(skid.o_data), self.r_rdy.eq(skid.o_valid),
             skid.o_ready.eq(self.r_en),
-            self.level.eq(deep.level + skid.o_valid + skid.spare_valid),
             self.w_level.eq(deep.level),
+        ]
+        if not self.block:
+            m.d.comb += [
+                skid.i_valid.eq(deep.r_rdy), skid.i_data.eq(deep.r_data),
+                deep.r_en.eq(skid.i_ready),
+                self.level.eq(deep.level + skid.o_valid + skid.spare_valid),
+            ]
+            return m
+        # The block RAM's read data, registered: taken whenever the register is empty or
+        # passes its word on.
+        staged_valid = Signal()
+        staged = Signal(self.width, reset_less=True)
+        take = ~staged_valid | skid.i_ready
+        with m.If(take):
+            m.d.sync += [staged_valid.eq(deep.r_rdy), staged.eq(deep.r_data)]
+        m.d.comb += [
+            deep.r_en.eq(take),
+            skid.i_valid.eq(staged_valid), skid.i_data.eq(staged),
+            self.level.eq(deep.level + staged_valid + skid.o_valid + skid.spare_valid),
         ]
         return m
 
@@ -707,9 +733,13 @@ class Broadcaster(wiring.Component):
         # The conditions themselves are registered too (each is an AND over every list): one
         # stays set for a clock after its fence is sent and its bits cleared, the clock in
         # which no fence is sent.
+        # The fence a send takes (the first pending one) is picked from the same conditions
+        # and registered beside them, one-hot: a send then clears its fence's bits without a
+        # priority chain after the registers (timing).
+        conditions = Cat(c for c, _, _ in fences)
         ready_fences = Signal(len(fences))
-        m.d.sync += ready_fences.eq(Cat(c for c, _, _ in fences))
-        fences = [(ready_fences[j], layer, b) for j, (_, layer, b) in enumerate(fences)]
+        first_fence = Signal(len(fences))
+        m.d.sync += [ready_fences.eq(conditions), first_fence.eq(_lowest_set(conditions))]
         fence_any = Signal()
         fence_pending = Signal()
         send_fence = Signal()
@@ -769,15 +799,13 @@ class Broadcaster(wiring.Component):
         with m.If(advance):
             with m.If(send_fence):
                 m.d.sync += [s_valid.eq(1), s_group.valid.eq(0), s_group.fence.eq(1)]
-                first = True
-                for cond, layer, b in fences:
-                    with (m.If(cond) if first else m.Elif(cond)):
+                for j, (_, layer, b) in enumerate(fences):
+                    with m.If(first_fence[j]):
                         m.d.sync += [s_group.fence_layer.eq(layer), s_group.fence_bank.eq(b)]
                         if layer == 0:
                             m.d.sync += fence0_sent[b].eq(1)
                         else:
                             m.d.sync += end_seen[layer, b].eq(0)
-                    first = False
             with m.Elif(~fence_pending & available.any()):
                 m.d.sync += s_group.fence.eq(0)
                 any_present = []
@@ -982,8 +1010,10 @@ class ProcessingElement(wiring.Component):
                 acc_mems[i, b] = (rport, wport)
 
         # -- activation queue and pointer stage ----------------------------------------------
+        # In block RAM however shallow: a 64-deep queue in LUT RAM had a read mux tree as deep
+        # as its paths to the skid buffer (timing).
         m.submodules.queue = queue = _RegisteredFIFO(width=lay.group.size,
-                                                      depth=plan.queue_depth)
+                                                      depth=plan.queue_depth, block=True)
         # A group is registered as it arrives, then queued: the broadcaster is far away
         # (timing). The register loads only when this PE's ``valid`` is high, so the PEs'
         # copies differ and synthesis cannot merge them into one that drives every PE.
@@ -1686,7 +1716,8 @@ class Engine(wiring.Component):
 
         input_depth = 2 * plan.beats_per_image + 2           # two images per lane
         for lane in range(plan.input_lanes):
-            fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth)
+            fifo = _RegisteredFIFO(width=lay.source.size, depth=input_depth,
+                                   block=input_depth > SMALL_MEMORY_DEPTH)
             m.submodules[f"inputs{lane}"] = fifo
             # The loader takes a beat only when every lane has room. Its entries are registered
             # before they are written, and the room is registered too (timing: the write logic
