@@ -41,8 +41,9 @@ SHIFT_BITS = 6
 #: queue, pointer read and column queue, MAC pipeline. Registers after every block RAM read
 #: and at every crossing between blocks count one clock each. 62 measured, then 2 more for
 #: the requantization multiplier's operand and product copies (each one clock of the drain),
-#: then 2 for the registered pointer and entry addresses.
-LAYER_LATENCY = 66
+#: then 2 for the registered pointer and entry addresses, then 1 for the register after the
+#: PE group queue's block RAM.
+LAYER_LATENCY = 67
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
