@@ -13,8 +13,8 @@ reproduces Yosys's block RAM count (``bench/accel_build.py`` prints both side by
 Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
 layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
 ``ceil(a / w) * ceil(b / w)`` pieces. LUTs are a linear model fitted to place-and-route
-results (see ``LUTS_PER_PE``), to be refitted when the engine changes: the fit check refuses on LUTs only when even
-80% of the estimate does not fit.
+results (see ``LUTS_PER_PE``), to be refitted when the engine changes: the fit check refuses
+on LUTs only when even 80% of the estimate does not fit.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (
 
 #: LUT4s of one PE (datapath, queues' control, drain) and of the rest (host link, broadcaster,
 #: input buffers), fitted to nextpnr's TRELLIS_COMB count of the 1-PE, 2-bank digits engine
-#: (9,126 with 578 LUT RAM cells) and the 16-PE LeNet-300-100 engine (56,272 with 2,484) on
-#: the ULX3S-85F (2026-12-01); a LUT RAM cell (TRELLIS_DPR16X4) holds its 16x4 bits in four
-#: LUT4s.
-LUTS_PER_PE = 2620
-LUTS_FIXED = 4350
+#: (8,526 with 530 LUT RAM cells) and the 16-PE LeNet-300-100 engine (54,272 with 2,484) on
+#: the ULX3S-85F (builds of 63c721e, 2026-12-02); a LUT RAM cell (TRELLIS_DPR16X4) holds its
+#: 16x4 bits in four LUT4s.
+LUTS_PER_PE = 2524
+LUTS_FIXED = 3842
 LUTS_PER_LUTRAM = 4
 
 #: Margin under the LUT estimate below which the fit check still lets a design through.
