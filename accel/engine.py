@@ -31,7 +31,7 @@ from amaranth.lib.fifo import FIFOInterface, SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accel.plan import SHIFT_BITS, EnginePlan, _bits
+from accel.plan import GROUP_QUEUE_SLACK, SHIFT_BITS, EnginePlan, _bits
 from compress.integer import MULTIPLIER_BITS, activation_range
 
 __all__ = ["Broadcaster", "Collector", "Engine", "Loader", "ProcessingElement", "layouts"]
@@ -1037,9 +1037,10 @@ class ProcessingElement(wiring.Component):
             m.d.sync += arrived_group.eq(self.i.payload)
         # ``ready`` (registered) reaches the broadcaster's commit a clock later, and a group it
         # commits is queued three clocks after that: room for the writes of the five clocks
-        # from the one whose level this is, counted in the deep part, which takes every write.
+        # from the one whose level this is, counted in the deep part, which takes every write
+        # (GROUP_QUEUE_SLACK; the plan refuses a queue shallower than that).
         room = Signal()
-        m.d.sync += room.eq(queue.w_level + 5 <= queue.w_depth)
+        m.d.sync += room.eq(queue.w_level + GROUP_QUEUE_SLACK <= queue.w_depth)
         m.d.comb += [
             queue.w_data.eq(arrived_group),
             queue.w_en.eq(arrived),
@@ -1408,18 +1409,23 @@ class ProcessingElement(wiring.Component):
         # timing: the routing from shared registers to a hard multiplier took 3 ns) -----------
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
         low_bits = 17
-        high_part_bits = max(1, acc_bits + 1 - low_bits)
+        # The sum sign-extended to at least low_bits + 1 bits, so that the high part always
+        # carries the sign: a sum of low_bits bits or fewer split as if it were wider would
+        # take a negative sum's low part as unsigned (issue 20).
+        wide_sum = d2_sum.as_signed() if acc_bits + 1 > low_bits else \
+            Cat(d2_sum, d2_sum[-1].replicate(low_bits + 1 - (acc_bits + 1))).as_signed()
+        high_part_bits = len(wide_sum) - low_bits
         d2m = Signal(d_layout)
         d2m_sum = Signal(signed(acc_bits + 1))
         d2m_column = Signal(plan.column_bits)
         d2m_shift = Signal(unsigned(SHIFT_BITS))
-        high_part = d2_sum[low_bits:].as_signed() if acc_bits + 1 > low_bits else Const(0, 1)
+        high_part = wide_sum[low_bits:].as_signed()
         # The operands' registers are the multipliers' own where the device has them.
         m.submodules.requant_low = low = _RegisteredProduct(unsigned(low_bits),
                                                             unsigned(MULTIPLIER_BITS))
         m.submodules.requant_high = high = _RegisteredProduct(signed(high_part_bits),
                                                               unsigned(MULTIPLIER_BITS))
-        m.d.comb += [low.a.eq(d2_sum[:low_bits].as_unsigned()), low.b.eq(multiplier),
+        m.d.comb += [low.a.eq(wide_sum[:low_bits].as_unsigned()), low.b.eq(multiplier),
                      high.a.eq(high_part), high.b.eq(multiplier)]
         m.d.sync += [d2m.eq(d2), d2m_sum.eq(d2_sum), d2m_column.eq(d2_column),
                      d2m_shift.eq(shift)]

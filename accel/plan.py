@@ -24,7 +24,9 @@ from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_
 
 __all__ = [
     "EnginePlan",
+    "GROUP_QUEUE_SLACK",
     "LayerPlan",
+    "MIN_QUEUE_DEPTH",
     "Region",
     "TraceRecord",
     "balance_rows",
@@ -44,6 +46,15 @@ SHIFT_BITS = 6
 #: then 2 for the registered pointer and entry addresses, then 1 for the register after the
 #: PE group queue's block RAM.
 LAYER_LATENCY = 67
+
+#: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
+#: registered ``ready`` a clock later, and a group it commits then lands in the queue three clocks
+#: after that, so the queue promises room for the groups of the five clocks from the one whose
+#: level it tests (``accel.engine.ProcessingElement``).
+GROUP_QUEUE_SLACK = 5
+#: The shallowest PE group queue: one that cannot hold :data:`GROUP_QUEUE_SLACK` groups is never
+#: ready, and the engine would never start (issue 20: depths 2 to 4 deadlocked).
+MIN_QUEUE_DEPTH = GROUP_QUEUE_SLACK
 
 #: One PE's record on the trace bus: a hidden activation (or end of a layer) it emitted.
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
@@ -193,7 +204,8 @@ class EnginePlan:
     input_lanes : int
         Activations per input beat, 1 .. 16.
     queue_depth : int
-        Depth of each PE's activation queue (groups of ``lanes`` activations), 2 .. 4096.
+        Depth of each PE's activation queue (groups of ``lanes`` activations),
+        :data:`MIN_QUEUE_DEPTH` (5) .. 4096.
     banks : int
         Images in flight at once, each with its own bank of accumulators, 1 .. 8. Image ``i``
         uses bank ``i mod banks``.
@@ -259,7 +271,13 @@ class EnginePlan:
         zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
         lanes = _check_int("lanes", lanes, 1, 4)
         input_lanes = _check_int("input_lanes", input_lanes, 1, 16)
-        queue_depth = _check_int("queue_depth", queue_depth, 2, 4096)
+        if isinstance(queue_depth, int) and not isinstance(queue_depth, bool) \
+                and 0 < queue_depth < MIN_QUEUE_DEPTH:
+            raise ValueError(f"queue_depth must be {MIN_QUEUE_DEPTH}..4096, not {queue_depth}: a "
+                             f"PE's registered ready promises room for the groups of the "
+                             f"{GROUP_QUEUE_SLACK} clocks before the broadcaster's commit lands, "
+                             f"so a shallower queue would never be ready")
+        queue_depth = _check_int("queue_depth", queue_depth, MIN_QUEUE_DEPTH, 4096)
         banks = _check_int("banks", banks, 1, 8)
         orders = cls._row_orders(model, n_pes, calibration)
         layers = [cls._layer_plan(model, i, n_pes, zero_run_bits, orders[i])

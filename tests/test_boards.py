@@ -177,7 +177,7 @@ def test_the_smallest_engine_is_refused_on_the_up5k_before_synthesis():
     did not place (docs/boards.md): the fit check says so before any tool runs."""
     model = random_model(3, [30, 16, 2])
     plan = EnginePlan.from_model(model, n_pes=1, banks=1, lanes=1, input_lanes=1,
-                                 queue_depth=4)
+                                 queue_depth=5)
     with pytest.raises(FitError, match=r"needs about [\d,]+ LUTs; icebreaker has 5,280"):
         check_fit(plan, get_board("icebreaker"))
 
