@@ -16,8 +16,9 @@ Every block is a :class:`wiring.Component` whose parameters all come from an
   or, for the last layer, send its logits (A8) to the **collector**, which streams them out in
   neuron order.
 
-Two images are in flight at a time (accumulator banks 0 and 1), so one image's last layers
-overlap the next image's first layer and a PE idles only when no image has work for it.
+Up to ``plan.banks`` images are in flight at a time (image ``i`` uses accumulator bank
+``i mod banks``), so one image's last layers overlap the next images' first layers and a PE
+idles only when no image in flight has work for it.
 """
 
 from __future__ import annotations
@@ -1673,8 +1674,9 @@ class Engine(wiring.Component):
     trace : Out(unsigned(n_pes * trace_bits))
         Every PE's appended hidden activations (:meth:`EnginePlan.decode_trace`).
 
-    Latency and throughput: see ``docs/accelerator.md``; up to two images are processed at once,
-    and input beats for the next images are buffered (two images per lane) while they run.
+    Latency and throughput: see ``docs/accelerator.md`` and :meth:`EnginePlan.predict`; up to
+    ``plan.banks`` images are processed at once, and input beats for the next images are
+    buffered (two images per lane) while they run.
     """
 
     def __init__(self, plan: EnginePlan):
