@@ -49,6 +49,44 @@ CASES = {
 }
 
 
+def test_narrow_accumulators_requantize_negative_sums():
+    """Issue 20: with accumulators of 16 bits or fewer the drain split ``acc + bias`` into a low
+    17-bit part and a high part as if the sum were wider, took a negative sum's low part as
+    unsigned, and every hidden activation of a negative sum came out saturated."""
+    model = random_model(0, [20, 12, 5], index_bits=3, weight_bits=6, activation_bits=4,
+                         bias_bits=4)
+    assert max(layer.integer.accumulator_bits for layer in model.layers) <= 16
+    x = random_inputs(model, 4, seed=1)
+    _check(model, x, EnginePlan.from_model(model, n_pes=2))
+
+
+@pytest.mark.parametrize("accumulator_bits", [15, 16, 17, 18])
+def test_requantizer_split_at_the_boundary(accumulator_bits):
+    """Sums just below, at and above the requantizer's 17-bit split, negative and positive."""
+    models = (random_model(seed, [6, 5, 3], index_bits=2, weight_bits=4, activation_bits=8,
+                           bias_bits=bias_bits)
+              for bias_bits in range(accumulator_bits - 4, accumulator_bits)
+              for seed in range(20))
+    model = next(m for m in models if m.layers[0].integer.accumulator_bits == accumulator_bits)
+    x = random_inputs(model, 3, seed=2, density=0.9)
+    _check(model, x, EnginePlan.from_model(model, n_pes=1, banks=1))
+
+
+def test_smallest_queue_depth_runs_and_shallower_is_refused():
+    """Issue 20: queue depths 2 to 4 were accepted and never became ready (no logit ever came
+    out); the plan now refuses them, naming why, and the smallest it takes runs."""
+    from accel.plan import MIN_QUEUE_DEPTH
+
+    model = random_model(0, [20, 12, 5])
+    for depth in range(2, MIN_QUEUE_DEPTH):
+        with pytest.raises(ValueError, match=rf"queue_depth must be {MIN_QUEUE_DEPTH}\.\.4096, "
+                                             rf"not {depth}: a PE's registered ready"):
+            EnginePlan.from_model(model, n_pes=2, queue_depth=depth)
+    x = random_inputs(model, 3, seed=1)
+    plan = EnginePlan.from_model(model, n_pes=2, queue_depth=MIN_QUEUE_DEPTH)
+    _check(model, x, plan, idle=0.2, backpressure=0.3, seed=2)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_engine_equals_sim(name):
     features, model_options, plan_options, input_density = CASES[name]
