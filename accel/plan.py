@@ -13,6 +13,7 @@ The datapath and the interfaces are described in ``docs/accelerator.md``; the ar
 
 from __future__ import annotations
 
+import heapq
 from collections import namedtuple
 from dataclasses import dataclass, replace
 
@@ -35,17 +36,20 @@ __all__ = [
 #: Width of the ``shift`` register of a layer (A6: ``0 <= shift <= 62``).
 SHIFT_BITS = 6
 
-#: Clocks from a layer's last accumulate to the next layer's first one, measured: one digits
-#: image on the 2-PE engine takes 482 clocks where its work is 285 (3 layers and 10 logits).
-#: The path: fence retire and drain command (each registered as it arrives), drain pipeline,
-#: the PE's list, broadcast (the list's and the cluster's skid buffers, registered end marks
-#: and fence, the column masks' register, the group queue), the PE's registered input and
-#: queue, pointer read and column queue, MAC pipeline. Registers after every block RAM read
-#: and at every crossing between blocks count one clock each. 62 measured, then 2 more for
-#: the requantization multiplier's operand and product copies (each one clock of the drain),
-#: then 2 for the registered pointer and entry addresses, then 1 for the register after the
-#: PE group queue's block RAM.
-LAYER_LATENCY = 67
+#: Clocks from a hidden layer's last accumulate to the next layer's first one, for one image
+#: alone: fence retire and drain command (each registered as it arrives), drain pipeline, the
+#: PE's list, broadcast (the list's and the cluster's skid buffers, registered end marks and
+#: fence, the column masks' register, the group queue), the PE's registered input and queue,
+#: pointer read and column queue, MAC pipeline. Registers after every block RAM read and at
+#: every crossing between blocks count one clock each. Fitted to single-image latencies on
+#: 1 to 8 PEs and 1 to 4 layers (Amaranth simulation, 2026-12-03): 54 to 60.
+HIDDEN_LAYER_LATENCY = 57
+#: Clocks from the last layer's last accumulate to its first logit leaving the engine, less its
+#: drain (``rows_per_pe`` rows): fence, drain command, drain pipeline, logit list, collector.
+#: Fitted like :data:`HIDDEN_LAYER_LATENCY`: 61.
+LAST_LAYER_LATENCY = 61
+#: The old single figure (hidden and last layers alike), kept for callers that quote it.
+LAYER_LATENCY = HIDDEN_LAYER_LATENCY
 
 #: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
 #: registered ``ready`` a clock later, and a group it commits then lands in the queue three clocks
@@ -529,16 +533,25 @@ class EnginePlan:
         return {"work": work, "columns": columns, "nonzeros": nonzeros, "useful": useful}
 
     def predict(self, activations: list[np.ndarray]) -> dict:
-        """The analytic cycle model of a stream of images (``docs/accelerator.md``).
+        """The cycle model of a stream of images, back to back (``docs/accelerator.md``).
 
-        With ``banks`` images in flight, a PE that has finished its share of one image's layer
-        works on another image's instead of waiting for the layer's busiest PE, so imbalance
-        between the PEs within a layer is absorbed; what is left is each PE's total over an
-        image. An image therefore costs the largest of: its busiest PE's entries summed over all
-        layers (one entry per clock), that PE's columns (one pointer read per clock), the
-        broadcast (``ceil(nonzeros / lanes)`` clocks per layer) and its input beats. A stream
-        costs the sum over its images plus, once, the last image's layer latencies
-        (:data:`LAYER_LATENCY` per layer) and its logits.
+        A schedule of the stream, image by image and layer by layer, on the engine's resources:
+
+        - image ``k`` enters once its input beats have arrived (one beat per clock) and the
+          image ``k - banks`` that used its bank has left (at most ``banks`` images in flight);
+        - layer ``l`` of an image starts :data:`HIDDEN_LAYER_LATENCY` clocks after its
+          previous layer has finished (fence, drain command, drain, lists, broadcast, queues,
+          pointer read and MAC pipeline); each PE takes its entries of the layer (one per
+          clock) and its columns (one pointer read per clock) after whatever work of other
+          images in flight it already has, in the order the layers become ready; the broadcaster
+          hands out ``lanes`` nonzero activations per clock, shared by every image likewise;
+          a layer is not finished before its inputs are drained (``rows_per_pe`` of the
+          previous layer, one per clock);
+        - the last layer's logits leave :data:`LAST_LAYER_LATENCY` clocks after it finishes,
+          after its own drain, one logit per clock in image order.
+
+        Measured clocks (first beat accepted to last logit accepted) are predicted as the last
+        image's exit time less the first image's entry time.
 
         Parameters
         ----------
@@ -548,31 +561,70 @@ class EnginePlan:
         Returns
         -------
         dict
-            ``per_image`` (n,) predicted clocks, ``cycles`` for the stream,
-            ``cycles_per_inference``; ``layer_by_layer`` (clocks per image if layers did not
-            overlap: the sum over layers of each layer's bottleneck, for comparison);
-            ``stream_bound`` (clocks per image of the PE with the most work over the whole
-            stream: no schedule on these PEs can beat it); ``useful_macs`` (n,) and ``work``
-            (see :meth:`work`).
+            ``cycles`` for the stream, ``cycles_per_inference``; ``per_image`` (n,) clocks
+            between consecutive images' exits (the first: its whole latency); ``latency`` (n,)
+            each image's clocks from entry to its last logit; ``layer_by_layer`` (clocks per
+            image if layers and images did not overlap: each layer's bottleneck plus its
+            latency, summed, for comparison); ``stream_bound`` (clocks per image of the PE with
+            the most work over the whole stream: no schedule on these PEs can beat it);
+            ``useful_macs`` (n,) and ``work`` (see :meth:`work`).
         """
         work = self.work(activations)
+        n, n_layers, n_pes = work["work"].shape
+        pe_clocks = np.maximum(work["work"], work["columns"])          # (n, layers, N)
         broadcast = -(-work["nonzeros"] // self.lanes)                  # (n, layers)
-        per_image = np.maximum.reduce([
-            work["work"].sum(axis=1).max(axis=1),
-            work["columns"].sum(axis=1).max(axis=1),
-            broadcast.sum(axis=1),
-            np.full(len(broadcast), self.beats_per_image),
-        ])
+        drained = [0] + [layer.image.rows_per_pe for layer in self.layers[:-1]]
+        last_drain = self.layers[-1].image.rows_per_pe
+        pe_free = np.zeros(n_pes, dtype=np.int64)
+        broadcaster_free = 0
+        entry = np.zeros(n, dtype=np.int64)
+        leave = np.full(n, -1, dtype=np.int64)
+        exit_ = np.zeros(n, dtype=np.int64)
+        # Layers of the images in flight are taken in the order they become ready (ties: the
+        # older image first), as the PEs' queues take them.
+        ready_layers: list[tuple[int, int, int]] = []
+
+        def enter(k):
+            arrival = k * self.beats_per_image
+            bank_free = int(exit_[k - self.banks]) if k >= self.banks else 0
+            entry[k] = max(arrival, bank_free, int(entry[k - 1]) if k else 0)
+            heapq.heappush(ready_layers, (int(entry[k]), k, 0))
+
+        for k in range(min(n, self.banks)):
+            enter(k)
+        exited = 0
+        while ready_layers:
+            ready, k, l = heapq.heappop(ready_layers)
+            start = np.maximum(pe_free, ready)
+            finish = start + pe_clocks[k, l]
+            pe_free = np.where(pe_clocks[k, l] > 0, finish, pe_free)
+            broadcaster_free = max(broadcaster_free, ready) + int(broadcast[k, l])
+            done = max(int(finish.max()), broadcaster_free, ready + drained[l],
+                       int(entry[k]) + self.beats_per_image if l == 0 else 0)
+            if l < n_layers - 1:
+                heapq.heappush(ready_layers, (done + HIDDEN_LAYER_LATENCY, k, l + 1))
+                continue
+            leave[k] = done + LAST_LAYER_LATENCY + last_drain
+            # Logits leave in image order, one per clock; a bank frees when its image leaves.
+            while exited < n and leave[exited] >= 0:
+                j = exited
+                exit_[j] = max(int(leave[j]), int(exit_[j - 1]) + self.out_features) if j \
+                    else leave[j]
+                exited += 1
+                if j + self.banks < n:
+                    enter(j + self.banks)
+        cycles = int(exit_[-1] - entry[0]) if n else 0
+        per_image = np.diff(exit_, prepend=entry[0]) if n else np.zeros(0, dtype=np.int64)
         per_layer = np.maximum.reduce([work["work"].max(axis=2), work["columns"].max(axis=2),
                                        broadcast])
-        n = len(per_image)
-        tail = self.n_layers * LAYER_LATENCY + self.out_features
-        cycles = int(per_image.sum()) + (tail if n else 0)
+        layer_by_layer = (per_layer.sum(axis=1) + (n_layers - 1) * HIDDEN_LAYER_LATENCY
+                          + LAST_LAYER_LATENCY + last_drain)
         return {
             "per_image": per_image,
+            "latency": exit_ - entry,
             "cycles": cycles,
             "cycles_per_inference": cycles / n if n else 0.0,
-            "layer_by_layer": float(per_layer.sum(axis=1).mean()) if n else 0.0,
+            "layer_by_layer": float(layer_by_layer.mean()) if n else 0.0,
             "stream_bound": float(work["work"].sum(axis=(0, 1)).max()) / n if n else 0.0,
             "useful_macs": work["useful"],
             "work": work,
