@@ -64,7 +64,7 @@ class _Clocked(Elaboratable):
 
 
 def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 0.0,
-               seed: int = 0, writes=(), max_cycles: int | None = None,
+               seed: int = 0, writes=(), reloads=None, max_cycles: int | None = None,
                vcd: str | None = None) -> EngineRun:
     """Stream integer inputs ``x`` ``(n, in_features)`` through ``Engine(plan)``.
 
@@ -75,6 +75,11 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
     writes : sequence of (int, int)
         Words to send through the write port before the first image
         (:meth:`EnginePlan.write_image`).
+    reloads : dict of int to sequence of (int, int), optional
+        Mid-stream reloads: ``reloads[k]`` are words written through the write port before
+        image ``k``'s first beat, once every logit of the images before it has been taken and
+        the engine is idle (``busy`` low). Image ``k`` and later ones then run the reloaded
+        model (the contract shared with :func:`accel.batch_sim.run_engine`).
     max_cycles : int, optional
         Give up (RuntimeError) after this many clocks; default from the input size.
     vcd : str, optional
@@ -85,10 +90,15 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
             raise ValueError(f"{name} must be in [0, 1), not {value!r}")
     beats = plan.encode_inputs(x)
     n = len(np.asarray(x))
+    reloads = {int(k): list(words) for k, words in dict(reloads or {}).items()}
+    for k in reloads:
+        if not 0 <= k < max(n, 1):
+            raise ValueError(f"reloads must be keyed by image indices 0..{n - 1}, not {k!r}")
     if max_cycles is None:
         per_image = sum(layer.image.entry_counts.max() + layer.in_features
                         for layer in plan.layers) + plan.beats_per_image + 200
-        max_cycles = int((n + 2) * per_image * (1 + 4 * max(idle, backpressure))) + 1000
+        max_cycles = int((n + 2 + len(reloads)) * per_image * (1 + 4 * max(idle, backpressure))
+                         + 2 * sum(len(words) for words in reloads.values())) + 1000
     engine = Engine(plan)
     top = _Clocked(engine)
     rng = random.Random(seed)
@@ -100,14 +110,23 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
     ends_seen: dict[tuple[int, int], int] = {}
     state = {"clock": 0, "first": None, "last": None, "busy": 0}
 
-    async def writer_and_driver(ctx):
-        for address, data in writes:
+    async def write_words(ctx, words):
+        for address, data in words:
             ctx.set(engine.write.valid, 1)
             ctx.set(engine.write.payload.addr, address)
             ctx.set(engine.write.payload.data, data)
             await ctx.tick().until(engine.write.ready)
         ctx.set(engine.write.valid, 0)
+
+    async def writer_and_driver(ctx):
+        await write_words(ctx, writes)
         for index, word in enumerate(beats):
+            image, first_beat = divmod(index, plan.beats_per_image)
+            if first_beat == 0 and image in reloads:
+                # Every logit of the images before this one taken and the engine idle.
+                while len(logits) < image * plan.out_features or ctx.get(engine.busy):
+                    await ctx.tick()
+                await write_words(ctx, reloads[image])
             while idle and rng.random() < idle:
                 await ctx.tick()
             ctx.set(engine.i.valid, 1)

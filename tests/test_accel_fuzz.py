@@ -1,0 +1,237 @@
+"""The engine fuzz (``accel.fuzz``): what it covers, and a CI-sized run.
+
+The coverage tests draw a few hundred cases without simulating them and check that every fuzzed
+dimension reaches both ends of its range (issue 20: the engine was wrong on whole classes of
+models no test made). The run puts a handful of tiny cases through the fastest runner there is
+(Verilator's batch simulator, else Amaranth's) with stalls, a mid-stream reload and the
+stall-free timing stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sim
+from accel import fuzz
+from accel.plan import MIN_QUEUE_DEPTH
+from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound,
+                              accumulator_width, activation_range)
+
+COVERAGE_SEEDS = range(300)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return [fuzz.random_case(s, inputs=3, check_artifact=False) for s in COVERAGE_SEEDS]
+
+
+def _layers(cases):
+    for case in cases:
+        for i, layer in enumerate(case.model.layers):
+            yield case, i, layer
+
+
+def _ends(values, low, high):
+    values = list(values)
+    assert min(values) == low and max(values) == high, (min(values), max(values))
+
+
+def test_shapes(cases):
+    _ends((len(c.model.layers) for c in cases), 1, fuzz.MAX_LAYERS)
+    widths = [c.model.in_features for c in cases] + [l.out_features for _, _, l in _layers(cases)]
+    assert min(widths) == 1 and max(widths) > 250 and max(widths) <= fuzz.MAX_WIDTH
+    assert np.mean(np.array(widths) <= 16) > 0.5          # mostly small
+    shapes = {fuzz.shape_string(c.model) for c in cases}
+    assert any("s" in s.split("-")[0] for s in shapes) and any("s" not in s.split("-")[0]
+                                                               for s in shapes)
+
+
+def test_activation_functions(cases):
+    hidden = [l.relu for c, i, l in _layers(cases) if i < len(c.model.layers) - 1]
+    assert any(hidden) and not all(hidden)                 # Linear-Linear pairs occur
+    last = [c.model.layers[-1].relu for c in cases]
+    assert any(last) and not all(last)                     # networks ending in a ReLU (A8)
+    signed_hidden_input = [l.integer.input_signed for c, i, l in _layers(cases) if i > 0]
+    assert any(signed_hidden_input) and not all(signed_hidden_input)
+
+
+def test_bit_widths(cases):
+    _ends((l.index_bits for _, _, l in _layers(cases)), *fuzz.INDEX_BITS)
+    _ends((l.integer.weight_bits for _, _, l in _layers(cases)), *fuzz.WEIGHT_BITS)
+    _ends((c.model.layers[0].integer.activation_bits for c in cases), *fuzz.ACTIVATION_BITS)
+    sizes = [len(l.codebook) for _, _, l in _layers(cases)]
+    assert any(s < (1 << l.index_bits) for s, (_, _, l) in zip(sizes, _layers(cases)))
+    assert any(s == 1 << l.index_bits for s, (_, _, l) in zip(sizes, _layers(cases)))
+    # Codebooks at the ends of the value range, of one sign, and zeros behind nonzero indices.
+    at_limit = [np.abs(l.integer.codebook).max() == (1 << (l.integer.weight_bits - 1)) - 1
+                for _, _, l in _layers(cases)]
+    assert sum(at_limit) > 50
+    assert any((l.integer.codebook[1:] > 0).all() and len(l.codebook) > 2
+               for _, _, l in _layers(cases))
+    assert any((l.integer.codebook[1:] < 0).all() and len(l.codebook) > 2
+               for _, _, l in _layers(cases))
+    assert any((l.integer.codebook[1:] == 0).any() for _, _, l in _layers(cases))
+
+
+def test_accumulators_and_biases(cases):
+    needed = []
+    for _, _, l in _layers(cases):
+        integer = l.integer
+        needed.append(accumulator_width(accumulator_bound(
+            integer.codebook, l.index, integer.bias, integer.activation_bits,
+            integer.input_signed)))
+        assert needed[-1] <= integer.accumulator_bits <= MAX_ACCUMULATOR_BITS
+    assert min(needed) <= 4 and sum(n <= 16 for n in needed) > 30
+    assert max(needed) >= 40 and max(needed) <= MAX_ACCUMULATOR_BITS
+    stored = [l.integer.accumulator_bits for _, _, l in _layers(cases)]
+    assert max(stored) == MAX_ACCUMULATOR_BITS
+    assert sum(s > n for s, n in zip(stored, needed)) > 10    # wider than derived (A5)
+    biases = [np.abs(l.integer.bias).max(initial=0) for _, _, l in _layers(cases)]
+    assert sum(b == 0 for b in biases) > 10 and sum(0 < b <= 3 for b in biases) > 10
+    assert max(biases) == (1 << 31) - 1
+
+
+def test_densities(cases):
+    layers = [l for _, _, l in _layers(cases)]
+    densities = [l.density for l in layers]
+    assert min(densities) == 0.0 and max(densities) == 1.0
+    assert any(0 < d < 0.02 for d in densities)
+    big = [l for l in layers if l.index.size >= 100 and 0 < l.density < 1]
+    assert any((l.index == 0).all(axis=1).any() for l in big)      # all-zero rows
+    assert any((l.index == 0).all(axis=0).any() for l in big)      # all-zero columns
+
+
+def test_requantization(cases):
+    hidden = [(c, i, l) for c, i, l in _layers(cases) if not l.integer.logits]
+    multipliers = [l.integer.multiplier for _, _, l in hidden]
+    shifts = [l.integer.shift for _, _, l in hidden]
+    _ends(multipliers, 0, (1 << 15) - 1)
+    _ends(shifts, 0, MAX_SHIFT)
+    assert sum(s == 0 for s in shifts) > 20
+    # On the cases' inputs: hidden layers whose outputs are all zero (tiny M) and ones that
+    # mostly saturate (large M), beside ordinary ones.
+    all_zero = saturated = spread = 0
+    for case in cases[:150]:
+        outputs = sim.trace(case.model, case.x)
+        for i, y in enumerate(outputs[:-1]):
+            layer = case.model.layers[i]
+            lo, hi = activation_range(layer.integer.activation_bits, not layer.relu)
+            if (y == 0).all():
+                all_zero += 1
+            elif np.mean((y == lo) | (y == hi)) > 0.5 and (y == hi).any():
+                saturated += 1
+            elif len(np.unique(y)) > 3:
+                spread += 1
+    assert all_zero >= 5 and saturated >= 5 and spread >= 5
+
+
+def test_engine_options(cases):
+    options = [c.options for c in cases]
+    _ends((o["n_pes"] for o in options if o["n_pes"] <= fuzz.N_PES[1]), *fuzz.N_PES)
+    assert any(o["n_pes"] > fuzz.N_PES[1] for o in options)
+    _ends((o["lanes"] for o in options), *fuzz.LANES)
+    _ends((o["input_lanes"] for o in options), *fuzz.INPUT_LANES)
+    _ends((o["banks"] for o in options), *fuzz.BANKS)
+    _ends((o["zero_run_bits"] for o in options), *fuzz.ZERO_RUN_BITS)
+    depths = [o["queue_depth"] for o in options]
+    assert min(depths) == MIN_QUEUE_DEPTH and fuzz.QUEUE_DEPTH[1] in depths
+    assert sum(d == MIN_QUEUE_DEPTH for d in depths) > 30
+    balanced = [c.calibration is not None for c in cases]
+    assert any(balanced) and not all(balanced)
+    # A PE that owns no rows of a hidden layer.
+    assert any(c.options["n_pes"] > l.out_features for c, i, l in _layers(cases)
+               if i < len(c.model.layers) - 1)
+    assert any(c.idle == 0 for c in cases) and any(c.idle > 0.3 for c in cases)
+    assert any(c.backpressure == 0 for c in cases) and any(c.backpressure > 0.3 for c in cases)
+
+
+def test_inputs_have_random_rows_and_the_extremes():
+    case = fuzz.random_case(5, inputs=40, check_artifact=False)
+    first = case.model.layers[0].integer
+    lo, hi = first.input_range()
+    x = case.x
+    assert x.shape == (40, case.model.in_features) and x.min() >= lo and x.max() <= hi
+    for start in (0, case.reload_at):
+        rows = [tuple(r) for r in x[start:start + 5]]
+        assert rows[0] == (0,) * x.shape[1] and rows[1] == (lo,) * x.shape[1]
+        assert rows[2] == (hi,) * x.shape[1]
+    densities = (x != 0).mean(axis=1)
+    assert len(np.unique(np.round(densities, 2))) > 5
+
+
+def test_reload_model_fits_and_differs(cases):
+    for case in cases[:100]:
+        other = case.reload_model
+        assert other is not None and 1 <= case.reload_at < len(case.x)
+        words = case.plan.write_image(other)             # raises if it does not fit
+        assert words
+        for i, (mine, theirs) in enumerate(zip(case.model.layers, other.layers)):
+            assert mine.index.shape == theirs.index.shape and mine.relu == theirs.relu
+            assert mine.index_bits == theirs.index_bits
+            assert mine.integer.input_signed == theirs.integer.input_signed
+            assert theirs.integer.weight_bits <= mine.integer.weight_bits
+            assert theirs.integer.accumulator_bits == case.plan.layers[i].accumulator_bits
+    assert sum(not np.array_equal(sim.run(c.model, c.x), sim.run(c.reload_model, c.x))
+               for c in cases[:100]) > 50
+
+
+def test_cases_are_deterministic_and_legal_artifacts():
+    for seed in (3, 11, 250):
+        a = fuzz.random_case(seed, inputs=10)               # round-trips through the file format
+        b = fuzz.random_case(seed, inputs=10)
+        assert fuzz.describe(a) == fuzz.describe(b)
+        np.testing.assert_array_equal(a.x, b.x)
+        for la, lb in zip(a.model.layers, b.model.layers):
+            np.testing.assert_array_equal(la.index, lb.index)
+            np.testing.assert_array_equal(la.integer.bias, lb.integer.bias)
+
+
+def test_compare_reports_the_first_mismatch():
+    case = fuzz.random_case(7, inputs=6, max_width=6, check_artifact=False)
+    expected = sim.trace(case.model, case.x)
+
+    class Run:
+        hidden = [y.copy() for y in expected[:-1]]
+        logits = expected[-1].copy()
+
+    assert fuzz._compare(Run, expected) == (0, None)
+    Run.logits[4, -1] += 1
+    count, first = fuzz._compare(Run, expected)
+    assert count == 1 and first == {"sample": 4, "layer": len(expected) - 1,
+                                    "neuron": case.model.out_features - 1,
+                                    "expected": int(expected[-1][4, -1]),
+                                    "got": int(expected[-1][4, -1]) + 1}
+
+
+# -- a CI-sized fuzz ----------------------------------------------------------------------------
+
+CI_SEEDS = range(1000, 1006)
+CI_OPTIONS = {"inputs": 5, "max_width": 5, "max_layers": 3, "max_pes": 4}
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+def test_fuzz_tiny_models(seed):
+    """Tiny random models with stalls, a mid-stream reload and the stall-free timing stream:
+    every logit and hidden activation equal to sim.
+
+    On Amaranth's simulator: for models this small it is the fast runner (about 5 s a model),
+    where Verilator spends minutes building each model's simulator. The volume fuzz
+    (``python -m accel.fuzz``, Verilator) is the wide one.
+    """
+    case = fuzz.random_case(seed, **CI_OPTIONS)
+    result = fuzz.run_case(case, "amaranth")
+    replay = (f"python -m accel.fuzz --runner amaranth --seed {seed} --inputs "
+              f"{CI_OPTIONS['inputs']} --max-width {CI_OPTIONS['max_width']} --max-layers "
+              f"{CI_OPTIONS['max_layers']} --max-pes {CI_OPTIONS['max_pes']}")
+    assert result["mismatches"] == 0, f"{fuzz.format_mismatch(result)}; replay: {replay}"
+    assert result["cycles"] > 0
+
+
+def test_amaranth_runner_reloads_mid_stream():
+    """``accel.amaranth_sim.run_engine``'s ``reloads`` (the contract of the batch runner): a
+    tiny case whose second part runs the reloaded model, with stalls."""
+    case = fuzz.random_case(2024, inputs=4, max_width=4, max_layers=2, max_pes=2)
+    assert case.reload_model is not None
+    result = fuzz.run_case(case, "amaranth", timing=False)
+    assert result["mismatches"] == 0, fuzz.format_mismatch(result)
