@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["add_engine_arguments", "build", "build_parser", "default_banks", "engine_options",
-           "format_table", "main", "make_plan", "write_chart"]
+# The default engine, one PE (DEFAULT_PES) with default_banks(1) = 2 banks, is defined in
+# accel.plan: the default of EnginePlan.from_model, accel.verify.verify, build() and of every
+# command (accel.build, accel.verify, accel.run), so that they all mean the same engine.
+# accel.run must be given the build's engine options.
+from accel.plan import DEFAULT_PES, default_banks
 
-#: Processing elements of the default engine: one, so that the default job builds in under five
-#: minutes on two cores (place and route time grows with the design: nextpnr took 275 s on
-#: the 2-PE digits engine, 234 s on the 1-PE one with three banks); ``--pes 16`` for
-#: throughput, as ``bench/accel_build.py`` builds LeNet-300-100. ``accel.run`` must be given
-#: the same value.
-DEFAULT_PES = 1
+__all__ = ["DEFAULT_PES", "add_engine_arguments", "build", "build_parser",
+           "check_build_arguments", "check_engine_arguments", "default_banks", "engine_options",
+           "format_table", "main", "make_plan", "write_chart"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,14 +107,48 @@ def add_engine_arguments(parser, *, default_pes: int = DEFAULT_PES) -> None:
                              "1,000 training images")
 
 
-def default_banks(n_pes: int) -> int:
-    """Images in flight when not told: 2 with one PE, 3 with more.
+def check_engine_arguments(parser, args) -> None:
+    """``parser.error`` on an engine option (:func:`add_engine_arguments`) outside its range,
+    naming the flag and the allowed values, before any work. The ranges are those
+    ``EnginePlan.from_model`` checks."""
+    from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS
+    from accel.plan import MIN_QUEUE_DEPTH
+    from compress.cli import check_range
 
-    A single PE bounds the rate by itself: on the 1-PE digits engine a third bank measured no
-    faster (4188.8 clocks per image with 2 or 3 banks, 4340.5 with 1) and costs LUT RAM and
-    place-and-route time; with more PEs the third bank hides the layers' latency.
-    """
-    return 2 if n_pes == 1 else 3
+    limits = {"pes": (1, MAX_PES), "lanes": (1, 4), "input_lanes": (1, 16), "banks": (1, 8),
+              "queue_depth": (MIN_QUEUE_DEPTH, 4096), "zero_run_bits": (1, MAX_ZERO_RUN_BITS)}
+    for name, (low, high) in limits.items():
+        check_range(parser, "--" + name.replace("_", "-"), getattr(args, name), low, high)
+
+
+def check_build_arguments(parser, args, board) -> None:
+    """``parser.error`` on any option of ``accel.build`` that cannot work on ``board``, before
+    the first step: engine options, ``--clock-mhz`` against the board's PLL, ``--baud`` against
+    the board's clock, ``--verify-samples``, ``--nextpnr-seed``, ``--seed``, ``--out``."""
+    from accel.link import baud_divisor
+    from boards.synthesis import clock_range_mhz
+    from compress.cli import check_output_path, check_range
+    from compress.pipeline import MAX_SEED
+
+    check_engine_arguments(parser, args)
+    if args.clock_mhz is not None:
+        low, high = clock_range_mhz(board)
+        if not low <= args.clock_mhz <= high:
+            parser.error(f"--clock-mhz must be {low:g}..{high:g} MHz on {board.name} (its PLL's "
+                         f"range), not {args.clock_mhz:g}; leave it out for the highest clock "
+                         f"the design meets")
+    check_range(parser, "--baud", args.baud, 1)
+    try:
+        baud_divisor(round(board.platform().default_clk_frequency), args.baud)
+    except ValueError as error:
+        parser.error(f"--baud {args.baud:,} does not work from the {board.name}'s clock: {error}")
+    check_range(parser, "--verify-samples", args.verify_samples, 1)
+    check_range(parser, "--nextpnr-seed", args.nextpnr_seed, 0)
+    check_range(parser, "--seed", args.seed, 0, MAX_SEED)
+    check_output_path(parser, "--out", args.out, folder=True)
+    if args.model is not None and not args.model.is_file():
+        parser.error(f"--model {args.model} is not an artifact file (python -m compress writes "
+                     "OUT/model.dcz)")
 
 
 def engine_options(args) -> dict:
@@ -477,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     from boards import board_table, get_board
     from boards.synthesis import TimingError
     from boards.toolchain import ToolchainError, ToolError
+    from compress.cli import fail
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -485,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         board = get_board(args.board)
+    except ValueError as error:
+        fail(parser, error)
+    check_build_arguments(parser, args, board)
+    try:
         options = engine_options(args)
         model_path = args.model if args.model is not None else \
             _default_model(args.out, args.seed, args.quiet)
@@ -508,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"{parser.prog}: error: {error}\nreport: {args.out / 'report.json'}\n")
     except (FitError, ToolchainError, ToolError, ValueError, RuntimeError) as error:
         usage = isinstance(error, ValueError) and not isinstance(error, FitError)
-        parser.exit(2 if usage else 1, f"{parser.prog}: error: {error}\n")
+        fail(parser, error, 2 if usage else 1)
     print(f"[5/5] report: {args.out / 'report.json'}" +
           (f", chart: {report['chart']}" if "chart" in report else ""))
     print()

@@ -24,6 +24,7 @@ from compress.integer import MULTIPLIER_BITS, activation_range
 from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_layer
 
 __all__ = [
+    "DEFAULT_PES",
     "EnginePlan",
     "GROUP_QUEUE_SLACK",
     "LayerPlan",
@@ -31,7 +32,26 @@ __all__ = [
     "Region",
     "TraceRecord",
     "balance_rows",
+    "default_banks",
 ]
+
+#: Processing elements of the default engine: one, so that the default job builds in under five
+#: minutes on two cores (place and route time grows with the design: nextpnr took 275 s on
+#: the 2-PE digits engine, 234 s on the 1-PE one with three banks); 16 for throughput, as
+#: ``bench/accel_build.py`` builds LeNet-300-100. The default of :meth:`EnginePlan.from_model`,
+#: :func:`accel.verify.verify`, :func:`accel.build.build` and every command's ``--pes``.
+DEFAULT_PES = 1
+
+
+def default_banks(n_pes: int) -> int:
+    """Images in flight when not told: 2 with one PE, 3 with more.
+
+    A single PE bounds the rate by itself: on the 1-PE digits engine a third bank measured no
+    faster (4188.8 clocks per image with 2 or 3 banks, 4340.5 with 1) and costs LUT RAM and
+    place-and-route time; with more PEs the third bank hides the layers' latency.
+    """
+    return 2 if n_pes == 1 else 3
+
 
 #: Width of the ``shift`` register of a layer (A6: ``0 <= shift <= 62``).
 SHIFT_BITS = 6
@@ -244,9 +264,10 @@ class EnginePlan:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_model(cls, model: CompressedModel, *, n_pes: int = 16, zero_run_bits: int = 4,
-                   lanes: int = 2, input_lanes: int = 4, queue_depth: int = 64,
-                   banks: int = 3, calibration=None) -> "EnginePlan":
+    def from_model(cls, model: CompressedModel, *, n_pes: int = DEFAULT_PES,
+                   zero_run_bits: int = 4, lanes: int = 2, input_lanes: int = 4,
+                   queue_depth: int = 64, banks: int | None = None,
+                   calibration=None) -> "EnginePlan":
         """Plan the engine for ``model``.
 
         Parameters
@@ -254,7 +275,9 @@ class EnginePlan:
         model : CompressedModel
             With integer data (``docs/arithmetic.md``).
         n_pes, zero_run_bits, lanes, input_lanes, queue_depth, banks : int
-            See the class; ``zero_run_bits`` is ``b_z`` of ``accel.pack`` (1 .. 8).
+            See the class; ``zero_run_bits`` is ``b_z`` of ``accel.pack`` (1 .. 8). The
+            defaults are the commands' (one PE, :data:`DEFAULT_PES`); ``banks`` ``None`` means
+            :func:`default_banks` (2 with one PE, 3 with more).
         calibration : array_like of int, optional
             Integer network inputs ``(n, in_features)``. When given, hidden neurons are assigned
             to PEs by expected work (:func:`balance_rows`); otherwise row ``r`` goes to PE
@@ -282,6 +305,8 @@ class EnginePlan:
                              f"{GROUP_QUEUE_SLACK} clocks before the broadcaster's commit lands, "
                              f"so a shallower queue would never be ready")
         queue_depth = _check_int("queue_depth", queue_depth, MIN_QUEUE_DEPTH, 4096)
+        if banks is None:
+            banks = default_banks(n_pes)
         banks = _check_int("banks", banks, 1, 8)
         orders = cls._row_orders(model, n_pes, calibration)
         layers = [cls._layer_plan(model, i, n_pes, zero_run_bits, orders[i])

@@ -93,23 +93,39 @@ def main(argv: list[str] | None = None) -> int:
     import sim
     from accel.build import engine_options, make_plan
     from accel.host import HostLink, LinkError, open_serial
+    from accel.build import check_engine_arguments
     from boards import get_board
+    from compress.cli import check_range, fail
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Every option is checked before any work.
     try:
         board = get_board(args.board)
+    except ValueError as error:
+        fail(parser, error)
+    sim.check_model_arguments(parser, args)
+    check_engine_arguments(parser, args)
+    check_range(parser, "--repeat", args.repeat, 1, 65535)
+    check_range(parser, "--samples", args.samples, 1)
+    check_range(parser, "--timeout", args.timeout, 0.0, low_open=True, unit="s")
+    check_range(parser, "--baud", args.baud, 1)
+    check_range(parser, "--clock-mhz", args.clock_mhz, 0.0, low_open=True, unit="MHz")
+    if args.clock_mhz is not None and args.port != "sim":
+        parser.error("--clock-mhz applies to --port sim only (a board runs at the clock it was "
+                     "built for)")
+    try:
         options = engine_options(args)
-        if args.repeat < 1 or args.repeat > 65535:
-            raise ValueError(f"--repeat must be 1..65535, not {args.repeat}")
         model, data = sim.load_model_and_data(args.model, dataset=args.dataset,
                                               data_dir=args.data_dir, seed=args.seed)
         plan, _ = make_plan(model, data, options, balance=not args.no_balance)
         samples = args.samples if args.samples is not None else \
             (20 if args.port == "sim" else len(data.x_test))
-        if samples < 1:
-            raise ValueError(f"--samples must be >= 1, not {samples}")
-        x = sim.quantize_input(model, data.x_test[:samples]).astype(np.int64)
+        x, saturation = sim.quantize_input(model, data.x_test[:samples], return_saturation=True)
+        x = x.astype(np.int64)
+        warning = sim.saturation_warning(saturation)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
         y = np.asarray(data.y_test[:samples])
         if args.port == "sim":
             from accel.link_sim import SimulatedBoard
@@ -129,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"running {len(x)} {data.name} test images ...", flush=True)
         result = run_on_board(link, model, x, repeat=args.repeat)
     except (ValueError, LinkError, OSError) as error:
-        parser.exit(2 if isinstance(error, ValueError) else 1,
-                    f"{parser.prog}: error: {error}\n")
+        fail(parser, error, 2 if isinstance(error, ValueError) else 1)
     finally:
         if "transport" in locals():
             transport.close()
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_clock_hz": info.clock_hz,
         "retransmissions": link.retransmissions, "naks": link.naks,
         "stale_replies": link.stale_replies, "seconds": result["seconds"],
+        "input_saturation": saturation,
     }
     print(f"samples {report['samples']}, mismatches with sim.run {report['mismatches']}, "
           f"accuracy {report['accuracy']:.2%}")

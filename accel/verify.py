@@ -11,7 +11,11 @@ every hidden activation with ``sim.trace``, and reports:
 - ``pe_utilization``: useful multiply-accumulates (nonzero weight x nonzero activation) /
   (PEs x measured cycles), and the busiest-PE work bound, so load imbalance is visible.
 
-Exits 1 on any mismatch, 2 on bad arguments.
+- ``input_saturation``: the test-set input values clamped to the calibrated range (A1,
+  :func:`sim.quantize_input`); above :data:`sim.SATURATION_WARNING_FRACTION` (1%) a warning
+  says the data is scaled differently from the calibration set.
+
+Exits 1 on any mismatch, 2 on bad arguments (checked before any work).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_model_arguments(parser)
     parser.add_argument("--samples", type=int, default=None,
                         help="test images to run (default: the whole test set)")
-    add_engine_arguments(parser, default_pes=16)
+    add_engine_arguments(parser)
     parser.add_argument("--simulator", choices=["icarus", "amaranth"], default="icarus",
                         help="cocotb on Icarus Verilog (default) or Amaranth's simulator")
     parser.add_argument("--idle", type=float, default=0.0,
@@ -52,13 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def verify(model, x, *, calibration=None, n_pes: int = 16, lanes: int = 2, input_lanes: int = 4,
-           banks: int = 3, queue_depth: int = 64, zero_run_bits: int = 4,
+def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_lanes: int = 4,
+           banks: int | None = None, queue_depth: int = 64, zero_run_bits: int = 4,
            simulator: str = "icarus", idle: float = 0.0, backpressure: float = 0.0,
            build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
-    """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc)."""
+    """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc).
+
+    The engine defaults are ``accel.build``'s (:data:`accel.build.DEFAULT_PES`, one PE, and
+    :func:`accel.build.default_banks`: 2 banks with one PE, 3 with more).
+    """
     import sim
+    from accel.build import default_banks
     from accel.plan import EnginePlan
+
+    if banks is None:
+        banks = default_banks(n_pes)
 
     plan = EnginePlan.from_model(model, n_pes=n_pes, zero_run_bits=zero_run_bits, lanes=lanes,
                                  input_lanes=input_lanes, queue_depth=queue_depth, banks=banks,
@@ -140,17 +152,27 @@ def _compare(run, expected) -> tuple[int, dict | None]:
 
 def main(argv: list[str] | None = None) -> int:
     import sim
-    from accel.build import engine_options
+    from accel.build import check_engine_arguments, engine_options
+    from compress.cli import check_output_path, check_range, fail
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Every option is checked before any work.
+    sim.check_model_arguments(parser, args)
+    check_range(parser, "--samples", args.samples, 1)
+    check_engine_arguments(parser, args)
+    for flag, value in (("--idle", args.idle), ("--backpressure", args.backpressure)):
+        check_range(parser, flag, value, 0.0, 1.0, high_open=True)
+    check_output_path(parser, "--build-dir", args.build_dir, folder=True)
     try:
-        if args.samples is not None and args.samples < 1:
-            raise ValueError(f"--samples must be >= 1, not {args.samples}")
         model, data = sim.load_model_and_data(args.model, dataset=args.dataset,
                                               data_dir=args.data_dir, seed=args.seed)
         x_test = data.x_test if args.samples is None else data.x_test[:args.samples]
-        x = sim.quantize_input(model, x_test).astype(np.int64)
+        x, saturation = sim.quantize_input(model, x_test, return_saturation=True)
+        x = x.astype(np.int64)
+        warning = sim.saturation_warning(saturation)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
         calibration = None if args.no_balance else \
             sim.quantize_input(model, data.x_train[:1000]).astype(np.int64)
         print(f"verify: {data.name}, {len(x)} test samples, {args.pes} PEs, "
@@ -164,8 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                         backpressure=args.backpressure, build_dir=args.build_dir,
                         waves=args.waves)
     except (ValueError, RuntimeError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    report = {"model": str(args.model), "dataset": data.name, **report}
+        fail(parser, error)
+    report = {"model": str(args.model), "dataset": data.name, **report,
+              "input_saturation": saturation}
     print(f"samples {report['samples']}, mismatches {report['mismatches']}")
     print(f"cycles per inference {report['cycles_per_inference']:.1f} measured, "
           f"{report['predicted_cycles']:.1f} predicted "
@@ -181,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
               f"expected {m['expected']}, got {m['got']}")
     if report["waveform"]:
         print(f"waveform: {report['waveform']}")
+    if warning is not None:                     # again at the end, where it is seen
+        print(warning, file=sys.stderr, flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -19,7 +19,8 @@ from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Modul
 from amaranth.lib import io
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 
-__all__ = ["ClockGenerator", "PLLSettings", "pll_settings", "retune_ecp5_config"]
+__all__ = ["ClockGenerator", "PLLSettings", "pll_output_range", "pll_settings",
+           "retune_ecp5_config"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,16 @@ def _ice40_filter_range(pfd):
 
 
 _CANDIDATES = {"ecp5": _ecp5_candidates, "ice40": _ice40_candidates}
+
+
+def pll_output_range(family: str, input_mhz: float) -> tuple[float, float]:
+    """The lowest and highest output frequencies (MHz) the PLL makes from ``input_mhz``."""
+    if family not in _CANDIDATES:
+        raise ValueError(f"family must be one of {', '.join(_CANDIDATES)}, not {family!r}")
+    outputs = [f for f, _, _ in _CANDIDATES[family](input_mhz)]
+    if not outputs:
+        raise ValueError(f"the {family} PLL makes no output from {input_mhz:g} MHz")
+    return min(outputs), max(outputs)
 
 
 def pll_settings(family: str, input_mhz: float, target_mhz: float) -> PLLSettings:

@@ -32,11 +32,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boards.clocks import PLLSettings, pll_settings, retune_ecp5_config
+from boards.clocks import PLLSettings, pll_output_range, pll_settings, retune_ecp5_config
 from boards.toolchain import Flow, read_nextpnr_report, sha256_file
 
-__all__ = ["ROUTERS", "SynthesisResult", "TimingError", "choose_router", "synthesize",
-           "utilization_summary"]
+__all__ = ["ROUTERS", "SynthesisResult", "TimingError", "choose_router", "clock_range_mhz",
+           "synthesize", "utilization_summary"]
 
 #: nextpnr's BEL types, by the name the reports use.
 RESOURCE_NAMES = {
@@ -151,7 +151,7 @@ def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, se
         raise ValueError(f"seed must be a non-negative int, not {seed!r}")
     build_dir = Path(build_dir)
     input_mhz = _input_mhz(board)
-    low, high = board.pll_output_mhz
+    low, high = clock_range_mhz(board)
     target = clock_mhz if clock_mhz is not None else board.fabric_limit_mhz
     if not low <= target <= high:
         raise ValueError(f"clock must be {low:g}..{high:g} MHz on {board.name}, not {target:g}")
@@ -190,6 +190,15 @@ def synthesize(board, make_top, build_dir, *, clock_mhz: float | None = None, se
                "to search the highest attainable clock" if clock_mhz is not None
                else f" after {len(passes)} passes"), result)
     return result
+
+
+def clock_range_mhz(board) -> tuple[float, float]:
+    """The clocks (MHz) a build for ``board`` may ask for: the range its PLL makes from the
+    board's clock (:func:`boards.clocks.pll_output_range`) within ``board.pll_output_mhz``, the
+    range this project uses (ECP5 boards 10..400 MHz, the iCEBreaker 16..275 MHz)."""
+    lowest, highest = pll_output_range(board.family, _input_mhz(board))
+    low, high = board.pll_output_mhz
+    return max(low, lowest), min(high, highest)
 
 
 def _input_mhz(board) -> float:

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from .cli import check_output_path, fail
 from .cluster import QUANTIZERS
 from .data import DATASETS
 from .models import BUILTIN_MODELS
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip integer quantization (the artifact then has no data for "
                              "sim and accel)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress (a bar on a terminal, plain lines in a log)")
     parser.add_argument("--json", type=Path, help="also write the report to this path")
     return parser
 
@@ -102,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
         quantizer=args.quantizer, cluster_reg=args.cluster_reg, integer=not args.no_integer,
         weight_bits=args.weight_bits, activation_bits=args.activation_bits,
         calibration_samples=args.calibration_samples, progress=not args.quiet)
+    # Every option is checked before any work (the per-layer lists' lengths, which need the
+    # model's layer count, before its training): messages name the flags.
+    check_output_path(parser, "--out", args.out, folder=True)
+    check_output_path(parser, "--json", args.json, folder=False)
     try:
+        config.check()
         result = compress_model(config)
     except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        fail(parser, error)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     artifact = result.model.save(out / "model.dcz")

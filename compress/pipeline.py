@@ -18,22 +18,28 @@ import torch
 from torch import nn
 
 from .artifact import CompressedLayer, CompressedModel
+from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
 from .data import Dataset, load_dataset
 from .integer import quantize_model
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
-from .train import SharedLinear, accuracy, canonical_sequential, train
+from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, torch_threads,
+                    train)
 
 __all__ = ["CompressConfig", "CompressionResult", "compress_model"]
+
+#: The largest seed (the data splits' generators take 32-bit seeds).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
 class CompressConfig:
     """Every knob of :func:`compress_model`; ``None`` means the model's recipe default.
 
-    Per-layer settings (``density``, ``quality``, ``bits``) are tuples with one value per Linear
-    layer; a shorter tuple repeats its last value.
+    Per-layer settings (``density``, ``quality``, ``bits``) are tuples with one value for every
+    Linear layer or one value per layer; any other length is refused (``ValueError``) before
+    any training.
     """
 
     model: str = "digits-mlp"
@@ -61,6 +67,8 @@ class CompressConfig:
     progress: bool = True
 
     def check(self) -> None:
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be 0..{MAX_SEED}, not {self.seed!r}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, "
                              f"not {self.quantizer!r}")
@@ -117,14 +125,24 @@ class CompressionResult:
 def _per_layer(values: tuple | None, n: int, name: str) -> list:
     if values is None:
         return [None] * n
-    if len(values) > n:
-        raise ValueError(f"{name} has {len(values)} values but the model has {n} Linear layers")
+    if len(values) not in (1, n):
+        raise ValueError(per_layer_message(name, len(values), n))
     return [values[min(i, len(values) - 1)] for i in range(n)]
 
 
 def compress_model(config: CompressConfig, *,
                    log: Callable[[str], None] = print) -> CompressionResult:
-    """Run the whole pipeline and return the compressed model and its figures."""
+    """Run the whole pipeline and return the compressed model and its figures.
+
+    All of its PyTorch work runs on one thread (:func:`compress.train.torch_threads`), whatever
+    the machine or ``OMP_NUM_THREADS``: torch's CPU kernels sum in an order that depends on the
+    thread count, so this is what makes the same seed give the same artifact everywhere.
+    """
+    with torch_threads(TRAINING_THREADS):
+        return _compress_model(config, log=log)
+
+
+def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> CompressionResult:
     config.check()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -173,6 +191,12 @@ def compress_model(config: CompressConfig, *,
     finetune_epochs = pick(config.finetune_epochs, recipe.finetune_epochs)
     finetune_lr = pick(config.finetune_lr, recipe.finetune_lr)
     bits = _per_layer(config.bits or recipe.bits, n_layers, "bits")
+    # Every per-layer list is checked here, before any training.
+    if config.quality is not None:
+        mode, finals = "quality", _per_layer(config.quality, n_layers, "quality")
+    else:
+        mode = "density"
+        finals = _per_layer(config.density or recipe.density, n_layers, "density")
     progress = config.progress
 
     # 1. Dense training (built-in models; a loaded model is taken as trained).
@@ -185,12 +209,8 @@ def compress_model(config: CompressConfig, *,
     lap("train")
 
     # 2. Iterative magnitude pruning with retraining under fixed masks.
-    if config.quality is not None:
-        mode, finals = "quality", _per_layer(config.quality, n_layers, "quality")
+    if mode == "quality":
         stds = [float(layer.weight.detach().std()) for layer in linears]
-    else:
-        mode = "density"
-        finals = _per_layer(config.density or recipe.density, n_layers, "density")
     schedules = [round_targets(final, rounds, mode) for final in finals]
     masks = [np.ones(tuple(layer.weight.shape), dtype=bool) for layer in linears]
     for r in range(rounds):

@@ -2,19 +2,40 @@
 
 One loop serves every phase: plain training, retraining with fixed pruning masks (Han et al.
 2015, "Learning both Weights and Connections"), and fine-tuning of shared centroids (Deep
-Compression §3.3). Same seed, same data, same thread count: same weights.
+Compression §3.3). Same seed, same data: same weights, on any number of threads, because
+:func:`compress.compress_model` trains inside :func:`torch_threads` (one thread).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
-__all__ = ["SharedLinear", "accuracy", "canonical_sequential", "predict", "train"]
+__all__ = ["TRAINING_THREADS", "SharedLinear", "accuracy", "canonical_sequential", "predict",
+           "torch_threads", "train"]
+
+#: Threads of torch's CPU kernels while compressing. PyTorch's reductions (the matrix
+#: products' sums, the loss's mean) add in an order that depends on how the work is split
+#: between threads, so training on 1 and on 2 threads gave artifacts that differ in the last
+#: bits of the weights (and then in pruning and sharing decisions). One thread gives one order
+#: everywhere. The default digits job takes about as long on one thread as on two.
+TRAINING_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(n)``; the previous count is restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _CodebookLookup(torch.autograd.Function):
@@ -126,7 +147,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
     loss_fn = nn.CrossEntropyLoss()
     masks = masks or {}
     history = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
         if on_epoch is not None:
             on_epoch(epoch)

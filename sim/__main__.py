@@ -10,7 +10,10 @@ import argparse
 import json
 import sys
 
-from .evaluate import add_model_arguments, evaluate, load_model_and_data
+from compress.cli import fail
+
+from .evaluate import add_model_arguments, check_model_arguments, evaluate, load_model_and_data
+from .reference import saturation_warning
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,11 +47,12 @@ def _layer_rows(model) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_model_arguments(parser, args)
     try:
         model, data = load_model_and_data(args.model, dataset=args.dataset,
                                           data_dir=args.data_dir, seed=args.seed)
     except ValueError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        fail(parser, error)
     figures = evaluate(model, data.x_test, data.y_test)
     report = {"model": str(args.model), "dataset": data.name, **figures,
               "layers": _layer_rows(model)}
@@ -63,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
           f"agreement {figures['agreement']:.4f}; integer run "
           f"{figures['timings']['run_int_s']:.3f} s "
           f"({figures['samples_per_second_int']:,.0f} samples/s)")
+    warning = saturation_warning(figures["input_saturation"])
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

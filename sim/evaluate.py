@@ -8,7 +8,7 @@ import numpy as np
 
 from .reference import quantize_input, run
 
-__all__ = ["add_model_arguments", "evaluate", "load_model_and_data"]
+__all__ = ["add_model_arguments", "check_model_arguments", "evaluate", "load_model_and_data"]
 
 
 def add_model_arguments(parser) -> None:
@@ -28,6 +28,20 @@ def add_model_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the digits split (default: the artifact's)")
     parser.add_argument("--json", type=Path, help="also write the figures to this path")
+
+
+def check_model_arguments(parser, args) -> None:
+    """``parser.error`` on a bad option of :func:`add_model_arguments`, before any work."""
+    from compress.cli import check_output_path, check_range
+    from compress.pipeline import MAX_SEED
+
+    check_range(parser, "--seed", args.seed, 0, MAX_SEED)
+    if not args.model.exists():
+        parser.error(f"--model {args.model} does not exist (python -m compress writes "
+                     "OUT/model.dcz)")
+    if args.model.is_dir():
+        parser.error(f"--model must be an artifact file, not the folder {args.model}")
+    check_output_path(parser, "--json", args.json, folder=False)
 
 
 def load_model_and_data(path, *, dataset=None, data_dir=None, seed=None):
@@ -60,9 +74,10 @@ def load_model_and_data(path, *, dataset=None, data_dir=None, seed=None):
 
 
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray) -> dict:
-    """Integer and float predictions on a test set, with timings."""
+    """Integer and float predictions on a test set, with timings and ``input_saturation``
+    (the input values clamped by A1, :func:`sim.quantize_input`)."""
     start = time.perf_counter()
-    q = quantize_input(model, x_test)
+    q, saturation = quantize_input(model, x_test, return_saturation=True)
     quantized = time.perf_counter()
     logits = run(model, q)
     integer_done = time.perf_counter()
@@ -80,4 +95,5 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray) -> dict:
                     "run_int_s": round(run_seconds, 6),
                     "run_float_numpy_s": round(float_done - integer_done, 6)},
         "samples_per_second_int": len(y_test) / run_seconds if run_seconds > 0 else None,
+        "input_saturation": saturation,
     }

@@ -14,7 +14,8 @@ import scipy.sparse
 
 from compress.integer import activation_range
 
-__all__ = ["quantize_input", "requantize", "run", "run_layer", "trace"]
+__all__ = ["SATURATION_WARNING_FRACTION", "quantize_input", "requantize", "run", "run_layer",
+           "saturation_warning", "trace"]
 
 
 # -- edge checks -----------------------------------------------------------------------------
@@ -133,11 +134,21 @@ def run(model, x) -> np.ndarray:
     return trace(model, x)[-1]
 
 
-def quantize_input(model, x) -> np.ndarray:
+#: The share of input values outside the calibrated range above which the command lines warn
+#: (:func:`saturation_warning`): more than 1%. Data scaled like the calibration set saturates
+#: no value or very few (the calibration set's own maximum maps to the range's end); a data set
+#: scaled differently saturates many.
+SATURATION_WARNING_FRACTION = 0.01
+
+
+def quantize_input(model, x, *, return_saturation: bool = False):
     """A1: float features to the network's integer inputs, ``clamp(rint(x / s_in))``.
 
     The host's step, before the integer path. Returns uint8/int8 for 8-bit activations
-    (uint16/int16 up to 16 bits).
+    (uint16/int16 up to 16 bits). With ``return_saturation``, returns ``(q, saturation)``,
+    ``saturation`` a dict: ``count`` (input values outside ``lo .. hi`` before the clamp, so
+    clamped to an end), ``total`` (values), ``fraction``, ``range`` (``[lo, hi]``) and
+    ``below``/``above`` (how many on each side); see :func:`saturation_warning`.
     """
     layers = _integer_layers(model)
     x = np.asarray(x)
@@ -152,8 +163,37 @@ def quantize_input(model, x) -> np.ndarray:
         raise ValueError("x must be finite; it holds NaN or inf")
     first = layers[0].integer
     lo, hi = first.input_range()
-    q = np.clip(np.rint(x / first.input_scale), lo, hi)
+    unclamped = np.rint(x / first.input_scale)
+    q = np.clip(unclamped, lo, hi)
     bits = first.activation_bits
     dtype = {(False, True): np.uint8, (True, True): np.int8,
              (False, False): np.uint16, (True, False): np.int16}[first.input_signed, bits <= 8]
-    return q.astype(dtype)
+    if not return_saturation:
+        return q.astype(dtype)
+    below, above = int((unclamped < lo).sum()), int((unclamped > hi).sum())
+    total = int(unclamped.size)
+    saturation = {"count": below + above, "total": total,
+                  "fraction": (below + above) / total if total else 0.0,
+                  "below": below, "above": above, "range": [int(lo), int(hi)]}
+    return q.astype(dtype), saturation
+
+
+def saturation_warning(saturation: dict, *, threshold: float = SATURATION_WARNING_FRACTION,
+                       recalibrate: str = "python -m compress --dataset DATA retrains and "
+                                          "recalibrates; compress.integer.quantize_model(model, "
+                                          "x_train) recalibrates alone") -> str | None:
+    """The warning for :func:`quantize_input`'s ``saturation`` when more than ``threshold`` of
+    the input values were clamped, else ``None``.
+
+    Such inputs are not what the model was calibrated on (A1): the integer model, and the
+    hardware, which clamps the same way, see them clipped, and accuracy falls silently.
+    """
+    if saturation["total"] == 0 or saturation["fraction"] <= threshold:
+        return None
+    lo, hi = saturation["range"]
+    return (f"warning: {saturation['fraction']:.1%} of input values ({saturation['count']:,} of "
+            f"{saturation['total']:,}) fell outside the calibrated input range [{lo}, {hi}] and "
+            f"were clamped ({saturation['below']:,} below, {saturation['above']:,} above); the "
+            f"data looks scaled differently from the calibration set: rescale it like the data "
+            f"the model was compressed on, or recalibrate on it ({recalibrate}; "
+            f"docs/arithmetic.md, A1)")

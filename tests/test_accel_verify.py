@@ -48,7 +48,7 @@ def test_verify_reports_zero_mismatches_and_the_cycle_figures(artifact_and_data,
 
 @pytest.mark.parametrize("arguments, message", [
     (["--samples", "0"], "--samples must be >= 1"),
-    (["--pes", "65"], "n_pes must be 1..64"),
+    (["--pes", "65"], "--pes must be 1..64, not 65"),
     (["--dataset", "digits"], "has 64 features, the model takes 12"),
 ])
 def test_verify_refuses_bad_arguments(artifact_and_data, tmp_path, arguments, message, capsys):
