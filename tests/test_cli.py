@@ -113,7 +113,7 @@ def test_module_entry_point_help():
 
 
 @pytest.mark.parametrize("options", [
-    dict(quality=(0.5, 0.8)),                      # the paper's quality factor x std
+    dict(quality=(0.5, 0.8, 0.8)),                 # the paper's quality factor x std
     dict(cluster_reg=0.5),                         # DP-Net's clustering-friendly penalty
     dict(quantizer="kmeans-linear"), dict(quantizer="kmeans-density"),
     dict(quantizer="kmeans-random"),
