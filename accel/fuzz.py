@@ -167,6 +167,9 @@ def _index(rng, out_features: int, in_features: int, codebook_size: int,
         return np.zeros((out_features, in_features), dtype=np.int64), info
     index = rng.integers(1, codebook_size, (out_features, in_features))
     index[rng.random(index.shape) >= density] = 0
+    if density > 0 and not index.any():          # empty layers only when drawn as such
+        index[rng.integers(0, out_features), rng.integers(0, in_features)] = \
+            rng.integers(1, codebook_size)
     if rng.random() < 0.2:
         fraction = rng.uniform(0, 0.6)
         index[rng.random(out_features) < fraction, :] = 0
