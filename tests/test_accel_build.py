@@ -64,7 +64,7 @@ def test_verification_alongside_synthesis_reports_its_result_and_its_failures(tm
         del timed["simulation_seconds"]
     assert got == expected and got["mismatches"] == 0
     with pytest.raises(RuntimeError, match="verification failed: ValueError: simulator must be "
-                                           "'icarus' or 'amaranth', not 'nonsense'"):
+                                           "'verilator', 'icarus' or 'amaranth', not 'nonsense'"):
         _Verification({**options, "simulator": "nonsense"}).result()
     mismatch = {"mismatches": 1, "first_mismatch": {"sample": 0, "layer": 1, "neuron": 2,
                                                     "expected": 3, "got": 4}, "waveform": "w"}
