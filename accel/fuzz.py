@@ -539,7 +539,8 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
         ``sample``, ``layer`` (hidden layers first, the logits last), ``neuron``, ``model``
         (``"first"`` or ``"reload"``), ``expected``, ``got``), ``cycles``,
         ``cycles_per_inference``, ``predicted_cycles_per_inference``,
-        ``measured_over_predicted``, ``seconds``.
+        ``measured_over_predicted``, ``model_in_range`` (the stream is in the cycle model's
+        range of validity, :data:`accel.plan.MODEL_OVERLAP_LIMIT`), ``seconds``.
     """
     import sim
 
@@ -585,7 +586,8 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
             cycles_per_inference=clean.cycles / n,
             predicted_cycles_per_inference=float(prediction["cycles_per_inference"]),
             measured_over_predicted=(clean.cycles / prediction["cycles"])
-            if prediction["cycles"] else None)
+            if prediction["cycles"] else None,
+            model_in_range=prediction["in_range"])
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
 
@@ -595,8 +597,9 @@ def format_result(r: dict) -> str:
     cycles = ""
     if r.get("cycles_per_inference") is not None:
         ratio = r["measured_over_predicted"]
+        where = "" if r.get("model_in_range", True) else ", out of model range"
         cycles = (f" cyc {r['cycles_per_inference']:.1f}/{r['predicted_cycles_per_inference']:.1f}"
-                  f" ({ratio:.2f})" if ratio is not None else "")
+                  f" ({ratio:.2f}{where})" if ratio is not None else "")
     reload = f" reload@{r['reload_at']}" if r.get("reload_at") is not None else ""
     return (f"seed {r['seed']} {r['shape']} {_options_string(r)} in{r['inputs']}{reload} "
             f"idle{r['idle']} bp{r['backpressure']} mism {r['mismatches']}{cycles} "
@@ -649,6 +652,8 @@ def summary(results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
     ratios = [r["measured_over_predicted"] for r in ok if r.get("measured_over_predicted")]
     worst = max(ratios, key=lambda v: abs(np.log(v)), default=None)
+    inside = [r["measured_over_predicted"] for r in ok
+              if r.get("measured_over_predicted") and r.get("model_in_range")]
     return {
         "models": len(results),
         "errors": len(results) - len(ok),
@@ -659,6 +664,8 @@ def summary(results: list[dict]) -> dict:
         "ratio_min": min(ratios, default=None),
         "ratio_max": max(ratios, default=None),
         "ratio_worst": worst,
+        "models_in_model_range": len(inside),
+        "ratio_worst_in_model_range": max(inside, key=lambda v: abs(np.log(v)), default=None),
     }
 
 
@@ -713,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     s = summary(results)
     ratio = "" if s["ratio_worst"] is None else (
         f"; measured/predicted cycles {s['ratio_min']:.2f}..{s['ratio_max']:.2f} "
-        f"(worst {s['ratio_worst']:.2f})")
+        f"(worst {s['ratio_worst']:.2f}; in the model's range, {s['models_in_model_range']} "
+        f"models: worst {s['ratio_worst_in_model_range'] or float('nan'):.2f})")
     print(f"fuzz: {s['models']} models, {s['inputs']} inputs, {s['failing_models']} failing "
           f"({s['mismatching_samples']} mismatching samples, {s['errors']} errors), "
           f"{s['seconds']:.0f} s{ratio}")

@@ -29,6 +29,7 @@ __all__ = [
     "GROUP_QUEUE_SLACK",
     "LayerPlan",
     "MIN_QUEUE_DEPTH",
+    "MODEL_OVERLAP_LIMIT",
     "Region",
     "TraceRecord",
     "balance_rows",
@@ -70,6 +71,14 @@ HIDDEN_LAYER_LATENCY = 57
 LAST_LAYER_LATENCY = 61
 #: The old single figure (hidden and last layers alike), kept for callers that quote it.
 LAYER_LATENCY = HIDDEN_LAYER_LATENCY
+#: The cycle model's range of validity (``docs/accelerator.md``, measured by ``accel.fuzz``):
+#: streams whose predicted clocks per image are at least ``1 / MODEL_OVERLAP_LIMIT`` of the
+#: layers-not-overlapped figure (``layer_by_layer``), i.e. that the overlap of the images in flight
+#: speeds up by at most this factor. The schedule takes that overlap as perfect; beyond it, with
+#: little work per image, the per-image costs it does not count (drain commands sequenced per
+#: image and layer, the collector on a wide last layer, PEs held in step by a shallow queue)
+#: show: up to 1.56 times the prediction on the fuzz's models.
+MODEL_OVERLAP_LIMIT = 1.2
 
 #: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
 #: registered ``ready`` a clock later, and a group it commits then lands in the queue three clocks
@@ -592,7 +601,8 @@ class EnginePlan:
             image if layers and images did not overlap: each layer's bottleneck plus its
             latency, summed, for comparison); ``stream_bound`` (clocks per image of the PE with
             the most work over the whole stream: no schedule on these PEs can beat it);
-            ``useful_macs`` (n,) and ``work`` (see :meth:`work`).
+            ``useful_macs`` (n,) and ``work`` (see :meth:`work`); ``in_range``: whether the
+            stream is in the model's range of validity (:data:`MODEL_OVERLAP_LIMIT`).
         """
         work = self.work(activations)
         n, n_layers, n_pes = work["work"].shape
@@ -644,13 +654,16 @@ class EnginePlan:
                                        broadcast])
         layer_by_layer = (per_layer.sum(axis=1) + (n_layers - 1) * HIDDEN_LAYER_LATENCY
                           + LAST_LAYER_LATENCY + last_drain)
+        stream_bound = float(work["work"].sum(axis=(0, 1)).max()) / n if n else 0.0
         return {
-            "per_image": per_image,
+            "in_range": bool(n) and (float(layer_by_layer.mean())
+                                     <= MODEL_OVERLAP_LIMIT * cycles / n),
             "latency": exit_ - entry,
             "cycles": cycles,
             "cycles_per_inference": cycles / n if n else 0.0,
             "layer_by_layer": float(layer_by_layer.mean()) if n else 0.0,
-            "stream_bound": float(work["work"].sum(axis=(0, 1)).max()) / n if n else 0.0,
+            "per_image": per_image,
+            "stream_bound": stream_bound,
             "useful_macs": work["useful"],
             "work": work,
         }

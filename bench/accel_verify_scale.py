@@ -208,6 +208,13 @@ def part_fuzz(models: int, inputs: int, build_dir) -> dict | None:
     print(f"  {s['models']} models, {s['inputs']:,} inputs, failing models {s['failing_models']}"
           f", mismatching samples {s['mismatching_samples']}, errors {s['errors']}, "
           f"{s['seconds']:.0f} s", flush=True)
+    if s["ratio_worst"] is not None:
+        inside = s["ratio_worst_in_model_range"]
+        print(f"  cycle model (streams without stalls): measured/predicted {s['ratio_min']:.2f}"
+              f"..{s['ratio_max']:.2f}, worst {s['ratio_worst']:.2f}; in its range of validity "
+              f"(images in flight gaining at most accel.plan.MODEL_OVERLAP_LIMIT) "
+              f"{s['models_in_model_range']} models, worst "
+              f"{'n/a' if inside is None else f'{inside:.2f}'} (target within 10%)", flush=True)
     return {"summary": s, "results": results}
 
 
