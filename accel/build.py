@@ -31,7 +31,9 @@ import numpy as np
 # The default engine, one PE (DEFAULT_PES) with default_banks(1) = 2 banks, is defined in
 # accel.plan: the default of EnginePlan.from_model, accel.verify.verify, build() and of every
 # command (accel.build, accel.verify, accel.run), so that they all mean the same engine.
-# accel.run must be given the build's engine options.
+# accel.run must be given the build's engine options. The engine's options live in accel.cli,
+# shared by the three commands; they are re-exported here, where they were first defined.
+from accel.cli import add_engine_arguments, check_engine_arguments, engine_options, make_plan
 from accel.plan import DEFAULT_PES, default_banks
 
 __all__ = ["DEFAULT_PES", "add_engine_arguments", "build", "build_parser",
@@ -88,41 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_engine_arguments(parser, *, default_pes: int = DEFAULT_PES) -> None:
-    """The engine's options, shared by ``accel.build``, ``accel.run`` (which must agree with the
-    build) and ``accel.verify``."""
-    note = ": a quick build; 16 for throughput" if default_pes == DEFAULT_PES else ""
-    parser.add_argument("--pes", type=int, default=default_pes,
-                        help=f"processing elements (default {default_pes}{note})")
-    parser.add_argument("--lanes", type=int, default=2,
-                        help="activations broadcast per clock (default 2)")
-    parser.add_argument("--input-lanes", type=int, default=4,
-                        help="activations per input beat (default 4)")
-    parser.add_argument("--banks", type=int, default=None,
-                        help="images in flight at once (default 2 with one PE, 3 with more)")
-    parser.add_argument("--queue-depth", type=int, default=64,
-                        help="PE activation queue depth (default 64)")
-    parser.add_argument("--zero-run-bits", type=int, default=4,
-                        help="b_z of the engine's format (default 4)")
-    parser.add_argument("--no-balance", action="store_true",
-                        help="assign row r to PE r mod N instead of balancing expected work on "
-                             "1,000 training images")
-
-
-def check_engine_arguments(parser, args) -> None:
-    """``parser.error`` on an engine option (:func:`add_engine_arguments`) outside its range,
-    naming the flag and the allowed values, before any work. The ranges are those
-    ``EnginePlan.from_model`` checks."""
-    from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS
-    from accel.plan import MIN_QUEUE_DEPTH
-    from compress.cli import check_range
-
-    limits = {"pes": (1, MAX_PES), "lanes": (1, 4), "input_lanes": (1, 16), "banks": (1, 8),
-              "queue_depth": (MIN_QUEUE_DEPTH, 4096), "zero_run_bits": (1, MAX_ZERO_RUN_BITS)}
-    for name, (low, high) in limits.items():
-        check_range(parser, "--" + name.replace("_", "-"), getattr(args, name), low, high)
-
-
 def check_build_arguments(parser, args, board) -> None:
     """``parser.error`` on any option of ``accel.build`` that cannot work on ``board``, before
     the first step: engine options, ``--clock-mhz`` against the board's PLL, ``--baud`` against
@@ -130,7 +97,7 @@ def check_build_arguments(parser, args, board) -> None:
     from accel.link import baud_divisor
     from boards.synthesis import clock_range_mhz
     from compress.cli import check_output_path, check_range
-    from compress.pipeline import MAX_SEED
+    from compress.data import MAX_SEED
 
     check_engine_arguments(parser, args)
     if args.clock_mhz is not None:
@@ -151,25 +118,6 @@ def check_build_arguments(parser, args, board) -> None:
     if args.model is not None and not args.model.is_file():
         parser.error(f"--model {args.model} is not an artifact file (python -m compress writes "
                      "OUT/model.dcz)")
-
-
-def engine_options(args) -> dict:
-    """``EnginePlan.from_model`` keywords from :func:`add_engine_arguments`'s options."""
-    if args.pes < 1:
-        raise ValueError(f"--pes must be >= 1, not {args.pes}")
-    banks = default_banks(args.pes) if args.banks is None else args.banks
-    return dict(n_pes=args.pes, lanes=args.lanes, input_lanes=args.input_lanes, banks=banks,
-                queue_depth=args.queue_depth, zero_run_bits=args.zero_run_bits)
-
-
-def make_plan(model, data, options: dict, *, balance: bool = True):
-    """The engine plan, with rows balanced on the first 1,000 training images unless told not."""
-    import sim
-    from accel.plan import EnginePlan
-
-    calibration = sim.quantize_input(model, data.x_train[:1000]).astype(np.int64) \
-        if balance else None
-    return EnginePlan.from_model(model, calibration=calibration, **options), calibration
 
 
 def _default_model(out: Path, seed: int, quiet: bool) -> Path:

@@ -30,7 +30,7 @@ __all__ = ["build_parser", "main", "run_on_board"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from accel.build import add_engine_arguments
+    from accel.cli import add_engine_arguments
     from sim.evaluate import add_model_arguments
 
     parser = argparse.ArgumentParser(
@@ -91,9 +91,8 @@ def run_on_board(link, model, x, *, repeat=1, progress=True) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     import sim
-    from accel.build import engine_options, make_plan
+    from accel.cli import check_engine_arguments, engine_options, make_plan
     from accel.host import HostLink, LinkError, open_serial
-    from accel.build import check_engine_arguments
     from boards import get_board
     from compress.cli import check_range, fail
 

@@ -54,7 +54,9 @@ class BoardTop(Elaboratable):
         from boards.clocks import ClockGenerator
 
         m = Module()
-        m.submodules.clocks = ClockGenerator(self.pll, reference_domain="uart")
+        clocks = ClockGenerator(self.pll, reference_domain="uart")
+        m.domains += clocks.domains()       # defined here, above every user (Amaranth 0.6)
+        m.submodules.clocks = clocks
         m.submodules.link = link = self.link
         uart = platform.request(*self.board.uart, dir="-")
         m.submodules.rx_buffer = rx_buffer = io.Buffer("i", uart.rx)

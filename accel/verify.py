@@ -33,7 +33,7 @@ __all__ = ["build_parser", "main", "verify"]
 
 def build_parser() -> argparse.ArgumentParser:
     import sim
-    from accel.build import add_engine_arguments
+    from accel.cli import add_engine_arguments
 
     parser = argparse.ArgumentParser(
         prog="python -m accel.verify",
@@ -65,12 +65,11 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
            build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
     """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc).
 
-    The engine defaults are ``accel.build``'s (:data:`accel.build.DEFAULT_PES`, one PE, and
-    :func:`accel.build.default_banks`: 2 banks with one PE, 3 with more).
+    The engine defaults are ``accel.build``'s (:data:`accel.plan.DEFAULT_PES`, one PE, and
+    :func:`accel.plan.default_banks`: 2 banks with one PE, 3 with more).
     """
     import sim
-    from accel.build import default_banks
-    from accel.plan import EnginePlan
+    from accel.plan import EnginePlan, default_banks
 
     if banks is None:
         banks = default_banks(n_pes)
@@ -156,7 +155,7 @@ def _compare(run, expected) -> tuple[int, dict | None]:
 
 def main(argv: list[str] | None = None) -> int:
     import sim
-    from accel.build import check_engine_arguments, engine_options
+    from accel.cli import check_engine_arguments, engine_options
     from compress.cli import check_output_path, check_range, fail
 
     parser = build_parser()

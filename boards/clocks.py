@@ -135,6 +135,10 @@ class ClockGenerator(Elaboratable):
     With ``reference_domain``, that domain (reset-less) is clocked by the board's clock itself:
     logic whose constants depend on a frequency (a UART's bit time) lives there, so that the
     PLL's frequency can change without changing the design.
+
+    The generator drives ``sync`` (and ``reference_domain``) but does not define them: the
+    design's top defines :meth:`domains` beside it (``m.domains += clocks.domains()``), as
+    Amaranth 0.6 requires a domain to be defined where it is used or above.
     """
 
     def __init__(self, settings: PLLSettings, *, reference_domain: str | None = None):
@@ -147,12 +151,20 @@ class ClockGenerator(Elaboratable):
         self.settings = settings
         self.reference_domain = reference_domain
 
+    def domains(self) -> list[ClockDomain]:
+        """The domains this generator drives, for the design's top to define: ``sync``
+        (reset-less on the ECP5, whose clock is gated until lock instead) and the
+        ``reference_domain`` if any."""
+        domains = [ClockDomain("sync", reset_less=self.settings.family == "ecp5")]
+        if self.reference_domain is not None:
+            domains.append(ClockDomain(self.reference_domain, reset_less=True))
+        return domains
+
     def elaborate(self, platform):
         s = self.settings
         m = Module()
         locked = Signal()
         if s.family == "ecp5":
-            m.domains.sync = ClockDomain("sync", reset_less=True)
             # The enable's flip-flops run on the ungated clock's falling edge.
             m.domains.pll_gate = ClockDomain("pll_gate", clk_edge="neg", reset_less=True)
             pll_clk = Signal()
@@ -181,7 +193,6 @@ class ClockGenerator(Elaboratable):
                 o_CLKOP=pll_clk, o_LOCK=locked,
             )
         else:
-            m.domains.sync = ClockDomain("sync")
             # On the iCE40 the PLL sits on the clock pin's own pad (the pin cannot also be an
             # input buffer): SB_PLL40_2_PAD, whose port A passes the board's clock through.
             d = s.dividers
@@ -197,7 +208,6 @@ class ClockGenerator(Elaboratable):
             )
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         if self.reference_domain is not None:
-            m.domains += ClockDomain(self.reference_domain, reset_less=True)
             m.d.comb += ClockSignal(self.reference_domain).eq(clk_in)
 
         return m

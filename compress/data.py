@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "DATASETS", "DEFAULT_MNIST_DIR", "load_dataset"]
+__all__ = ["Dataset", "DATASETS", "DEFAULT_MNIST_DIR", "MAX_SEED", "load_dataset"]
+
+#: The largest seed (the data splits' generators take 32-bit seeds).
+MAX_SEED = 2**32 - 1
 
 #: Names accepted by :func:`load_dataset` besides a path to an ``.npz`` file.
 DATASETS = ("digits", "breast-cancer", "mnist")

@@ -248,8 +248,6 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
         Bad widths or calibration data, a bias outside int32 (A4), an accumulator wider than
         :data:`MAX_ACCUMULATOR_BITS` (A5) or a requantization factor of 2**15 or more (A6).
     """
-    from .artifact import CompressedModel
-
     _check_bits("weight_bits", weight_bits)
     _check_bits("activation_bits", activation_bits)
     x = np.asarray(x_calibration)
@@ -317,4 +315,5 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
             weight_scale=scale_w, output_scale=scale_out)
         layers.append(replace(layer, integer=integer))
         signed, scale_in = out_signed, scale_out
-    return CompressedModel(layers, dict(model.metadata))
+    # type(model): the artifact module sits above this one and imports it, not the reverse
+    return type(model)(layers, dict(model.metadata))

@@ -20,7 +20,7 @@ from torch import nn
 from .artifact import CompressedLayer, CompressedModel
 from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
-from .data import Dataset, load_dataset
+from .data import MAX_SEED, Dataset, load_dataset
 from .integer import quantize_model
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
@@ -29,8 +29,6 @@ from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequenti
 
 __all__ = ["CompressConfig", "CompressionResult", "compress_model"]
 
-#: The largest seed (the data splits' generators take 32-bit seeds).
-MAX_SEED = 2**32 - 1
 
 
 @dataclass

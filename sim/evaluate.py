@@ -33,7 +33,7 @@ def add_model_arguments(parser) -> None:
 def check_model_arguments(parser, args) -> None:
     """``parser.error`` on a bad option of :func:`add_model_arguments`, before any work."""
     from compress.cli import check_output_path, check_range
-    from compress.pipeline import MAX_SEED
+    from compress.data import MAX_SEED
 
     check_range(parser, "--seed", args.seed, 0, MAX_SEED)
     if not args.model.exists():
@@ -55,18 +55,20 @@ def load_model_and_data(path, *, dataset=None, data_dir=None, seed=None):
     """
     from pathlib import Path
 
-    import compress
+    # the artifact and data modules, not the package: compress's pipeline imports sim
+    from compress.artifact import load
+    from compress.data import load_dataset
 
     if not Path(path).exists():
         raise ValueError(f"{path} does not exist (python -m compress writes OUT/model.dcz)")
-    model = compress.load(path)
+    model = load(path)
     if not model.has_integer:
         raise ValueError(f"{path} has no integer data (written by an older version or "
                          "without it): rerun python -m compress")
     settings = model.metadata.get("settings", {})
     dataset = dataset or model.metadata.get("dataset") or "digits"
     seed = seed if seed is not None else int(settings.get("seed", 0))
-    data = compress.load_dataset(dataset, data_dir=data_dir, seed=seed)
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed)
     if data.n_features != model.in_features:
         raise ValueError(f"data set {data.name!r} has {data.n_features} features, the model "
                          f"takes {model.in_features}")

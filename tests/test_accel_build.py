@@ -118,7 +118,9 @@ def test_ice40_flow_fails_loudly_when_timing_is_not_met(tmp_path):
 
         def elaborate(self, platform):
             m = Module()
-            m.submodules.clocks = ClockGenerator(self.pll, reference_domain="uart")
+            clocks = ClockGenerator(self.pll, reference_domain="uart")
+            m.domains += clocks.domains()
+            m.submodules.clocks = clocks
             m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
             count = Signal(48)
             m.d.sync += count.eq(count + 1)
