@@ -114,6 +114,7 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
         "measured_over_predicted": (cycles / prediction["cycles"]) if prediction["cycles"]
         else None,
         "pe_utilization": useful / (plan.n_pes * cycles) if cycles else 0.0,
+        "prediction_in_range": prediction["in_range"],
         "layer_by_layer_cycles": prediction["layer_by_layer"],
         "stream_bound_cycles": prediction["stream_bound"],
         "useful_macs_per_inference": useful / n if n else 0.0,
@@ -198,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(ratio {report['measured_over_predicted']:.3f}); layers not overlapped "
           f"{report['layer_by_layer_cycles']:.1f}, busiest-PE bound over the stream "
           f"{report['stream_bound_cycles']:.1f}")
+    if not report["prediction_in_range"]:
+        print("  (this stream is outside the cycle model's range of validity: the images in "
+              "flight gain more than accel.plan.MODEL_OVERLAP_LIMIT, and the model is "
+              "optimistic there; docs/accelerator.md)")
     print(f"PE utilization {report['pe_utilization']:.1%} "
           f"({report['useful_macs_per_inference']:.0f} useful MACs per inference on "
           f"{args.pes} PEs); simulated in {report['simulation_seconds']:.1f} s")
