@@ -48,6 +48,7 @@ from compress.artifact import CompressedLayer, CompressedModel, load
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
                               requantization_parameters)
+from accel.compare import compare_run
 from accel.plan import MIN_QUEUE_DEPTH, EnginePlan
 
 __all__ = ["FuzzCase", "describe", "random_case", "run_case", "run_fuzz", "runner_function",
@@ -493,33 +494,6 @@ def default_runner() -> str:
     return "verilator" if available() is None else "amaranth"
 
 
-def _compare(run, expected) -> tuple[int, dict | None]:
-    """Samples that differ anywhere, and the first difference (sample, layer, neuron)."""
-    outputs = list(run.hidden) + [run.logits]
-    if len(outputs) != len(expected):
-        return len(expected[-1]), {"sample": 0, "layer": len(run.hidden), "neuron": 0,
-                                   "expected": f"{len(expected) - 1} hidden layers",
-                                   "got": f"{len(run.hidden)}"}
-    bad = np.zeros(len(expected[-1]), dtype=bool)
-    for layer, (got, want) in enumerate(zip(outputs, expected)):
-        got = np.asarray(got)
-        if got.shape != want.shape:
-            return len(bad), {"sample": 0, "layer": layer, "neuron": 0,
-                              "expected": f"shape {want.shape}", "got": f"shape {got.shape}"}
-        bad |= (got != want).any(axis=1)
-    first = None
-    for sample in np.flatnonzero(bad)[:1]:
-        for layer, (got, want) in enumerate(zip(outputs, expected)):
-            neurons = np.flatnonzero(np.asarray(got)[sample] != want[sample])
-            if len(neurons):
-                neuron = int(neurons[0])
-                first = {"sample": int(sample), "layer": layer, "neuron": neuron,
-                         "expected": int(want[sample, neuron]),
-                         "got": int(np.asarray(got)[sample, neuron])}
-                break
-    return int(bad.sum()), first
-
-
 def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
              backpressure: float | None = None, reload: bool = True, timing: bool = True,
              build_dir=None) -> dict:
@@ -565,7 +539,8 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
         result["reload_at"] = None
     run = run_engine(plan, x, idle=idle, backpressure=backpressure, seed=case.seed,
                      reloads=reloads, **extra)
-    mismatches, first = _compare(run, expected)
+    comparison = compare_run(run, expected)
+    mismatches, first = comparison.mismatches, comparison.first
     if first is not None:
         first.update(stream="stalls+reload" if reloads else "stalls",
                      model="reload" if k is not None and first["sample"] >= k else "first")
@@ -574,7 +549,8 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
 
     if timing:
         clean = run_engine(plan, x, idle=0.0, backpressure=0.0, seed=case.seed, **extra)
-        mismatches, first = _compare(clean, first_trace)
+        comparison = compare_run(clean, first_trace)
+        mismatches, first = comparison.mismatches, comparison.first
         if first is not None and result["first_mismatch"] is None:
             first.update(stream="clean", model="first")
             result["first_mismatch"] = first

@@ -87,11 +87,13 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
         mismatches, first, waveform = result.mismatches, result.first_mismatch, result.waveform
     elif simulator == "amaranth":
         from accel.amaranth_sim import run_engine
+        from accel.compare import compare_run
         build_dir.mkdir(parents=True, exist_ok=True)
         vcd = str(build_dir / "engine.vcd") if waves else None
         run = run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=vcd)
         cycles, latency, waveform = run.cycles, run.latency, vcd
-        mismatches, first = _compare(run, expected)
+        comparison = compare_run(run, expected)
+        mismatches, first = comparison.mismatches, comparison.first
         if mismatches and not waves:                # keep a waveform of a failing run
             waveform = str(build_dir / "engine.vcd")
             run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=waveform)
@@ -133,25 +135,6 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
                                "accumulator_bits": layer.accumulator_bits}
                               for layer in plan.layers]},
     }
-
-
-def _compare(run, expected) -> tuple[int, dict | None]:
-    """Samples that differ anywhere, and the first difference (sample, layer, neuron)."""
-    outputs = list(run.hidden) + [run.logits]
-    bad = np.zeros(len(run.logits), dtype=bool)
-    first = None
-    for layer, (got, want) in enumerate(zip(outputs, expected)):
-        differs = got != want
-        bad |= differs.any(axis=1)
-    for sample in np.flatnonzero(bad)[:1]:
-        for layer, (got, want) in enumerate(zip(outputs, expected)):
-            neurons = np.flatnonzero(got[sample] != want[sample])
-            if len(neurons):
-                neuron = int(neurons[0])
-                first = {"sample": int(sample), "layer": layer, "neuron": neuron,
-                         "expected": int(want[sample, neuron]), "got": int(got[sample, neuron])}
-                break
-    return int(bad.sum()), first
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from _common import CACHE, lenet_arguments, lenet_missing  # noqa: E402
 import compress  # noqa: E402
 import sim  # noqa: E402
 from accel import batch_sim, cosim  # noqa: E402
+from accel.compare import compare_run  # noqa: E402
 from accel.plan import EnginePlan  # noqa: E402
 
 
@@ -73,12 +74,10 @@ def _measure_batch(model, plan, x, build_dir: Path) -> dict:
     start = time.perf_counter()
     run = batch_sim.run_engine(plan, x, build_dir=build_dir)
     seconds = time.perf_counter() - start
-    expected = sim.trace(model, x)
-    outputs = list(run.hidden) + [run.logits]
-    wrong = int(sum((~np.all(np.asarray(a) == np.asarray(b), axis=1)).sum()
-                    for a, b in zip(outputs, expected)))
-    if wrong:
-        raise RuntimeError(f"batch_sim: {wrong} outputs differ from sim")
+    comparison = compare_run(run, sim.trace(model, x))
+    if comparison.mismatches:
+        raise RuntimeError(f"batch_sim: {comparison.mismatches} images differ from sim, first "
+                           f"{comparison.first}")
     report = {"images": len(x), "cycles": int(run.cycles), "seconds": round(seconds, 2),
               "clocks_per_second": run.cycles / seconds, "build_seconds": round(build, 1)}
     print(f"  batch_sim (Verilator, C++ driver): {len(x)} images, {run.cycles} clocks in "

@@ -41,6 +41,7 @@ from _common import CACHE, lenet_arguments, mnist_missing, run  # noqa: E402
 import compress  # noqa: E402
 import sim  # noqa: E402
 from accel import batch_sim  # noqa: E402
+from accel.compare import compare_run  # noqa: E402
 from accel.build import default_banks, make_plan  # noqa: E402
 from compress.integer import activation_range  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
@@ -84,7 +85,7 @@ def derived(model, train: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
         dst[:, yd, xd] = src[:, ys, xs]
         shifted[chosen] = dst
     noise = rng.integers(-32, 33, shifted.shape) * (rng.random(shifted.shape) < 0.1)
-    return np.clip(shifted + noise, lo, hi).reshape(count, -1)
+    return np.clip(shifted + noise, lo, hi).reshape(count, side * side)
 
 
 def scale_inputs(model, data, images: int) -> tuple[np.ndarray, list[tuple[str, int]]]:
@@ -127,25 +128,13 @@ def _check_chunk(start: int, x: np.ndarray) -> dict:
     result = batch_sim.run_engine(plan, x, build_dir=_WORKER["build_dir"])
     seconds = time.perf_counter() - begin
     expected = sim.trace(model, x)
-    outputs = list(result.hidden) + [result.logits]
-    bad = np.zeros(len(x), dtype=bool)
-    values = 0
-    first = None
-    for layer, (got, want) in enumerate(zip(outputs, expected)):
-        differs = got != want
-        values += int(differs.sum())
-        bad |= differs.any(axis=1)
-    for sample in np.flatnonzero(bad)[:1]:
-        for layer, (got, want) in enumerate(zip(outputs, expected)):
-            neurons = np.flatnonzero(got[sample] != want[sample])
-            if len(neurons):
-                n = int(neurons[0])
-                first = {"image": start + int(sample), "layer": layer, "neuron": n,
-                         "expected": int(want[sample, n]), "got": int(got[sample, n])}
-                break
+    comparison = compare_run(result, expected)
+    bad, first = comparison.bad, comparison.first
+    if first is not None:
+        first = {"image": start + first.pop("sample"), **first}
     prediction = plan.predict([x] + expected[:-1])
     return {"start": start, "images": len(x), "mismatching_images": int(bad.sum()),
-            "mismatching_values": values, "compared_values": int(sum(o.size for o in outputs)),
+            "mismatching_values": comparison.values, "compared_values": comparison.compared,
             "bad": (start + np.flatnonzero(bad)).tolist(), "first": first,
             "cycles": int(result.cycles), "predicted_cycles": int(prediction["cycles"]),
             "useful_macs": int(prediction["useful_macs"].sum()), "seconds": seconds}

@@ -188,6 +188,8 @@ def test_cases_are_deterministic_and_legal_artifacts():
 
 
 def test_compare_reports_the_first_mismatch():
+    from accel.compare import compare_run
+
     case = fuzz.random_case(7, inputs=6, max_width=6, check_artifact=False)
     expected = sim.trace(case.model, case.x)
 
@@ -195,10 +197,12 @@ def test_compare_reports_the_first_mismatch():
         hidden = [y.copy() for y in expected[:-1]]
         logits = expected[-1].copy()
 
-    assert fuzz._compare(Run, expected) == (0, None)
+    same = compare_run(Run, expected)
+    assert (same.mismatches, same.values, same.first) == (0, 0, None)
     Run.logits[4, -1] += 1
-    count, first = fuzz._compare(Run, expected)
-    assert count == 1 and first == {"sample": 4, "layer": len(expected) - 1,
+    c = compare_run(Run, expected)
+    count, first = c.mismatches, c.first
+    assert count == 1 and c.values == 1 and first == {"sample": 4, "layer": len(expected) - 1,
                                     "neuron": case.model.out_features - 1,
                                     "expected": int(expected[-1][4, -1]),
                                     "got": int(expected[-1][4, -1]) + 1}
