@@ -1,20 +1,28 @@
-"""Amaranth HDL generator of the EIE-style codebook-decoding sparse MAC engine.
+"""The accelerator: an EIE-style codebook-decoding sparse MAC engine, sized from the model.
 
-- :mod:`accel.pack`: the processing elements' memory images (interleaved CSC) of a quantized
-  artifact;
-- :mod:`accel.plan`: :class:`~accel.plan.EnginePlan`, every size, width and memory of the engine
-  derived from the model, the write port's address map and the cycle model;
-- :mod:`accel.engine`: the Amaranth 0.5 components (loader, broadcaster, PEs, collector) and the
-  top level :class:`~accel.engine.Engine`;
-- :mod:`accel.amaranth_sim` and :mod:`accel.cosim`: the engine in Amaranth's simulator and in
-  cocotb on Verilator or Icarus Verilog, compared output for output with ``sim``;
-- ``python -m accel.verify``: that comparison on a test set, with cycle and utilization figures;
-- :func:`engine_verilog` (:mod:`accel.emit`): the engine's Verilog text, portable to any
-  simulator (Icarus Verilog with ``-g2012`` and Verilator included).
+Rooms, imported in one direction (the wire protocol and planning at the bottom, then gateware,
+then verification and the host side, then the command lines at the top):
+
+- :mod:`accel.planning`: what the engine is for a model. ``pack`` (each PE's memory images,
+  interleaved CSC), ``plan`` (:class:`~accel.planning.plan.EnginePlan`: every size, width and
+  memory, the write port's address map, the cycle model).
+- :mod:`accel.gateware`: the Amaranth 0.5 components. ``engine`` (loader, broadcaster, PEs,
+  collector, the top level :class:`~accel.gateware.engine.Engine`), ``link`` (the UART bridge
+  and its framing), ``top`` (clock generator, bridge and engine on a board), ``verilog``
+  (:func:`engine_verilog`: the engine's portable Verilog), ``resources`` (the fit check, from
+  the elaborated engine's memories).
+- :mod:`accel.verification`: the engine against ``sim``. ``compare`` (one comparison of every
+  output), ``amaranth_sim`` (Amaranth's simulator), ``cosim`` and ``cocotb_engine`` (cocotb on
+  Verilator or Icarus Verilog), ``batch_sim`` (Verilator with a generated C++ driver, for
+  volume), ``link_sim`` (the whole board design behind a simulated serial port).
+- :mod:`accel.protocol`: the UART link's wire format, shared by the bridge and the host.
+- The host side: :mod:`accel.host` (the link's client) and ``python -m accel.run``.
+- Command lines: ``python -m accel.build``, ``accel.verify``, ``accel.run``, ``accel.fuzz``,
+  and :mod:`accel.cli` (the engine options they share).
 
 See ``docs/accelerator.md``.
 """
 
-from accel.emit import engine_verilog
+from accel.gateware.verilog import engine_verilog
 
 __all__ = ["engine_verilog"]

@@ -5,8 +5,8 @@ Steps (each prints what it does):
 1. the model: ``--model ARTIFACT``, or with none the built-in default job: train, prune, share,
    fine-tune and quantize the digits MLP (``python -m compress``'s defaults) into
    ``OUT/compress/model.dcz``;
-2. the engine plan (``accel.plan``) and, before any tool runs, the fit check against the board
-   (``accel.resources``): a model that cannot fit gets an error with the numbers;
+2. the engine plan (``accel.planning.plan``) and, before any tool runs, the fit check against the board
+   (``accel.gateware.resources``): a model that cannot fit gets an error with the numbers;
 3. verification of the first ``--verify-samples`` test images in simulation (Amaranth's own by
    default: nothing outside PyPI), every hidden activation and logit against ``sim``; the
    cycles it measures give ``cycles_per_inference``. It runs in a process of its own,
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 # The default engine, one PE (DEFAULT_PES) with default_banks(1) = 2 banks, is defined in
-# accel.plan: the default of EnginePlan.from_model, accel.verify.verify, build() and of every
+# accel.planning.plan: the default of EnginePlan.from_model, accel.verify.verify, build() and of every
 # command (accel.build, accel.verify, accel.run), so that they all mean the same engine.
 # accel.run must be given the build's engine options. The engine's options live in accel.cli,
 # shared by the three commands; they are re-exported here, where they were first defined.
 from accel.cli import add_engine_arguments, check_engine_arguments, engine_options, make_plan
-from accel.plan import DEFAULT_PES, default_banks
+from accel.planning.plan import DEFAULT_PES, default_banks
 
 __all__ = ["DEFAULT_PES", "add_engine_arguments", "build", "build_parser",
            "check_build_arguments", "check_engine_arguments", "default_banks", "engine_options",
@@ -94,7 +94,7 @@ def check_build_arguments(parser, args, board) -> None:
     """``parser.error`` on any option of ``accel.build`` that cannot work on ``board``, before
     the first step: engine options, ``--clock-mhz`` against the board's PLL, ``--baud`` against
     the board's clock, ``--verify-samples``, ``--nextpnr-seed``, ``--seed``, ``--out``."""
-    from accel.link import baud_divisor
+    from accel.gateware.link import baud_divisor
     from boards.synthesis import clock_range_mhz
     from compress.cli import check_output_path, check_range
     from compress.data import MAX_SEED
@@ -155,7 +155,7 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     when timing is not met.
     """
     import sim
-    from accel.resources import check_fit, estimate_resources
+    from accel.gateware.resources import check_fit, estimate_resources
     from accel.verify import verify
 
     started = time.perf_counter()
@@ -297,7 +297,7 @@ class _Verification:
 def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, progress,
                 nextpnr_options):
     """The board's bitstream: the synthesis result and the :class:`TimingError`, if any."""
-    from accel.top import BoardTop
+    from accel.gateware.top import BoardTop
     from boards.synthesis import TimingError, synthesize
 
     print(f"[4/5] synthesis, place and route, bitstream for {board.name} "
@@ -457,7 +457,7 @@ def format_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import sim
-    from accel.resources import FitError
+    from accel.gateware.resources import FitError
     from boards import board_table, get_board
     from boards.synthesis import TimingError
     from boards.toolchain import ToolchainError, ToolError

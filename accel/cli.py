@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from accel.plan import DEFAULT_PES, default_banks
+from accel.planning.plan import DEFAULT_PES, default_banks
 
 __all__ = ["add_engine_arguments", "check_engine_arguments", "engine_options", "make_plan"]
 
@@ -38,8 +38,8 @@ def check_engine_arguments(parser, args) -> None:
     """``parser.error`` on an engine option (:func:`add_engine_arguments`) outside its range,
     naming the flag and the allowed values, before any work. The ranges are those
     ``EnginePlan.from_model`` checks."""
-    from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS
-    from accel.plan import MIN_QUEUE_DEPTH
+    from accel.planning.pack import MAX_PES, MAX_ZERO_RUN_BITS
+    from accel.planning.plan import MIN_QUEUE_DEPTH
     from compress.cli import check_range
 
     limits = {"pes": (1, MAX_PES), "lanes": (1, 4), "input_lanes": (1, 16), "banks": (1, 8),
@@ -60,7 +60,7 @@ def engine_options(args) -> dict:
 def make_plan(model, data, options: dict, *, balance: bool = True):
     """The engine plan, with rows balanced on the first 1,000 training images unless told not."""
     import sim
-    from accel.plan import EnginePlan
+    from accel.planning.plan import EnginePlan
 
     calibration = sim.quantize_input(model, data.x_train[:1000]).astype(np.int64) \
         if balance else None

@@ -5,8 +5,8 @@ Every case is a random quantized model, legal by the artifact's own validation (
 CompressedModel` and round-tripped through the file format), random engine options, a stream of
 random and extreme inputs, and a second model of the same shapes that fits the same engine (a
 mid-stream reload through the write port). :func:`run_case` streams the inputs through a runner
-(the Verilator batch simulator :func:`accel.batch_sim.run_engine`, or Amaranth's simulator
-:func:`accel.amaranth_sim.run_engine`) with random idle input cycles and output backpressure and
+(the Verilator batch simulator :func:`accel.verification.batch_sim.run_engine`, or Amaranth's simulator
+:func:`accel.verification.amaranth_sim.run_engine`) with random idle input cycles and output backpressure and
 compares every logit and every hidden activation with :func:`sim.trace`, then streams them once
 more without stalls and compares the measured cycles with :meth:`EnginePlan.predict`.
 
@@ -20,7 +20,7 @@ sign or mixed; accumulators from 1 to 40+ bits, stored at the derived width or w
 all-zero rows and columns; requantization multipliers 0 .. 2**15 - 1 and shifts 0 .. 62,
 calibrated, all-zero outputs, saturating, shift 0 (A6); engine ``n_pes`` 1 to 16 (rarely up to
 64, often more PEs than a layer has rows), ``lanes`` 1 to 4, ``input_lanes`` 1 to 16, ``banks``
-1 to 8, ``queue_depth`` :data:`~accel.plan.MIN_QUEUE_DEPTH` to 64 (rarely deeper),
+1 to 8, ``queue_depth`` :data:`~accel.planning.plan.MIN_QUEUE_DEPTH` to 64 (rarely deeper),
 ``zero_run_bits`` 1 to 8, rows balanced on calibration inputs or interleaved.
 
 Command line::
@@ -48,8 +48,8 @@ from compress.artifact import CompressedLayer, CompressedModel, load
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
                               requantization_parameters)
-from accel.compare import compare_run
-from accel.plan import MIN_QUEUE_DEPTH, EnginePlan
+from accel.verification.compare import compare_run
+from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
 
 __all__ = ["FuzzCase", "describe", "random_case", "run_case", "run_fuzz", "runner_function",
            "main"]
@@ -471,24 +471,24 @@ def _options_string(d: dict) -> str:
 # -- running ------------------------------------------------------------------------------------
 
 def runner_function(runner):
-    """``"verilator"`` (:func:`accel.batch_sim.run_engine`), ``"amaranth"``
-    (:func:`accel.amaranth_sim.run_engine`) or a callable with their signature."""
+    """``"verilator"`` (:func:`accel.verification.batch_sim.run_engine`), ``"amaranth"``
+    (:func:`accel.verification.amaranth_sim.run_engine`) or a callable with their signature."""
     if callable(runner):
         return runner
     if runner == "verilator":
-        from accel.batch_sim import run_engine
+        from accel.verification.batch_sim import run_engine
         return run_engine
     if runner == "amaranth":
-        from accel.amaranth_sim import run_engine
+        from accel.verification.amaranth_sim import run_engine
         return run_engine
     raise ValueError(f"runner must be 'verilator', 'amaranth' or a callable, not {runner!r}")
 
 
 def default_runner() -> str:
-    """``"verilator"`` when :mod:`accel.batch_sim` and Verilator are there, else
+    """``"verilator"`` when :mod:`accel.verification.batch_sim` and Verilator are there, else
     ``"amaranth"``."""
     try:
-        from accel.batch_sim import available
+        from accel.verification.batch_sim import available
     except ImportError:
         return "amaranth"
     return "verilator" if available() is None else "amaranth"
@@ -514,7 +514,7 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
         (``"first"`` or ``"reload"``), ``expected``, ``got``), ``cycles``,
         ``cycles_per_inference``, ``predicted_cycles_per_inference``,
         ``measured_over_predicted``, ``model_in_range`` (the stream is in the cycle model's
-        range of validity, :data:`accel.plan.MODEL_OVERLAP_LIMIT`), ``seconds``.
+        range of validity, :data:`accel.planning.plan.MODEL_OVERLAP_LIMIT`), ``seconds``.
     """
     import sim
 

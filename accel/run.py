@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             print(warning, file=sys.stderr, flush=True)
         y = np.asarray(data.y_test[:samples])
         if args.port == "sim":
-            from accel.link_sim import SimulatedBoard
+            from accel.verification.link_sim import SimulatedBoard
             clock_hz = round(args.clock_mhz * 1e6) if args.clock_mhz else 8 * args.baud
             transport = SimulatedBoard(plan, clock_hz=clock_hz, baud=args.baud)
             where = f"the simulated {board.name} design ({clock_hz / 1e6:g} MHz)"

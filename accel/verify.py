@@ -7,7 +7,7 @@ compares every logit and every hidden activation with ``sim.trace``, and reports
 - ``samples``, ``mismatches`` (must be 0) and the first differing sample, layer and neuron;
 - ``cycles_per_inference`` measured in simulation (images streamed back to back, no idle input
   and no output backpressure unless asked), next to ``predicted_cycles`` from the analytic model
-  (:meth:`accel.plan.EnginePlan.predict`) and their ratio;
+  (:meth:`accel.planning.plan.EnginePlan.predict`) and their ratio;
 - ``pe_utilization``: useful multiply-accumulates (nonzero weight x nonzero activation) /
   (PEs x measured cycles), and the busiest-PE work bound, so load imbalance is visible.
 
@@ -65,11 +65,11 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
            build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
     """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc).
 
-    The engine defaults are ``accel.build``'s (:data:`accel.plan.DEFAULT_PES`, one PE, and
-    :func:`accel.plan.default_banks`: 2 banks with one PE, 3 with more).
+    The engine defaults are ``accel.build``'s (:data:`accel.planning.plan.DEFAULT_PES`, one PE, and
+    :func:`accel.planning.plan.default_banks`: 2 banks with one PE, 3 with more).
     """
     import sim
-    from accel.plan import EnginePlan, default_banks
+    from accel.planning.plan import EnginePlan, default_banks
 
     if banks is None:
         banks = default_banks(n_pes)
@@ -80,14 +80,14 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
     expected = sim.trace(model, x)
     start = time.perf_counter()
     if simulator in ("verilator", "icarus"):
-        from accel.cosim import simulate
+        from accel.verification.cosim import simulate
         result = simulate(model, plan, x, build_dir=build_dir, seed=seed, idle=idle,
                           backpressure=backpressure, waves=waves, simulator=simulator)
         cycles, latency = result.cycles, list(result.latency)
         mismatches, first, waveform = result.mismatches, result.first_mismatch, result.waveform
     elif simulator == "amaranth":
-        from accel.amaranth_sim import run_engine
-        from accel.compare import compare_run
+        from accel.verification.amaranth_sim import run_engine
+        from accel.verification.compare import compare_run
         build_dir.mkdir(parents=True, exist_ok=True)
         vcd = str(build_dir / "engine.vcd") if waves else None
         run = run_engine(plan, x, idle=idle, backpressure=backpressure, seed=seed, vcd=vcd)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['stream_bound_cycles']:.1f}")
     if not report["prediction_in_range"]:
         print("  (this stream is outside the cycle model's range of validity: the images in "
-              "flight gain more than accel.plan.MODEL_OVERLAP_LIMIT, and the model is "
+              "flight gain more than accel.planning.plan.MODEL_OVERLAP_LIMIT, and the model is "
               "optimistic there; docs/accelerator.md)")
     print(f"PE utilization {report['pe_utilization']:.1%} "
           f"({report['useful_macs_per_inference']:.0f} useful MACs per inference on "

@@ -24,8 +24,8 @@ from _common import lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from accel.pack import pack_model  # noqa: E402
-from accel.plan import balance_rows as balanced_rows  # noqa: E402
+from accel.planning.pack import pack_model  # noqa: E402
+from accel.planning.plan import balance_rows as balanced_rows  # noqa: E402
 
 PIPELINE_CYCLES = 6     # pointer read, entry read, codebook, multiply, accumulate, handshakes
 

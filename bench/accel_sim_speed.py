@@ -1,13 +1,13 @@
 """Benchmark: simulated clocks per second of the 16-PE LeNet-300-100 engine, Verilator vs Icarus.
 
-Both run the same cocotb testbench (``accel/_cocotb_engine.py``, through
-``accel.cosim.simulate``) on the same engine, images streamed back to back. Each simulator is built
+Both run the same cocotb testbench (``accel/verification/cocotb_engine.py``, through
+``accel.verification.cosim.simulate``) on the same engine, images streamed back to back. Each simulator is built
 first (timed apart: the build is cached, so the timed run only simulates), then runs its images;
 clocks per second are the engine's measured clock cycles over the wall time of that run. Verilator
-builds with ``accel.cosim``'s options (no tracing, C++ at ``-O0``). The ratio quoted is of these
+builds with ``accel.verification.cosim``'s options (no tracing, C++ at ``-O0``). The ratio quoted is of these
 two: the same testbench, only the simulator differs.
 
-A third row, in the same run, is the volume path: ``accel.batch_sim`` (the same Verilog in
+A third row, in the same run, is the volume path: ``accel.verification.batch_sim`` (the same Verilog in
 Verilator, driven by generated C++ instead of cocotb's Python, ``-O3``) on ``--batch-images``
 images, each output compared with ``sim.trace``.
 
@@ -34,9 +34,9 @@ from _common import CACHE, lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from accel import batch_sim, cosim  # noqa: E402
-from accel.compare import compare_run  # noqa: E402
-from accel.plan import EnginePlan  # noqa: E402
+from accel.verification import batch_sim, cosim  # noqa: E402
+from accel.verification.compare import compare_run  # noqa: E402
+from accel.planning.plan import EnginePlan  # noqa: E402
 
 
 def _measure(name, model, plan, x, build_dir: Path) -> dict:

@@ -1,7 +1,7 @@
 """Benchmark: verification at scale, the 16-PE LeNet-300-100 engine on 100,000 images.
 
 Issue 20 §2. Icarus runs this engine at milliseconds per clock, so the cocotb flow checks a few
-hundred images; here the engine is compiled by Verilator (``accel.batch_sim``) and every logit
+hundred images; here the engine is compiled by Verilator (``accel.verification.batch_sim``) and every logit
 and every hidden activation of at least 100,000 images is compared with ``sim.trace``.
 
 Part 1 (:func:`part_images`): MNIST's 10,000 test and 60,000 training images, and 30,000 derived
@@ -40,8 +40,8 @@ from _common import CACHE, lenet_arguments, mnist_missing, run  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from accel import batch_sim  # noqa: E402
-from accel.compare import compare_run  # noqa: E402
+from accel.verification import batch_sim  # noqa: E402
+from accel.verification.compare import compare_run  # noqa: E402
 from accel.build import default_banks, make_plan  # noqa: E402
 from compress.integer import activation_range  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
@@ -201,7 +201,7 @@ def part_fuzz(models: int, inputs: int, build_dir) -> dict | None:
         inside = s["ratio_worst_in_model_range"]
         print(f"  cycle model (streams without stalls): measured/predicted {s['ratio_min']:.2f}"
               f"..{s['ratio_max']:.2f}, worst {s['ratio_worst']:.2f}; in its range of validity "
-              f"(images in flight gaining at most accel.plan.MODEL_OVERLAP_LIMIT) "
+              f"(images in flight gaining at most accel.planning.plan.MODEL_OVERLAP_LIMIT) "
               f"{s['models_in_model_range']} models, worst "
               f"{'n/a' if inside is None else f'{inside:.2f}'} (target within 10%)", flush=True)
     return {"summary": s, "results": results}

@@ -1,4 +1,4 @@
-"""The Verilator batch simulator (accel.batch_sim) against sim and Amaranth's simulator.
+"""The Verilator batch simulator (accel.verification.batch_sim) against sim and Amaranth's simulator.
 
 One small engine is built once for the module (the build is cached in out/batch_sim, so a rerun
 does not compile again).
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import sim
-from accel import batch_sim
-from accel.plan import EnginePlan
+from accel.verification import batch_sim
+from accel.planning.plan import EnginePlan
 from accel_models import random_inputs, random_model
 
 FEATURES = [20, 12, 8, 5]
@@ -43,7 +43,7 @@ def test_equals_sim_with_idle_and_backpressure(engine):
 
 
 def test_same_clocks_as_amaranth(engine):
-    from accel.amaranth_sim import run_engine
+    from accel.verification.amaranth_sim import run_engine
     model, plan = engine
     x = random_inputs(model, 5, 3)
     ours = batch_sim.run_engine(plan, x)

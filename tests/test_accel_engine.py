@@ -13,9 +13,9 @@ import pytest
 from amaranth.sim import Simulator
 
 import sim
-from accel.amaranth_sim import run_engine
-from accel.engine import Collector, Engine, Loader
-from accel.plan import EnginePlan
+from accel.verification.amaranth_sim import run_engine
+from accel.gateware.engine import Collector, Engine, Loader
+from accel.planning.plan import EnginePlan
 from accel_models import random_inputs, random_model
 
 
@@ -75,7 +75,7 @@ def test_requantizer_split_at_the_boundary(accumulator_bits):
 def test_smallest_queue_depth_runs_and_shallower_is_refused():
     """Issue 20: queue depths 2 to 4 were accepted and never became ready (no logit ever came
     out); the plan now refuses them, naming why, and the smallest it takes runs."""
-    from accel.plan import MIN_QUEUE_DEPTH
+    from accel.planning.plan import MIN_QUEUE_DEPTH
 
     model = random_model(0, [20, 12, 5])
     for depth in range(2, MIN_QUEUE_DEPTH):
@@ -245,7 +245,7 @@ def test_collector_streams_logits_in_neuron_order_under_backpressure():
 ])
 def test_cycle_model_within_ten_percent_in_its_range(features, n_pes, banks):
     """EnginePlan.predict within 10% of the measured clocks of a stall-free stream, on streams
-    its range of validity (accel.plan.MODEL_OVERLAP_LIMIT) covers."""
+    its range of validity (accel.planning.plan.MODEL_OVERLAP_LIMIT) covers."""
     model = random_model(11, features, density=0.5)
     x = random_inputs(model, 12, seed=3)
     plan = EnginePlan.from_model(model, n_pes=n_pes, banks=banks)

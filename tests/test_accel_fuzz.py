@@ -14,7 +14,7 @@ import pytest
 
 import sim
 from accel import fuzz
-from accel.plan import MIN_QUEUE_DEPTH
+from accel.planning.plan import MIN_QUEUE_DEPTH
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound,
                               accumulator_width, activation_range)
 
@@ -188,7 +188,7 @@ def test_cases_are_deterministic_and_legal_artifacts():
 
 
 def test_compare_reports_the_first_mismatch():
-    from accel.compare import compare_run
+    from accel.verification.compare import compare_run
 
     case = fuzz.random_case(7, inputs=6, max_width=6, check_artifact=False)
     expected = sim.trace(case.model, case.x)
@@ -233,7 +233,7 @@ def test_fuzz_tiny_models(seed):
 
 
 def test_amaranth_runner_reloads_mid_stream():
-    """``accel.amaranth_sim.run_engine``'s ``reloads`` (the contract of the batch runner): a
+    """``accel.verification.amaranth_sim.run_engine``'s ``reloads`` (the contract of the batch runner): a
     tiny case whose second part runs the reloaded model, with stalls."""
     case = fuzz.random_case(2024, inputs=4, max_width=4, max_layers=2, max_pes=2)
     assert case.reload_model is not None

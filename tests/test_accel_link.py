@@ -1,6 +1,6 @@
 """The UART host link (``docs/host-link.md``): UART, framing, and the whole path host -> board.
 
-The board is ``LinkedEngine`` in Amaranth's simulator (:class:`accel.link_sim.SimulatedBoard`);
+The board is ``LinkedEngine`` in Amaranth's simulator (:class:`accel.verification.link_sim.SimulatedBoard`);
 every result is compared with ``sim.run`` (the golden model), never with fixed numbers. Faults
 are injected on the wire in both directions.
 """
@@ -19,14 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim
-from accel.host import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT, END, ESC,
-                        FRAMING, INFER, INFO, NAK, RESPONSE, WRITE, Frame, FrameDecoder,
-                        FrameError, HostLink, LinkError, LinkFormat, crc16, encode_frame,
-                        plan_fingerprint, slip_encode)
-from accel.link import (HostBridge, LinkedEngine, UARTReceiver, UARTTransmitter,
-                        baud_divisor)
-from accel.link_sim import SimulatedBoard
-from accel.plan import EnginePlan
+from accel.gateware.link import (HostBridge, LinkedEngine, UARTReceiver, UARTTransmitter,
+                                 baud_divisor)
+from accel.host import HostLink, LinkError
+from accel.planning.plan import EnginePlan
+from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT, END, ESC,
+                            FRAMING, INFER, INFO, NAK, RESPONSE, WRITE, Frame, FrameDecoder,
+                            FrameError, LinkFormat, crc16, encode_frame, plan_fingerprint,
+                            slip_encode)
+from accel.verification.link_sim import SimulatedBoard
 from accel_models import random_inputs, random_model
 
 # -- UART ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for accel.pack: EIE's interleaved CSC memory images (docs/accelerator.md)."""
+"""Tests for accel.planning.pack: EIE's interleaved CSC memory images (docs/accelerator.md)."""
 
 import dataclasses
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from accel.pack import MAX_PES, LayerImage, pack_layer, pack_model, pe_work, unpack_layer
+from accel.planning.pack import MAX_PES, LayerImage, pack_layer, pack_model, pe_work, unpack_layer
 from compress.artifact import CompressedLayer, CompressedModel
 from compress.integer import IntegerLayer, accumulator_bound, accumulator_width, quantize_model
 from compress.sparse import encode_relative

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from accel.plan import EnginePlan
-from accel.resources import FitError, check_fit, estimate_resources, memories
+from accel.planning.plan import EnginePlan
+from accel.gateware.resources import FitError, check_fit, estimate_resources, memories
 from boards import BOARDS, board_names, board_table, get_board
 from boards.clocks import PLLSettings, pll_settings
 from boards.toolchain import ToolchainError, _script_steps, find_tools, read_nextpnr_report

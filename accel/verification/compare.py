@@ -77,6 +77,6 @@ def compare_outputs(outputs, expected) -> Comparison:
 
 
 def compare_run(run, expected) -> Comparison:
-    """:func:`compare_outputs` of an :class:`~accel.amaranth_sim.EngineRun` (``hidden``, then
+    """:func:`compare_outputs` of an :class:`~accel.verification.amaranth_sim.EngineRun` (``hidden``, then
     ``logits``)."""
     return compare_outputs(list(run.hidden) + [run.logits], expected)

@@ -1,6 +1,6 @@
 """Run the engine in Amaranth's own simulator (pure Python, no Verilog tools needed).
 
-Slower than the cocotb/Icarus co-simulation (:mod:`accel.cosim`) but needs nothing outside
+Slower than the cocotb/Icarus co-simulation (:mod:`accel.verification.cosim`) but needs nothing outside
 PyPI, so the main job and the fast unit tests use it. The testbench streams input beats with
 optional random idle cycles, takes logits with optional random backpressure, and records every
 hidden activation the PEs emit on the trace bus.
@@ -15,8 +15,8 @@ import numpy as np
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.sim import Simulator
 
-from accel.engine import Engine
-from accel.plan import EnginePlan
+from accel.gateware.engine import Engine
+from accel.planning.plan import EnginePlan
 
 __all__ = ["EngineRun", "run_engine"]
 
@@ -79,7 +79,7 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
         Mid-stream reloads: ``reloads[k]`` are words written through the write port before
         image ``k``'s first beat, once every logit of the images before it has been taken and
         the engine is idle (``busy`` low). Image ``k`` and later ones then run the reloaded
-        model (the contract shared with :func:`accel.batch_sim.run_engine`).
+        model (the contract shared with :func:`accel.verification.batch_sim.run_engine`).
     max_cycles : int, optional
         Give up (RuntimeError) after this many clocks; default from the input size.
     vcd : str, optional

@@ -1,6 +1,6 @@
 """cocotb testbench of the engine: every logit and hidden activation against the reference.
 
-Run by :func:`accel.cosim.simulate`, which writes the data file (the encoded input beats, the
+Run by :func:`accel.verification.cosim.simulate`, which writes the data file (the encoded input beats, the
 expected output of every layer from ``sim.trace``, the settings) and passes its path in the
 environment variable ``DCACCEL_COSIM_DATA``. The testbench is built in layers, like cocotb's
 ``examples/matrix_multiplier``:
@@ -394,7 +394,7 @@ def load_data() -> tuple[dict, object]:
     path = os.environ.get(DATA_ENV)
     if not path:
         raise RuntimeError(f"{DATA_ENV} is not set: run this testbench through "
-                           "accel.cosim.simulate")
+                           "accel.verification.cosim.simulate")
     with open(path) as f:
         data = json.load(f)
     with open(data["plan"], "rb") as f:

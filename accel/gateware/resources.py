@@ -70,7 +70,7 @@ def memories(plan) -> list[tuple[str, int, int, int, str | None]]:
     from amaranth.hdl import Fragment
     from amaranth.hdl._mem import MemoryInstance
 
-    from accel.engine import Engine
+    from accel.gateware.engine import Engine
 
     found = []
 
@@ -120,7 +120,7 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     # behind the link).
     from amaranth.hdl import Shape
 
-    from accel.link import buffer_shapes
+    from accel.gateware.link import buffer_shapes
 
     link = [(f"link.{name}", depth, Shape.cast(shape).width, 1, None)
             for name, (depth, shape) in buffer_shapes(plan).items()]

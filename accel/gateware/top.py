@@ -2,7 +2,7 @@
 
 :class:`BoardTop` asks the platform for the board's default clock (through
 :class:`boards.clocks.ClockGenerator`, which makes the ``sync`` domain with a PLL) and for the
-board's serial port, and puts :class:`accel.link.LinkedEngine` (UART bridge plus engine,
+board's serial port, and puts :class:`accel.gateware.link.LinkedEngine` (UART bridge plus engine,
 ``docs/host-link.md``) between them. The receive line is synchronized by the link's
 UART receiver (two flip-flops). LED 0, where the board has one, blinks at 1 Hz.
 """
@@ -13,7 +13,7 @@ from amaranth.build import ResourceError
 from amaranth.hdl import Elaboratable, Module, Signal
 from amaranth.lib import io
 
-from accel.plan import EnginePlan
+from accel.planning.plan import EnginePlan
 from boards.clocks import PLLSettings
 
 __all__ = ["BoardTop"]
@@ -47,7 +47,7 @@ class BoardTop(Elaboratable):
         self.plan, self.board, self.pll, self.baud = plan, board, pll, baud
         self.reference_hz = round(pll.input_mhz * 1e6)
         # Build the link now, so that a bad baud rate fails before any tool runs.
-        from accel.link import LinkedEngine
+        from accel.gateware.link import LinkedEngine
         self.link = LinkedEngine(plan, baud=baud, uart_clock_hz=self.reference_hz)
 
     def elaborate(self, platform):

@@ -1,10 +1,10 @@
 """The engine plan: every size, width and memory image of the accelerator, derived from a model.
 
 :class:`EnginePlan` is the one place where the hardware's parameters come from. It packs each
-layer with :func:`accel.pack.pack_layer` (optionally with its hidden neurons assigned to PEs by
+layer with :func:`accel.planning.pack.pack_layer` (optionally with its hidden neurons assigned to PEs by
 expected work, :func:`balance_rows`), derives the widths of every signal and memory, lays out
 the write port's address map, and encodes what crosses the engine's ports: input beats,
-logits, the trace bus. :mod:`accel.engine` reads only this object; the co-simulation and the
+logits, the trace bus. :mod:`accel.gateware.engine` reads only this object; the co-simulation and the
 host read only this object and the ports.
 
 The datapath and the interfaces are described in ``docs/accelerator.md``; the arithmetic in
@@ -21,7 +21,7 @@ import numpy as np
 
 from compress.artifact import CompressedModel
 from compress.integer import MULTIPLIER_BITS, activation_range
-from accel.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_layer
+from accel.planning.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_layer
 
 __all__ = [
     "DEFAULT_PES",
@@ -83,7 +83,7 @@ MODEL_OVERLAP_LIMIT = 1.2
 #: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
 #: registered ``ready`` a clock later, and a group it commits then lands in the queue three clocks
 #: after that, so the queue promises room for the groups of the five clocks from the one whose
-#: level it tests (``accel.engine.ProcessingElement``).
+#: level it tests (``accel.gateware.engine.ProcessingElement``).
 GROUP_QUEUE_SLACK = 5
 #: The shallowest PE group queue: one that cannot hold :data:`GROUP_QUEUE_SLACK` groups is never
 #: ready, and the engine would never start (issue 20: depths 2 to 4 deadlocked).
@@ -138,7 +138,7 @@ class LayerPlan:
     Attributes
     ----------
     image : LayerImage
-        The layer packed with its rows in ``row_order`` (``accel.pack``).
+        The layer packed with its rows in ``row_order`` (``accel.planning.pack``).
     row_order : numpy.ndarray
         int64 ``(out_features,)``: packed row ``i`` is the layer's row ``row_order[i]``
         (identity for the last layer, whose logits leave in order).
@@ -284,7 +284,7 @@ class EnginePlan:
         model : CompressedModel
             With integer data (``docs/arithmetic.md``).
         n_pes, zero_run_bits, lanes, input_lanes, queue_depth, banks : int
-            See the class; ``zero_run_bits`` is ``b_z`` of ``accel.pack`` (1 .. 8). The
+            See the class; ``zero_run_bits`` is ``b_z`` of ``accel.planning.pack`` (1 .. 8). The
             defaults are the commands' (one PE, :data:`DEFAULT_PES`); ``banks`` ``None`` means
             :func:`default_banks` (2 with one PE, 3 with more).
         calibration : array_like of int, optional

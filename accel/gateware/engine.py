@@ -1,7 +1,7 @@
 """The EIE-style sparse engine in Amaranth 0.5: loader, broadcaster, PEs, collector, top level.
 
 Every block is a :class:`wiring.Component` whose parameters all come from an
-:class:`accel.plan.EnginePlan`. The dataflow (``docs/accelerator.md``, "Datapath"):
+:class:`accel.planning.plan.EnginePlan`. The dataflow (``docs/accelerator.md``, "Datapath"):
 
 - the **loader** turns input beats into lists of nonzero input activations, one list per
   input lane, each image closed by an end mark;
@@ -32,7 +32,7 @@ from amaranth.lib.fifo import FIFOInterface, SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accel.plan import GROUP_QUEUE_SLACK, SHIFT_BITS, EnginePlan, _bits
+from accel.planning.plan import GROUP_QUEUE_SLACK, SHIFT_BITS, EnginePlan, _bits
 from compress.integer import MULTIPLIER_BITS, activation_range
 
 __all__ = ["Broadcaster", "Collector", "Engine", "Loader", "ProcessingElement", "layouts"]

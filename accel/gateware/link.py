@@ -4,7 +4,7 @@
 - :class:`FrameTransmitter`: SLIP framing with the CRC-16 appended, for responses.
 - :class:`HostBridge`: decodes request frames, checks them, buffers the payload, executes INFO,
   INFER and WRITE on an engine's ports and answers; its engine-facing ports mirror
-  :class:`accel.engine.Engine`'s, flipped.
+  :class:`accel.gateware.engine.Engine`'s, flipped.
 - :class:`LinkedEngine`: a ``HostBridge`` wired to an ``Engine``; the board top's core.
 
 Two modes: single-domain (``clock_hz`` given, everything in ``sync``, the UART's bit time
@@ -26,12 +26,12 @@ from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accel.engine import CYCLE_COUNTER_BITS, Engine
-from accel.host import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
-                        CYCLES_BYTES, DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC,
-                        FRAMING, INFER, INFO, INFO_BYTES, NAK, PROTOCOL_VERSION, RESPONSE,
-                        WRITE, LinkFormat, crc16, plan_fingerprint)
-from accel.plan import EnginePlan
+from accel.gateware.engine import CYCLE_COUNTER_BITS, Engine
+from accel.planning.plan import EnginePlan
+from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
+                            CYCLES_BYTES, DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC,
+                            FRAMING, INFER, INFO, INFO_BYTES, NAK, PROTOCOL_VERSION, RESPONSE,
+                            WRITE, LinkFormat, crc16, plan_fingerprint)
 
 __all__ = ["FrameTransmitter", "HostBridge", "LinkedEngine", "UARTReceiver", "UARTTransmitter",
            "baud_divisor", "buffer_shapes", "meter_window", "plan_fingerprint"]
@@ -933,7 +933,7 @@ class HostBridge(wiring.Component):
 
 
 class LinkedEngine(wiring.Component):
-    """An :class:`accel.engine.Engine` behind a :class:`HostBridge`: the board's core.
+    """An :class:`accel.gateware.engine.Engine` behind a :class:`HostBridge`: the board's core.
 
     Parameters
     ----------

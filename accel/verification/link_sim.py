@@ -1,10 +1,10 @@
 """A board in Amaranth's simulator, as a :class:`accel.host.HostLink` transport.
 
-:class:`SimulatedBoard` runs :class:`accel.link.LinkedEngine` cycle by cycle: one async
+:class:`SimulatedBoard` runs :class:`accel.gateware.link.LinkedEngine` cycle by cycle: one async
 testbench shifts the queued host bytes into ``rx`` bit by bit (8N1, ``divisor`` clocks per bit),
 another samples ``tx`` in the middle of each bit and collects the board's bytes. With
 ``uart_clock_hz`` the board has two clocks (``sync`` and ``uart``, two-domain mode of
-:class:`accel.link.HostBridge`) and the bit timing is in ``uart`` clocks. ``read``
+:class:`accel.gateware.link.HostBridge`) and the bit timing is in ``uart`` clocks. ``read``
 advances simulated time only as far as needed, so the host library runs unchanged against it.
 Faults can be injected on both directions for the tests.
 """
@@ -16,8 +16,8 @@ from collections import deque
 
 from amaranth.sim import Simulator
 
-from accel.link import LinkedEngine, baud_divisor
-from accel.plan import EnginePlan
+from accel.gateware.link import LinkedEngine, baud_divisor
+from accel.planning.plan import EnginePlan
 
 __all__ = ["SimulatedBoard"]
 
@@ -45,7 +45,7 @@ class SimulatedBoard:
     seed : int
         Seeds :attr:`rng` (for tests that corrupt at random).
     max_write_words : int
-        As for :class:`accel.link.HostBridge`.
+        As for :class:`accel.gateware.link.HostBridge`.
     timeout_cycles : int, optional
         ``read`` gives up after this many ``sync`` clocks without a byte on either line;
         default: room for a few images' work plus a few bytes.

