@@ -6,8 +6,10 @@ then verification and the host side, then the command lines at the top):
 - :mod:`accel.planning`: what the engine is for a model. ``pack`` (each PE's memory images,
   interleaved CSC), ``plan`` (:class:`~accel.planning.plan.EnginePlan`: every size, width and
   memory, the write port's address map, the cycle model).
-- :mod:`accel.gateware`: the Amaranth 0.5 components. ``engine`` (loader, broadcaster, PEs,
-  collector, the top level :class:`~accel.gateware.engine.Engine`), ``link`` (the UART bridge
+- :mod:`accel.gateware`: the Amaranth 0.5 components, one module each: ``primitives``
+  (memories, FIFOs, skid buffers, the registered multiplier), ``layouts`` (stream payloads),
+  ``loader``, ``broadcaster``, ``pe`` (the processing element), ``collector``, ``engine`` (the top
+  level :class:`~accel.gateware.engine.Engine`), ``link`` (the UART bridge
   and its framing), ``top`` (clock generator, bridge and engine on a board), ``verilog``
   (:func:`engine_verilog`: the engine's portable Verilog), ``resources`` (the fit check, from
   the elaborated engine's memories).

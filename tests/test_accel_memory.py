@@ -1,4 +1,4 @@
-"""The engine's memory read ports and buffered FIFO (``accel.gateware.engine._read_port``,
+"""The engine's memory read ports and buffered FIFO (``accel.gateware.primitives._read_port``,
 ``_BufferedFIFO``).
 
 Both exist for timing only, so they must behave exactly as the Amaranth parts they replace:
@@ -20,7 +20,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.sim import Simulator
 
-from accel.gateware.engine import _NO_COLLISION, _BufferedFIFO, _read_port
+from accel.gateware.primitives import _NO_COLLISION, _BufferedFIFO, _read_port
 
 
 @pytest.mark.parametrize("depth", [2, 3, 5, 8])
@@ -121,7 +121,7 @@ def test_block_ram_read_port_has_no_collision_logic(tmp_path):
 def test_registered_fifo_keeps_order_under_random_traffic(block):
     """Every word comes out once, in order, with the levels consistent: the deep part's level
     bounds the writes, and ``level`` counts every word held."""
-    from accel.gateware.engine import _RegisteredFIFO
+    from accel.gateware.primitives import _RegisteredFIFO
 
     fifo = _RegisteredFIFO(width=8, depth=6, block=block)
     rng = random.Random(int(block))

@@ -1,4 +1,4 @@
-"""The registered product (``accel.gateware.engine._RegisteredProduct``): the ECP5 hard multiplier's wiring.
+"""The registered product (``accel.gateware.primitives._RegisteredProduct``): the ECP5 hard multiplier's wiring.
 
 In simulation the engine multiplies with flip-flops and ``*`` (every other test covers that);
 on an ECP5 the same product comes from a MULT18X18D instance with its input and output
@@ -17,7 +17,7 @@ from amaranth.hdl import signed, unsigned
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from accel.verification.cosim import _yosys
-from accel.gateware.engine import _RegisteredProduct
+from accel.gateware.primitives import _RegisteredProduct
 
 pytestmark = pytest.mark.skipif(
     shutil.which("iverilog") is None or shutil.which("vvp") is None,

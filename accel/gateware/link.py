@@ -26,7 +26,8 @@ from amaranth.lib.fifo import AsyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from accel.gateware.engine import CYCLE_COUNTER_BITS, Engine
+from accel.gateware.engine import Engine
+from accel.gateware.layouts import CYCLE_COUNTER_BITS
 from accel.planning.plan import EnginePlan
 from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
                             CYCLES_BYTES, DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC,

@@ -83,7 +83,7 @@ MODEL_OVERLAP_LIMIT = 1.2
 #: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
 #: registered ``ready`` a clock later, and a group it commits then lands in the queue three clocks
 #: after that, so the queue promises room for the groups of the five clocks from the one whose
-#: level it tests (``accel.gateware.engine.ProcessingElement``).
+#: level it tests (``accel.gateware.pe.ProcessingElement``).
 GROUP_QUEUE_SLACK = 5
 #: The shallowest PE group queue: one that cannot hold :data:`GROUP_QUEUE_SLACK` groups is never
 #: ready, and the engine would never start (issue 20: depths 2 to 4 deadlocked).
