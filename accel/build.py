@@ -94,7 +94,7 @@ def check_build_arguments(parser, args, board) -> None:
     """``parser.error`` on any option of ``accel.build`` that cannot work on ``board``, before
     the first step: engine options, ``--clock-mhz`` against the board's PLL, ``--baud`` against
     the board's clock, ``--verify-samples``, ``--nextpnr-seed``, ``--seed``, ``--out``."""
-    from accel.gateware.link import baud_divisor
+    from accel.gateware.uart import baud_divisor
     from boards.synthesis import clock_range_mhz
     from compress.cli import check_output_path, check_range
     from compress.data import MAX_SEED

@@ -11,10 +11,11 @@ Targets (issue 5):
 Steps, the first two side by side on the two cores: ``accel.build.build`` with 16 PEs at the
 highest clock the routed design meets (one place and route, the PLL set from its fmax; or at
 ``--clock-mhz``, failing loudly when timing is not met), after its own check of 8 images in
-Amaranth's simulator; and, in a second process (``python -m accel.verify``), cocotb on Icarus
-Verilog over ``--samples`` MNIST test images streamed back to back, every logit and hidden
-activation compared with ``sim``, whose steady-state cycles per inference give the rate at the
-achieved clock. Then PyTorch's batch-1 float inference of the same (shared-weight) model, one
+Amaranth's simulator; and, in a second process (``python -m accel.verify``), cocotb on
+Verilator (``--simulator``, default ``verilator``; ``icarus`` as before issue 20) over
+``--samples`` MNIST test images streamed back to back, every logit and hidden activation
+compared with ``sim``, whose steady-state cycles per inference give the rate at the achieved
+clock. Then PyTorch's batch-1 float inference of the same (shared-weight) model, one
 thread and all threads, best of ``--repeats``. The block RAM and multiplier
 estimates of the fit check are printed beside what place and route used.
 
@@ -69,6 +70,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=300,
                         help="MNIST test images simulated for the cycle count (default 300)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator",
+                        help="the second process's cocotb simulator (default verilator)")
     parser.add_argument("--out", type=Path, default=CACHE / "build-lenet")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -80,15 +83,14 @@ def main() -> int:
     board = get_board("ulx3s-85f")
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
-    verify_json = args.out / "verify-icarus.json"
+    verify_json = args.out / "verify.json"
     verify_json.unlink(missing_ok=True)
     command = [sys.executable, "-m", "accel.verify", "--model", str(args.model), "--dataset",
                "mnist", "--data-dir", str(args.data_dir), "--samples", str(args.samples),
                "--pes", str(args.pes), "--json", str(verify_json),
-               "--build-dir", str(args.out / "verify-icarus")]
-    print(f"in parallel: {' '.join(command[1:])} (log {args.out / 'verify-icarus.log'})",
-          flush=True)
-    with open(args.out / "verify-icarus.log", "w") as log:
+               "--build-dir", str(args.out / "verify"), "--simulator", args.simulator]
+    print(f"in parallel: {' '.join(command[1:])} (log {args.out / 'verify.log'})", flush=True)
+    with open(args.out / "verify.log", "w") as log:
         verifier = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz,
@@ -102,8 +104,8 @@ def main() -> int:
         code = verifier.wait()
     build_seconds = time.perf_counter() - start
     if code != 0 or not verify_json.exists():
-        print((args.out / "verify-icarus.log").read_text())
-        print(f"the Icarus verification failed (exit code {code})")
+        print((args.out / "verify.log").read_text())
+        print(f"the {args.simulator} verification failed (exit code {code})")
         return 1
     verified = json.loads(verify_json.read_text())
     # The rate at the achieved clock from the steady-state cycle count of the long run.
@@ -137,8 +139,9 @@ def main() -> int:
           f"LUTs {report['estimate']['luts']:,} vs {report['utilization']['luts']['used']:,}")
     print(f"  clock {report['clock_mhz']:.1f} MHz, post-route fmax {report['fmax_mhz']:.2f} MHz, "
           f"timing {'met' if report['timing_met'] else 'NOT met'}")
-    print(f"  cycles per inference {cycles:.1f} (Icarus, {verified['samples']} images, "
-          f"{verified['mismatches']} mismatches; the cycle model predicts "
+    print(f"  cycles per inference {cycles:.1f} ({verified['simulator']}, "
+          f"{verified['samples']} images, {verified['mismatches']} mismatches; "
+          f"the cycle model predicts "
           f"{verified['predicted_cycles']:.1f}), PE utilization {verified['pe_utilization']:.1%}")
     print(f"  FPGA:                     {board_rate:>12,.0f} inferences/s")
     print(f"  PyTorch CPU batch 1, 1 thread:   {torch_1:>12,.0f} inferences/s "

@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sim
-from accel.gateware.link import (HostBridge, LinkedEngine, UARTReceiver, UARTTransmitter,
-                                 baud_divisor)
+from accel.gateware.link import HostBridge, LinkedEngine
+from accel.gateware.uart import UARTReceiver, UARTTransmitter, baud_divisor
 from accel.host import HostLink, LinkError
 from accel.planning.plan import EnginePlan
 from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT, END, ESC,

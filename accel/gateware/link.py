@@ -1,7 +1,9 @@
 """The board side of the UART host link (``docs/host-link.md``), in Amaranth 0.5.
 
-- :class:`UARTReceiver`, :class:`UARTTransmitter`: 8N1 byte streams.
-- :class:`FrameTransmitter`: SLIP framing with the CRC-16 appended, for responses.
+- :class:`~accel.gateware.uart.UARTReceiver`, :class:`~accel.gateware.uart.UARTTransmitter`
+  (:mod:`accel.gateware.uart`): 8N1 byte streams.
+- :class:`~accel.gateware.framing.FrameTransmitter` (:mod:`accel.gateware.framing`): SLIP
+  framing with the CRC-16 appended, for responses.
 - :class:`HostBridge`: decodes request frames, checks them, buffers the payload, executes INFO,
   INFER and WRITE on an engine's ports and answers; its engine-facing ports mirror
   :class:`accel.gateware.engine.Engine`'s, flipped.
@@ -27,15 +29,17 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from accel.gateware.engine import Engine
+from accel.gateware.framing import FrameTransmitter, _crc_step
 from accel.gateware.layouts import CYCLE_COUNTER_BITS
+from accel.gateware.uart import UARTReceiver, UARTTransmitter, _reject, baud_divisor
 from accel.planning.plan import EnginePlan
-from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT,
-                            CYCLES_BYTES, DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC,
-                            FRAMING, INFER, INFO, INFO_BYTES, NAK, PROTOCOL_VERSION, RESPONSE,
-                            WRITE, LinkFormat, crc16, plan_fingerprint)
+from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT, CYCLES_BYTES,
+                            DEFAULT_MAX_WRITE_WORDS, END, ESC, ESC_END, ESC_ESC, FRAMING, INFER,
+                            INFO, INFO_BYTES, NAK, PROTOCOL_VERSION, RESPONSE, WRITE, LinkFormat,
+                            plan_fingerprint)
 
-__all__ = ["FrameTransmitter", "HostBridge", "LinkedEngine", "UARTReceiver", "UARTTransmitter",
-           "baud_divisor", "buffer_shapes", "meter_window", "plan_fingerprint"]
+__all__ = ["HostBridge", "LinkedEngine", "buffer_shapes", "meter_window"]
+
 
 def buffer_shapes(plan: EnginePlan, max_write_words: int = DEFAULT_MAX_WRITE_WORDS) -> dict:
     """``{name: (depth, shape)}`` of the bridge's buffers: one image's input beats, one write
@@ -49,14 +53,14 @@ def buffer_shapes(plan: EnginePlan, max_write_words: int = DEFAULT_MAX_WRITE_WOR
     }
 
 
-#: The smallest clocks-per-bit the bridge accepts, and the largest baud rate error.
-MIN_BRIDGE_DIVISOR = 8
-MAX_BAUD_ERROR = 0.02
-
 #: Two-domain mode: the clock meter's window is ``uart_clock_hz // METER_WINDOWS_PER_SECOND``
 #: uart clocks (10 ms), and the depth of each clock-domain-crossing FIFO.
 METER_WINDOWS_PER_SECOND = 100
+
+
 CDC_FIFO_DEPTH = 8
+
+
 #: The shortest meter window accepted (``meter_window_cycles``, in uart clocks).
 MIN_METER_WINDOW = 16
 
@@ -89,275 +93,6 @@ def meter_window(uart_clock_hz: int, meter_window_cycles: int | None = None) -> 
                          f"window would be {window} uart clocks, at least {MIN_METER_WINDOW}")
     return window, round(uart_clock_hz / window)
 
-
-def _reject(component, error):
-    component._MustUse__used = True             # never built: no "created but never used"
-    raise error
-
-
-def _check_divisor(component, divisor, minimum):
-    if not isinstance(divisor, int) or isinstance(divisor, bool):
-        _reject(component, TypeError(f"divisor must be an int, not {divisor!r}"))
-    if divisor < minimum:
-        _reject(component, ValueError(f"divisor must be at least {minimum}, not {divisor!r}"))
-
-
-def baud_divisor(clock_hz: int, baud: int) -> int:
-    """Clocks per bit for ``baud`` at ``clock_hz``; ValueError if unusable for the bridge."""
-    for name, value in [("clock_hz", clock_hz), ("baud", baud)]:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, not {value!r}")
-    divisor = round(clock_hz / baud)
-    if divisor < MIN_BRIDGE_DIVISOR:
-        raise ValueError(f"baud {baud} is too fast for a {clock_hz} Hz clock: clock_hz / baud "
-                         f"must round to at least {MIN_BRIDGE_DIVISOR}, not {divisor}")
-    achieved = clock_hz / divisor
-    error = abs(achieved - baud) / baud
-    if error > MAX_BAUD_ERROR:
-        raise ValueError(f"baud {baud} at {clock_hz} Hz: divisor {divisor} gives {achieved:.0f} "
-                         f"baud, {error:.1%} off (at most {MAX_BAUD_ERROR:.0%})")
-    return divisor
-
-
-def _crc_step(crc, byte):
-    """CRC-16/CCITT-FALSE of one more byte, one clock: each output bit is an XOR of inputs."""
-    def response(crc_in, byte_in):
-        return crc16(bytes([byte_in]), crc_in)
-    bits = []
-    for i in range(16):
-        terms = [crc[j] for j in range(16) if response(1 << j, 0) >> i & 1]
-        terms += [byte[j] for j in range(8) if (response(0, 1 << j) ^ response(0, 0)) >> i & 1]
-        value = terms[0]
-        for term in terms[1:]:
-            value = value ^ term
-        bits.append(value)
-    return Cat(*bits)
-
-
-# -- UART ---------------------------------------------------------------------------------------
-
-class UARTReceiver(wiring.Component):
-    """8N1 receiver: LSB first, idle high, every bit sampled in its middle.
-
-    Parameters
-    ----------
-    divisor : int
-        Clocks per bit, at least 4.
-
-    Attributes
-    ----------
-    rx : In(1)
-        The line (synchronized here by two flip-flops).
-    o : Out(stream.Signature(8))
-        Received bytes. ``valid`` is held until ``ready``; a byte not taken before the next one
-        is complete is overwritten (the line cannot be stalled).
-    framing_error : Out(1)
-        Strobe: a stop bit was low. The byte is dropped and the receiver waits for the line to
-        be high before looking for a start bit.
-
-    Latency: a byte is on ``o`` about 9.5 bit times plus 3 clocks after its start bit's falling
-    edge. Throughput: one byte per 10 bit times (the stop bit is sampled in its middle, so a
-    transmitter up to ~4 % fast is followed).
-    """
-
-    def __init__(self, divisor: int):
-        _check_divisor(self, divisor, 4)
-        self._divisor = divisor
-        super().__init__({
-            "rx": In(1, init=1),
-            "o": Out(stream.Signature(8)),
-            "framing_error": Out(1),
-        })
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
-
-    def elaborate(self, platform):
-        m = Module()
-        divisor = self._divisor
-
-        meta = Signal(init=1)
-        line = Signal(init=1)
-        timer = Signal(range(divisor))
-        bit_index = Signal(range(8))
-        shift = Signal(8)
-
-        m.d.sync += [meta.eq(self.rx), line.eq(meta), self.framing_error.eq(0)]
-        with m.If(self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(~line):
-                    m.d.sync += timer.eq(divisor // 2 - 1)
-                    m.next = "START"
-            with m.State("START"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Elif(line):
-                    m.next = "IDLE"                     # a glitch, not a start bit
-                with m.Else():
-                    m.d.sync += [timer.eq(divisor - 1), bit_index.eq(0)]
-                    m.next = "DATA"
-            with m.State("DATA"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Else():
-                    m.d.sync += [shift.eq(Cat(shift[1:], line)), timer.eq(divisor - 1),
-                                 bit_index.eq(bit_index + 1)]
-                    with m.If(bit_index == 7):
-                        m.next = "STOP"
-            with m.State("STOP"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Elif(line):
-                    m.d.sync += [self.o.payload.eq(shift), self.o.valid.eq(1)]
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += self.framing_error.eq(1)
-                    m.next = "BREAK"
-            with m.State("BREAK"):
-                with m.If(line):
-                    m.next = "IDLE"
-        return m
-
-
-class UARTTransmitter(wiring.Component):
-    """8N1 transmitter: start bit, 8 data bits LSB first, stop bit; the line idles high.
-
-    Parameters
-    ----------
-    divisor : int
-        Clocks per bit, at least 4.
-
-    Attributes
-    ----------
-    i : In(stream.Signature(8))
-        Bytes to send; ``ready`` while idle.
-    tx : Out(1)
-        The line, from a flip-flop.
-
-    Latency: the start bit begins one clock after a byte is accepted. Throughput: one byte per
-    ``10 * divisor + 1`` clocks.
-    """
-
-    def __init__(self, divisor: int):
-        _check_divisor(self, divisor, 4)
-        self._divisor = divisor
-        super().__init__({"i": In(stream.Signature(8)), "tx": Out(1, init=1)})
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
-
-    def elaborate(self, platform):
-        m = Module()
-        divisor = self._divisor
-
-        timer = Signal(range(divisor))
-        remaining = Signal(range(10))
-        shift = Signal(9)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    m.d.sync += [self.tx.eq(0), shift.eq(Cat(self.i.payload, Const(1, 1))),
-                                 remaining.eq(9), timer.eq(divisor - 1)]
-                    m.next = "SEND"
-            with m.State("SEND"):
-                with m.If(timer != 0):
-                    m.d.sync += timer.eq(timer - 1)
-                with m.Elif(remaining == 0):
-                    m.next = "IDLE"                     # the stop bit has lasted a bit time
-                with m.Else():
-                    m.d.sync += [self.tx.eq(shift[0]), shift.eq(shift[1:]),
-                                 remaining.eq(remaining - 1), timer.eq(divisor - 1)]
-        return m
-
-
-# -- framing ------------------------------------------------------------------------------------
-
-#: A byte of a frame body on its way to :class:`FrameTransmitter`.
-BODY_BYTE = data.StructLayout({"data": 8, "last": 1})
-
-
-class FrameTransmitter(wiring.Component):
-    """SLIP-frame a body and append its CRC-16: ``END``, escaped body, escaped CRC, ``END``.
-
-    Attributes
-    ----------
-    i : In(stream.Signature(BODY_BYTE))
-        Body bytes (``kind, seq, payload``); ``last`` marks the frame's last byte.
-    o : Out(stream.Signature(8))
-        Wire bytes. The CRC (low byte first) is computed one byte per clock as bytes are taken.
-
-    Throughput: one wire byte per clock when ``o`` is always ready (two clocks per body byte).
-    """
-
-    def __init__(self):
-        super().__init__({"i": In(stream.Signature(BODY_BYTE)),
-                          "o": Out(stream.Signature(8))})
-
-    def elaborate(self, platform):
-        m = Module()
-        crc = Signal(16, init=0xFFFF)
-        held = Signal(8)
-        held_last = Signal()
-        tail = Signal(range(3))                 # 0 body byte, 1 CRC low byte, 2 CRC high byte
-        special = Signal()
-
-        m.d.comb += special.eq((held == END) | (held == ESC))
-
-        def next_byte():
-            with m.If(tail == 0):
-                with m.If(held_last):
-                    m.d.sync += [held.eq(crc[:8]), tail.eq(1)]
-                    m.next = "SEND"
-                with m.Else():
-                    m.next = "TAKE"
-            with m.Elif(tail == 1):
-                m.d.sync += [held.eq(crc[8:]), tail.eq(2)]
-                m.next = "SEND"
-            with m.Else():
-                m.next = "FINISH"
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.i.valid):
-                    m.d.sync += [crc.eq(0xFFFF), tail.eq(0)]
-                    m.next = "START"
-            with m.State("START"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(END)]
-                with m.If(self.o.ready):
-                    m.next = "TAKE"
-            with m.State("TAKE"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
-                    m.d.sync += [held.eq(self.i.payload.data), held_last.eq(self.i.payload.last),
-                                 crc.eq(_crc_step(crc, self.i.payload.data))]
-                    m.next = "SEND"
-            with m.State("SEND"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(Mux(special, ESC, held))]
-                with m.If(self.o.ready):
-                    with m.If(special):
-                        m.next = "ESCAPED"
-                    with m.Else():
-                        next_byte()
-            with m.State("ESCAPED"):
-                m.d.comb += [self.o.valid.eq(1),
-                             self.o.payload.eq(Mux(held == END, ESC_END, ESC_ESC))]
-                with m.If(self.o.ready):
-                    next_byte()
-            with m.State("FINISH"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.eq(END)]
-                with m.If(self.o.ready):
-                    m.next = "IDLE"
-        return m
-
-
-# -- the bridge ---------------------------------------------------------------------------------
 
 class HostBridge(wiring.Component):
     """UART requests in, engine ports driven, responses out (``docs/host-link.md``).

@@ -16,7 +16,8 @@ from collections import deque
 
 from amaranth.sim import Simulator
 
-from accel.gateware.link import LinkedEngine, baud_divisor
+from accel.gateware.link import LinkedEngine
+from accel.gateware.uart import baud_divisor
 from accel.planning.plan import EnginePlan
 
 __all__ = ["SimulatedBoard"]
