@@ -77,7 +77,7 @@ LAYER_LATENCY = HIDDEN_LAYER_LATENCY
 #: speeds up by at most this factor. The schedule takes that overlap as perfect; beyond it, with
 #: little work per image, the per-image costs it does not count (drain commands sequenced per
 #: image and layer, the collector on a wide last layer, PEs held in step by a shallow queue)
-#: show: up to 1.86 times the prediction on the fuzz's 48 models (1.00 to 1.09 inside it).
+#: show: up to 1.86 times the prediction on the fuzz's 48 models (0.99 to 1.09 inside it).
 MODEL_OVERLAP_LIMIT = 1.2
 
 #: Groups a PE's group queue must have room for when it says ``ready``: the broadcaster sees the
