@@ -5,10 +5,11 @@ Every case is a random quantized model, legal by the artifact's own validation (
 CompressedModel` and round-tripped through the file format), random engine options, a stream of
 random and extreme inputs, and a second model of the same shapes that fits the same engine (a
 mid-stream reload through the write port). :func:`run_case` streams the inputs through a runner
-(the Verilator batch simulator :func:`accel.verification.batch_sim.run_engine`, or Amaranth's simulator
-:func:`accel.verification.amaranth_sim.run_engine`) with random idle input cycles and output backpressure and
-compares every logit and every hidden activation with :func:`sim.trace`, then streams them once
-more without stalls and compares the measured cycles with :meth:`EnginePlan.predict`.
+(the Verilator batch simulator :func:`accel.verification.batch_sim.run_engine`, or Amaranth's
+simulator :func:`accel.verification.amaranth_sim.run_engine`) with random idle input cycles and
+output backpressure and compares every logit and every hidden activation with
+:func:`sim.trace`, then streams them once more without stalls and compares the measured cycles
+with :meth:`EnginePlan.predict`.
 
 Dimensions (over seeds): 1 to 4 layers, widths 1 to 300 (mostly small); signed and unsigned
 network inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); index bits
@@ -48,8 +49,8 @@ from compress.artifact import CompressedLayer, CompressedModel, load
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
                               requantization_parameters)
-from accel.verification.compare import compare_run
 from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
+from accel.verification.compare import compare_run
 
 __all__ = ["FuzzCase", "describe", "random_case", "run_case", "run_fuzz", "runner_function",
            "main"]
@@ -624,12 +625,16 @@ def run_fuzz(n_models: int = 20, inputs: int = 200, seed: int = 0, runner="veril
     return results
 
 
+def _worst(ratios):
+    """The ratio farthest from 1, either way."""
+    return max(ratios, key=lambda v: abs(np.log(v)), default=None)
+
+
 def summary(results: list[dict]) -> dict:
     ok = [r for r in results if "error" not in r]
-    ratios = [r["measured_over_predicted"] for r in ok if r.get("measured_over_predicted")]
-    worst = max(ratios, key=lambda v: abs(np.log(v)), default=None)
-    inside = [r["measured_over_predicted"] for r in ok
-              if r.get("measured_over_predicted") and r.get("model_in_range")]
+    timed = [r for r in ok if r.get("measured_over_predicted")]
+    ratios = [r["measured_over_predicted"] for r in timed]
+    inside = [r["measured_over_predicted"] for r in timed if r.get("model_in_range")]
     return {
         "models": len(results),
         "errors": len(results) - len(ok),
@@ -639,9 +644,9 @@ def summary(results: list[dict]) -> dict:
         "seconds": round(sum(r["seconds"] for r in results), 1),
         "ratio_min": min(ratios, default=None),
         "ratio_max": max(ratios, default=None),
-        "ratio_worst": worst,
+        "ratio_worst": _worst(ratios),
         "models_in_model_range": len(inside),
-        "ratio_worst_in_model_range": max(inside, key=lambda v: abs(np.log(v)), default=None),
+        "ratio_worst_in_model_range": _worst(inside),
     }
 
 
