@@ -1,0 +1,201 @@
+"""The PE's drain sequencer: commands in, one accumulator row per clock read, cleared and sent
+to the requantizer with its bias and row id (D0 .. D1B), within the lists' credits."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from accel.gateware.layouts import layouts
+from accel.gateware.pe.accumulate import ReadClearSignature
+from accel.gateware.pe.lists import CreditSignature, list_depths
+from accel.gateware.pe.stages import drained_layout, pe_widths, requant_input_layout
+from accel.gateware.primitives import (_check_plan, _memory, _read_port, _registered,
+                                       _switch)
+from accel.planning.plan import EnginePlan, _bits
+
+__all__ = ["DrainSequencer"]
+
+
+class DrainSequencer(wiring.Component):
+    """Drain a complete context: each of this PE's rows of the layer, then an end mark.
+
+    Parameters
+    ----------
+    plan : EnginePlan
+    pe : int
+        The PE whose rows (their count per layer, biases and row ids) this stage drains.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(context))
+        Commands: drain accumulator bank ``bank`` of layer ``layer``. ``ready`` is registered
+        and the sequencer registers it again: it promises room for commands that arrive
+        (``valid``) up to three clocks later, which are always taken (registered as they arrive,
+        then queued, ``2 * n_layers + 5`` deep).
+    acc : Out(ReadClearSignature(plan))
+        The accumulator memories' read-and-clear port.
+    o : Out(requant_input_layout(plan))
+        Each row (``o.stage.valid``): its sum, bias and row id; then the context's end mark (a
+        hidden layer's only: the last layer's logits need none).
+    freed : In(CreditSignature())
+        Places freed in the PE's lists.
+    write : In(bus)
+        The PE's copy of the write bus (bias and row id memories).
+
+    Latency and throughput: a command is loaded 3 clocks after it arrives (registered, queued,
+    loaded), its first row issued in the next clock (D0) and in ``o`` 4 clocks after its issue
+    (D1: memories read; D1B: each layer's words registered; D1R: the layer's registered). One
+    row per clock while the destination list has a place for it (a credit), then the end mark
+    in the clock after the last row; a context with no rows here is its end mark alone.
+    """
+
+    def __init__(self, plan: EnginePlan, pe: int):
+        _check_plan(self, plan)
+        self._plan, self._pe = plan, pe
+        lay = layouts(plan)
+        super().__init__({
+            "i": In(stream.Signature(lay.context)),
+            "acc": Out(ReadClearSignature(plan)),
+            "o": Out(requant_input_layout(plan)),
+            "freed": In(CreditSignature()),
+            "write": In(lay.bus),
+        })
+
+    def elaborate(self, platform):
+        plan, lay, p = self._plan, layouts(self._plan), self._pe
+        layers, w = plan.layers, pe_widths(self._plan)
+        m = Module()
+        biases = [_read_port(m, _memory(m, f"bias{i}", plan, None, "bias", i, p,
+                                        signed(layer.accumulator_bits), platform,
+                                        strobe_from=self.write), f"bias{i}")
+                  for i, layer in enumerate(layers)]
+        row_ids = [None if layer.logits else
+                   _read_port(m, _memory(m, f"row_ids{i}", plan, None, "row_ids", i, p,
+                                         unsigned(_bits(layer.image.out_features)), platform,
+                                         strobe_from=self.write), f"row_ids{i}")
+                   for i, layer in enumerate(layers)]
+
+        # -- commands --------------------------------------------------------------------------
+        m.submodules.commands = commands = SyncFIFO(width=lay.context.size,
+                                                    depth=2 * plan.n_layers + 5)
+        # A command is registered as it arrives (the sequencer is far away: timing). Each
+        # register's enable includes this PE's own ``valid`` register, so the PEs' copies
+        # differ and synthesis cannot merge them.
+        arrived = Signal()
+        arrived_context = Signal(lay.context)
+        with m.If(self.i.valid | arrived):
+            m.d.sync += [arrived.eq(self.i.valid), arrived_context.eq(self.i.payload)]
+        # ``ready`` is registered; the sequencer registers it again, and its command, which
+        # is registered here before it is queued: room for the writes of the five clocks from
+        # the one whose level this is.
+        room = Signal()
+        m.d.sync += room.eq(commands.level + 5 <= commands.depth)
+        m.d.comb += [
+            commands.w_data.eq(arrived_context), commands.w_en.eq(arrived),
+            self.i.ready.eq(room),
+        ]
+        # The command being drained, registered off the queue (timing): one clock to load it.
+        command = lay.context(commands.r_data)
+        current = Signal(lay.context)
+        current_valid = Signal()
+        current_rows = Signal(w.row_bits)
+        is_last = Signal()
+        k = Signal(w.row_bits)
+        # k has reached the context's row count: registered with k, so that the drain's issue
+        # starts from flip-flops (timing).
+        k_at_end = Signal()
+        load = commands.r_rdy & ~current_valid
+        m.d.comb += commands.r_en.eq(load)
+        with m.If(load):
+            m.d.sync += [
+                current.eq(command), current_valid.eq(1),
+                current_rows.eq(_switch(m, command.layer, [layer.image.rows(p) for layer in layers],
+                                        unsigned(w.row_bits), "rows_here")),
+                is_last.eq(command.layer == plan.n_layers - 1),
+                k_at_end.eq(_switch(m, command.layer,
+                                    [int(layer.image.rows(p) == 0) for layer in layers], 1,
+                                    "no_rows_here")),
+            ]
+
+        # -- D0: issue one row per clock while the destination list has room ------------------
+        issue_row, issue_end = self._credits(m, current_valid, k_at_end, is_last)
+        drain_done = Signal()
+        m.d.comb += drain_done.eq(issue_end | current_valid & k_at_end & is_last)
+        with m.If(drain_done):
+            m.d.sync += [k.eq(0), current_valid.eq(0)]
+        with m.Elif(issue_row):
+            m.d.sync += [k.eq(k + 1), k_at_end.eq(k + 1 == current_rows)]
+        m.d.comb += [
+            self.acc.start.eq(load), self.acc.context.eq(command), self.acc.done.eq(drain_done),
+            self.acc.clear.eq(issue_row), self.acc.row.eq(k),
+            self.acc.row_next.eq(Mux(drain_done, 0, Mux(issue_row, k + 1, k))),
+        ]
+        # Each layer's bias and row id memories read row k from an address register of their
+        # own, a copy of k counted only while the layer is drained (timing: k itself reached
+        # every LUT RAM cell of every layer's two memories, and the PE's other logic).
+        for i, ports in enumerate(zip(biases, row_ids)):
+            address = Signal(w.row_bits, name=f"drain_address{i}")
+            with m.If(drain_done):
+                m.d.sync += address.eq(0)
+            with m.Elif(issue_row & (current.layer == i)):
+                m.d.sync += address.eq(address + 1)
+            for port in ports:
+                if port is not None:
+                    m.d.comb += port.addr.eq(address[:len(port.addr)])
+        d_layout = drained_layout(plan)
+        d1 = Signal(d_layout)
+        m.d.sync += [
+            d1.valid.eq(issue_row | issue_end), d1.end.eq(issue_end), d1.layer.eq(current.layer),
+            d1.bank.eq(current.bank), d1.row.eq(k),
+        ]
+
+        # -- D1: each layer's bias and row id registered as they leave their memories (block
+        # RAM read data is slow: timing); the row's sum, from the context's accumulator memory
+        # (no MAC runs on a context being drained), registered ---------------------------------
+        bias_words = _registered(m, biases, "bias_word")
+        row_id_words = _registered(m, row_ids, "row_id_word")
+        d1b = Signal(d_layout)
+        d1b_sum = Signal(signed(w.acc_bits))
+        m.d.comb += [self.acc.sum_context.layer.eq(d1.layer),
+                     self.acc.sum_context.bank.eq(d1.bank)]
+        m.d.sync += [d1b.eq(d1), d1b_sum.eq(self.acc.sum)]
+
+        # -- D1B: the layer's bias, row id and sum, registered (D1R) -----------------------------
+        bias = _switch(m, d1b.layer, bias_words, signed(w.acc_bits), "bias")
+        row_id = _switch(m, d1b.layer, [0 if word is None else word for word in row_id_words],
+                         unsigned(plan.column_bits), "row_id")
+        m.d.sync += [self.o.stage.eq(d1b), self.o.bias.eq(bias), self.o.column.eq(row_id),
+                     self.o.sum.eq(d1b_sum)]
+        return m
+
+    def _credits(self, m, current_valid, k_at_end, is_last):
+        """The places left in the destination lists; returns the strobes ``issue_row`` (D0
+        issues row k) and ``issue_end`` (the context's end mark)."""
+        list_depth, logit_depth = list_depths(self._plan)
+        credit = Signal(range(list_depth + 1), init=list_depth)
+        logit_credit = Signal(range(logit_depth + 1), init=logit_depth)
+        # Whether a credit is left, registered with the credit (timing: the issue decides the
+        # drain's next row and memory, on the way to the memories' read addresses).
+        has_credit = Signal(init=list_depth != 0)
+        has_logit_credit = Signal(init=logit_depth != 0)
+        issue_row = Signal()
+        issue_end = Signal()
+        m.d.comb += [
+            issue_row.eq(current_valid & ~k_at_end & Mux(is_last, has_logit_credit, has_credit)),
+            issue_end.eq(current_valid & k_at_end & ~is_last & has_credit),
+        ]
+        freed = self.freed
+        credit_next = Signal.like(credit)
+        logit_credit_next = Signal.like(logit_credit)
+        m.d.comb += [
+            credit_next.eq(credit - (issue_row & ~is_last | issue_end) + freed.popped
+                           + freed.dropped),
+            logit_credit_next.eq(logit_credit - (issue_row & is_last) + freed.popped_logit),
+        ]
+        m.d.sync += [credit.eq(credit_next), has_credit.eq(credit_next != 0),
+                     logit_credit.eq(logit_credit_next),
+                     has_logit_credit.eq(logit_credit_next != 0)]
+        return issue_row, issue_end

@@ -1,0 +1,83 @@
+"""The payloads that pass between the processing element's stages (``docs/accelerator.md``)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data
+
+from accel.planning.plan import EnginePlan
+
+__all__ = ["column_layout", "drained_layout", "entry_layout", "pe_widths", "requant_input_layout",
+           "requant_output_layout"]
+
+
+class _Widths:
+    """Widths shared by the stages of one plan's PEs: the widest layer's."""
+
+    def __init__(self, plan: EnginePlan):
+        layers = plan.layers
+        self.pointer_bits = max(layer.image.pointer_bits for layer in layers)
+        #: A local row, or the drain's row counter (one more bit: it counts to the row count).
+        self.row_bits = max(layer.image.row_bits for layer in layers) + 1
+        self.weight_bits = max(layer.weight_bits for layer in layers)
+        self.acc_bits = max(layer.accumulator_bits for layer in layers)
+        self.word_bits = max(layer.image.entry_bits for layer in layers)
+        self.value_shape = signed(plan.value_bits)
+
+
+def pe_widths(plan: EnginePlan) -> _Widths:
+    """``pointer_bits``, ``row_bits``, ``weight_bits``, ``acc_bits``, ``word_bits`` and
+    ``value_shape`` of ``plan``'s PEs."""
+    return _Widths(plan)
+
+
+def column_layout(plan: EnginePlan) -> data.StructLayout:
+    """A queued column: its first entry and the offset of its last but one, or a fence.
+
+    ``single``: the column has one entry (or is a fence); ``penultimate``: the offset of its
+    last entry but one. The entry stage then knows a clock ahead whether its next entry is the
+    column's last, and pops with one LUT from flip-flops (timing). A PE gets only columns where
+    it has at least one entry.
+    """
+    w = pe_widths(plan)
+    return data.StructLayout({
+        "start": unsigned(w.pointer_bits), "penultimate": unsigned(w.pointer_bits),
+        "single": 1, "value": w.value_shape, "layer": unsigned(plan.layer_bits),
+        "bank": unsigned(plan.bank_bits), "fence": 1,
+    })
+
+
+def entry_layout(plan: EnginePlan) -> data.StructLayout:
+    """One entry in the MAC pipeline: its context, activation and decoded local row.
+
+    ``first``: the column's first entry (its row counts from -1); a fence carries its context
+    and nothing else.
+    """
+    w = pe_widths(plan)
+    return data.StructLayout({"valid": 1, "fence": 1, "first": 1,
+                              "layer": unsigned(plan.layer_bits),
+                              "bank": unsigned(plan.bank_bits),
+                              "value": w.value_shape, "row": unsigned(w.row_bits)})
+
+
+def drained_layout(plan: EnginePlan) -> data.StructLayout:
+    """One drained row (or a context's end mark) on its way through the requantizer."""
+    w = pe_widths(plan)
+    return data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
+                              "bank": unsigned(plan.bank_bits), "row": unsigned(w.row_bits)})
+
+
+def requant_input_layout(plan: EnginePlan) -> data.StructLayout:
+    """A drained row as it enters the requantizer: the row's sum, its bias and its column in
+    the next layer (its row id)."""
+    w = pe_widths(plan)
+    return data.StructLayout({"stage": drained_layout(plan), "sum": signed(w.acc_bits),
+                              "bias": signed(w.acc_bits), "column": unsigned(plan.column_bits)})
+
+
+def requant_output_layout(plan: EnginePlan) -> data.StructLayout:
+    """A drained row as it leaves the requantizer: the next layer's activation (a hidden
+    layer) or the logit (the last layer), and its column."""
+    return data.StructLayout({"stage": drained_layout(plan), "value": pe_widths(plan).value_shape,
+                              "logit": signed(plan.logit_bits),
+                              "column": unsigned(plan.column_bits)})
