@@ -16,7 +16,7 @@ from amaranth.back import verilog
 from amaranth.hdl import signed, unsigned
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
-from accel.verification.cosim import _yosys
+from accel.gateware.verilog import _yosys
 from accel.gateware.primitives import _RegisteredProduct
 
 pytestmark = pytest.mark.skipif(

@@ -11,7 +11,6 @@ from collections import namedtuple
 
 from amaranth.hdl import (Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal,
                           signed)
-from amaranth.lib import data
 from amaranth.lib.fifo import FIFOInterface
 from amaranth.lib.memory import Memory
 

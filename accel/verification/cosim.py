@@ -68,7 +68,6 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.gateware.verilog import _yosys  # noqa: F401 - where it was; tests use it
 
 __all__ = ["DATA_ENV", "SIMULATORS", "CosimError", "CosimResult", "simulate"]
 

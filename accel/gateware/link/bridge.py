@@ -21,7 +21,7 @@ The wire format, field widths and fingerprint are shared with the host
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, DomainRenamer, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, DomainRenamer, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.fifo import AsyncFIFO
@@ -29,8 +29,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from accel.gateware.engine import Engine
-from accel.gateware.framing import FrameTransmitter, _crc_step
-from accel.gateware.layouts import CYCLE_COUNTER_BITS
+from accel.gateware.framing import FrameTransmitter
+from accel.gateware.link.execute import RequestExecutor
+from accel.gateware.link.request import RequestDecoder
+from accel.gateware.link.response import ResponseSequencer
 from accel.gateware.uart import UARTReceiver, UARTTransmitter, _reject, baud_divisor
 from accel.planning.plan import EnginePlan
 from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEAT, CYCLES_BYTES,
@@ -338,225 +340,97 @@ class HostBridge(wiring.Component):
     def elaborate(self, platform):
         plan, fmt = self._plan, self._format
         m = Module()
-        beats, out_features = plan.beats_per_image, plan.out_features
-        max_words = self._max_write_words
-        beat_width = plan.input_lanes * plan.input_bits
-        record_bytes = max(fmt.beat_bytes, fmt.word_bytes)
-        infer_body = 4 + fmt.infer_payload_bytes
-        count_max = 4 + max(fmt.infer_payload_bytes, max_words * fmt.word_bytes) + 1
-        info_total = INFO_BYTES
-        infer_total = out_features * fmt.logit_bytes + CYCLES_BYTES
+        infer_total = plan.out_features * fmt.logit_bytes + CYCLES_BYTES
 
         # -- named strobes and registers ---------------------------------------------------
         decoded = Signal()                      # a body byte decoded in this clock, and
         decoded_byte = Signal(8)                # its value
-        # ... registered before the frame's registers take it (timing: the FSM's decode of
-        # the UART byte and the record's updates are then in different clocks).
-        got = Signal()
-        got_byte = Signal(8)
         restart = Signal()                      # forget the frame being received
-
-        count = Signal(range(count_max + 1))    # body bytes received (saturating)
         escaped = Signal()
         dropped = Signal()                      # bytes arrived while not receiving
-        # The request's kind byte, as the flags kind == INFO, INFER, WRITE (timing: no
-        # comparator on the paths that use it)
-        kind_info, kind_infer, kind_write = Signal(), Signal(), Signal()
-        seq = Signal(8)
-        hist1 = Signal(8)                       # the last body byte received
-        hist2 = Signal(8)                       # the one before
-        crc = Signal(16, init=0xFFFF)           # over the bytes known not to be the CRC
-        repeat = Signal(16)
-        record = Signal(8 * record_bytes)       # payload bytes assembling a beat or a word
-        record_phase = Signal(range(record_bytes))
-        record_index = Signal(range(max(beats, max_words) + 1))
-        overflow = Signal()
-
         bad_crc, bad_kind, bad_length, bad_repeat = Signal(), Signal(), Signal(), Signal()
         error_code = Signal(3)
         discard_after = Signal()
-        resp_kind = Signal(8)
-        resp_seq = Signal(8)
-        resp_last = Signal(range(max(info_total, infer_total, 2) + 1))   # payload bytes - 1
-        resp_index = Signal.like(resp_last)
-        resp_neuron = Signal(range(out_features + 1))
-        resp_byte = Signal(range(max(fmt.logit_bytes, CYCLES_BYTES)))
-        write_count = Signal(16)
-
-        feed_valid = Signal()
-        feed_next = Signal(range(max(beats, max_words)))
-        runs_to_feed = Signal(16)
-        # ``runs_to_feed != 0`` and ``feed_next == beats - 1``, kept in registers beside their
-        # counters: the feeders then advance with one LUT after the engine's ``ready`` (timing).
-        more_to_feed = Signal()
-        feed_at_last = Signal()
-        runs_to_collect = Signal(16)
-        last_run = Signal()                     # runs_to_collect == 1, registered (timing)
-        collect_neuron = Signal(range(max(out_features, 1)))
-        first_beat = Signal()
-        busy_clocks = Signal(CYCLE_COUNTER_BITS)    # busy clocks since the first beat
-        elapsed = Signal(CYCLE_COUNTER_BITS)
+        info_clock = Signal(32)                 # two-domain: a snapshot of the clock meter
+        # The engine's busy flag a clock late, for WAIT_IDLE (timing: it is decoded from the
+        # engine's count of images in flight). It is never stale there: only INFER makes the
+        # engine busy, and the bridge is then in other states for many clocks.
+        busy_seen = Signal()
 
         # -- submodules ----------------------------------------------------------------------
         m.submodules.framer = framer = FrameTransmitter()
         rx_valid, rx_byte, rx_framing = self._uart(m, framer)
         measured_hz = self._clock_meter(m) if self.two_domain else Const(0, 32)
+        m.submodules.decoder = decoder = RequestDecoder(
+            plan, max_write_words=self._max_write_words, word=self._word)
+        m.submodules.executor = executor = RequestExecutor(
+            plan, max_write_words=self._max_write_words, word=self._word)
+        m.submodules.responder = responder = ResponseSequencer(
+            plan, info_payload=self.info_payload(), measured_clock=self.two_domain)
         buffers = {name: Memory(shape=shape, depth=depth, init=[])
-                   for name, (depth, shape) in buffer_shapes(plan, max_words).items()}
+                   for name, (depth, shape) in buffer_shapes(plan, self._max_write_words).items()}
         for name, memory in buffers.items():
             m.submodules[name] = memory
-        beat_buffer, word_buffer, logit_buffer = (buffers["beat_buffer"], buffers["word_buffer"],
-                                                  buffers["logit_buffer"])
-        beat_write = beat_buffer.write_port()
-        beat_read = beat_buffer.read_port()
-        word_write = word_buffer.write_port()
-        word_read = word_buffer.read_port()
-        logit_write = logit_buffer.write_port()
-        logit_read = logit_buffer.read_port()
+        beat_write, beat_read = buffers["beat_buffer"].write_port(), buffers["beat_buffer"].read_port()
+        word_write, word_read = buffers["word_buffer"].write_port(), buffers["word_buffer"].read_port()
+        logit_write = buffers["logit_buffer"].write_port()
+        logit_read = buffers["logit_buffer"].read_port()
 
         # -- grouped comb ------------------------------------------------------------------
+        frame = decoder.frame
         m.d.comb += [
-            self.o.ready.eq(1),
+            decoder.i.valid.eq(decoded), decoder.i.data.eq(decoded_byte),
+            decoder.restart.eq(restart),
+            beat_write.addr.eq(decoder.beat_write.addr), beat_write.data.eq(decoder.beat_write.data),
+            beat_write.en.eq(decoder.beat_write.en),
+            word_write.addr.eq(decoder.word_write.addr), word_write.data.eq(decoder.word_write.data),
+            word_write.en.eq(decoder.word_write.en),
+            executor.infer.eq(frame.kind_infer),
+            executor.write_kind.eq(~frame.kind_info & ~frame.kind_infer),
+            executor.repeat.eq(frame.repeat), executor.records.eq(frame.records),
+            executor.busy.eq(self.busy),
+            beat_read.addr.eq(executor.feed_addr), beat_read.en.eq(executor.feed_en),
+            word_read.addr.eq(executor.feed_addr), word_read.en.eq(executor.feed_en),
+            self.i.valid.eq(executor.i.valid), executor.i.ready.eq(self.i.ready),
             self.i.payload.eq(beat_read.data),
+            self.write.valid.eq(executor.write.valid), executor.write.ready.eq(self.write.ready),
             self.write.payload.eq(word_read.data),
-            logit_write.addr.eq(collect_neuron),
-            logit_write.data.eq(self.o.payload),
-            logit_read.addr.eq(resp_neuron),
+            executor.o.valid.eq(self.o.valid), executor.o.payload.eq(self.o.payload),
+            self.o.ready.eq(executor.o.ready),
+            logit_write.addr.eq(executor.logit_write.addr),
+            logit_write.en.eq(executor.logit_write.en), logit_write.data.eq(self.o.payload),
+            logit_read.addr.eq(responder.logit_addr), responder.logit.eq(logit_read.data),
+            responder.elapsed.eq(executor.elapsed), responder.write_count.eq(executor.write_count),
+            responder.error_code.eq(error_code), responder.info_clock.eq(info_clock),
         ]
-
-        # Body bytes: byte `count` arrives; byte `count - 2` (`hist2`) is now known to be part
-        # of kind, seq or payload, never of the CRC, so it enters the CRC and the buffers.
-        shifted = Cat(record[8:], hist2)
-        new_beat = shifted[8 * (record_bytes - fmt.beat_bytes):][:beat_width]
-        # A word is its address bytes then its data bytes: each field from its own bytes.
-        raw_word = shifted[8 * (record_bytes - fmt.word_bytes):]
-        new_word = Signal(self._word)
-        m.d.comb += [
-            new_word.addr.eq(raw_word[:plan.address_bits]),
-            new_word.data.eq(raw_word[8 * fmt.address_bytes:][:plan.data_bits]),
-        ]
-        is_infer_beat = kind_infer & (count >= 6)
-        is_write_word = kind_write & (count >= 4)
-        record_size = Mux(kind_infer, fmt.beat_bytes, fmt.word_bytes)
-        record_done = record_phase == record_size - 1
-        m.d.sync += [got.eq(decoded), got_byte.eq(decoded_byte)]
-        with m.If(got):
-            m.d.sync += [hist1.eq(got_byte), hist2.eq(hist1)]
-            with m.If(count != count_max):
-                m.d.sync += count.eq(count + 1)
-            with m.If(count == 0):
-                m.d.sync += [kind_info.eq(got_byte == INFO),
-                             kind_infer.eq(got_byte == INFER), kind_write.eq(got_byte == WRITE)]
-            with m.If(count == 1):
-                m.d.sync += seq.eq(got_byte)
-            with m.If(count >= 2):
-                m.d.sync += crc.eq(_crc_step(crc, hist2))
-            with m.If(kind_infer & (count == 4)):
-                m.d.sync += repeat[:8].eq(hist2)
-            with m.If(kind_infer & (count == 5)):
-                m.d.sync += repeat[8:].eq(hist2)
-            with m.If(is_infer_beat | is_write_word):
-                m.d.sync += [record.eq(shifted),
-                             record_phase.eq(Mux(record_done, 0, record_phase + 1))]
-                with m.If(record_done):
-                    limit = Mux(kind_infer, beats, max_words)
-                    with m.If(record_index < limit):
-                        m.d.sync += record_index.eq(record_index + 1)
-                    with m.Else():
-                        m.d.sync += overflow.eq(1)
-        m.d.comb += [
-            beat_write.addr.eq(record_index),
-            beat_write.data.eq(new_beat),
-            beat_write.en.eq(got & is_infer_beat & record_done & (record_index < beats)),
-            word_write.addr.eq(record_index),
-            word_write.data.eq(new_word),
-            word_write.en.eq(got & is_write_word & record_done & (record_index < max_words)),
-        ]
-        with m.If(restart):
-            m.d.sync += [count.eq(0), escaped.eq(0), crc.eq(0xFFFF), record_phase.eq(0),
-                         record_index.eq(0), overflow.eq(0), dropped.eq(0)]
-
-        # Response payload bytes.
-        logit_bytes = Signal(8 * fmt.logit_bytes)
-        m.d.comb += logit_bytes.eq(logit_read.data.as_signed())
-        info_constant = Const(int.from_bytes(self.info_payload(), "little"), 8 * INFO_BYTES)
-        info_clock = Signal(32)                 # two-domain: a snapshot of the clock meter
-        if self.two_domain:                     # the clock field (bytes 5 .. 8) is measured
-            info_bytes = Cat(info_constant[:40], info_clock, info_constant[72:])
-        else:
-            info_bytes = info_constant
-        resp_payload = Signal(8)
-        resp_payload_byte = Signal(8)
-        with m.Switch(resp_kind):
-            with m.Case(INFO | RESPONSE):
-                m.d.comb += resp_payload.eq(info_bytes.word_select(resp_index, 8))
-            with m.Case(INFER | RESPONSE):
-                m.d.comb += resp_payload.eq(Mux(resp_neuron != out_features,
-                                                logit_bytes.word_select(resp_byte, 8),
-                                                elapsed.word_select(resp_byte, 8)))
-            with m.Case(WRITE | RESPONSE):
-                m.d.comb += resp_payload.eq(write_count.word_select(resp_index[0], 8))
-            with m.Default():
-                m.d.comb += resp_payload.eq(error_code)
-
-        # Engine feeders: present buffer entry `feed_next` one clock after claiming it.
-        feed_advance = ~feed_valid | Mux(kind_infer, self.i.ready, self.write.ready)
-        m.d.comb += [beat_read.addr.eq(feed_next), beat_read.en.eq(feed_advance),
-                     word_read.addr.eq(feed_next), word_read.en.eq(feed_advance)]
+        wiring.connect(m, responder.o, framer.i)
 
         def respond(response_kind, response_seq, total):
-            # The payload counters start in RESP_KIND, not here: fewer registers on the
-            # paths from every condition that answers (timing).
-            m.d.sync += [resp_kind.eq(response_kind), resp_seq.eq(response_seq),
-                         resp_last.eq(total - 1)]
-            m.next = "RESP_KIND"
+            m.d.comb += [responder.start.eq(1), responder.kind.eq(response_kind),
+                         responder.seq.eq(response_seq), responder.last.eq(total - 1)]
+            m.next = "RESPOND"
 
         def nak(code, *, discard):
             m.d.sync += [error_code.eq(code), discard_after.eq(discard)]
-            respond(NAK, Mux(count >= 2, seq, 0), 1)
+            respond(NAK, Mux(frame.seq_known, frame.seq, 0), 1)
 
-        with m.If(self.busy):
-            m.d.sync += busy_clocks.eq(busy_clocks + 1)
-        # The engine's busy flag a clock late, for WAIT_IDLE (timing: it is decoded from the
-        # engine's count of images in flight). It is never stale there: only INFER makes the
-        # engine busy, and the bridge is then in other states for many clocks.
-        busy_seen = Signal()
+        with m.If(restart):
+            m.d.sync += [escaped.eq(0), dropped.eq(0)]
         m.d.sync += busy_seen.eq(self.busy)
         with m.FSM() as fsm:
             with m.State("RECEIVE"):
                 with m.If(rx_framing):
                     nak(FRAMING, discard=1)
                 with m.Elif(rx_valid):
-                    byte = rx_byte
-                    with m.If(escaped):
-                        m.d.sync += escaped.eq(0)
-                        with m.If((byte == ESC_END) | (byte == ESC_ESC)):
-                            m.d.comb += [decoded.eq(1),
-                                         decoded_byte.eq(Mux(byte == ESC_END, END, ESC))]
-                        with m.Else():
-                            nak(BAD_ESCAPE, discard=byte != END)
-                    with m.Elif(byte == END):
-                        with m.If((count != 0) | got):     # `got`: not yet counted
-                            m.next = "CHECK"
-                    with m.Elif(byte == ESC):
-                        m.d.sync += escaped.eq(1)
-                    with m.Else():
-                        m.d.comb += [decoded.eq(1), decoded_byte.eq(byte)]
+                    self._unescape(m, rx_byte, escaped, decoded, decoded_byte, frame, nak)
             with m.State("DISCARD"):
                 with m.If(rx_valid & (rx_byte == END)):
                     m.d.comb += restart.eq(1)
                     m.next = "RECEIVE"
             with m.State("CHECK"):
                 # The frame's tests are registered here and acted on in DECIDE (timing).
-                write_ok = (record_phase == 0) & (record_index != 0) & ~overflow
-                m.d.sync += [
-                    bad_crc.eq((count < 4) | (crc != Cat(hist2, hist1))),
-                    bad_kind.eq(~kind_info & ~kind_infer & ~kind_write),
-                    bad_length.eq((kind_info & (count != 4))
-                                  | (kind_infer & (count != infer_body))
-                                  | (kind_write & ~write_ok)),
-                    bad_repeat.eq(kind_infer & (repeat == 0)),
-                ]
+                m.d.sync += [bad_crc.eq(frame.bad_crc), bad_kind.eq(frame.bad_kind),
+                             bad_length.eq(frame.bad_length), bad_repeat.eq(frame.bad_repeat)]
                 m.next = "DECIDE"
             with m.State("DECIDE"):
                 with m.If(bad_crc):
@@ -571,101 +445,50 @@ class HostBridge(wiring.Component):
                     m.next = "WAIT_IDLE"
             with m.State("WAIT_IDLE"):
                 with m.If(~busy_seen):
-                    m.d.sync += [feed_valid.eq(0), feed_next.eq(0), feed_at_last.eq(beats == 1),
-                                 runs_to_feed.eq(repeat), more_to_feed.eq(repeat != 0),
-                                 runs_to_collect.eq(repeat), last_run.eq(repeat == 1),
-                                 collect_neuron.eq(0),
-                                 first_beat.eq(1), write_count.eq(record_index)]
-                    with m.If(kind_info):
+                    m.d.comb += executor.load.eq(1)
+                    with m.If(frame.kind_info):
                         m.d.sync += [discard_after.eq(0), info_clock.eq(measured_hz)]
-                        respond(INFO | RESPONSE, seq, info_total)
-                    with m.Elif(kind_infer):
-                        m.next = "INFER"
+                        respond(INFO | RESPONSE, frame.seq, INFO_BYTES)
                     with m.Else():
-                        m.d.sync += [runs_to_feed.eq(record_index),
-                                     more_to_feed.eq(record_index != 0)]
-                        m.next = "WRITE"
-            with m.State("INFER"):
-                m.d.comb += self.i.valid.eq(feed_valid)
-                with m.If(feed_advance):
-                    with m.If(more_to_feed):
-                        m.d.sync += [feed_valid.eq(1),
-                                     feed_next.eq(Mux(feed_at_last, 0, feed_next + 1)),
-                                     feed_at_last.eq(Mux(feed_at_last, beats == 1,
-                                                         feed_next + 1 == beats - 1))]
-                        with m.If(feed_at_last):
-                            m.d.sync += [runs_to_feed.eq(runs_to_feed - 1),
-                                         more_to_feed.eq(runs_to_feed != 1)]
+                        m.next = "EXECUTE"
+            with m.State("EXECUTE"):
+                with m.If(executor.done):
+                    m.d.sync += discard_after.eq(0)
+                    with m.If(frame.kind_infer):
+                        respond(INFER | RESPONSE, frame.seq, infer_total)
                     with m.Else():
-                        m.d.sync += feed_valid.eq(0)
-                with m.If(self.i.valid & self.i.ready & first_beat):
-                    # Count the engine's busy clocks from this one (its `cycles` counter's
-                    # increments, without a 48-bit subtraction at the end: timing).
-                    m.d.sync += [busy_clocks.eq(self.busy), first_beat.eq(0)]
-                with m.If(self.o.valid):
-                    m.d.comb += logit_write.en.eq(1)
-                    with m.If(collect_neuron == out_features - 1):
-                        m.d.sync += [collect_neuron.eq(0),
-                                     runs_to_collect.eq(runs_to_collect - 1),
-                                     last_run.eq(runs_to_collect == 2)]
-                        with m.If(last_run):
-                            m.d.sync += [elapsed.eq(busy_clocks),
-                                         discard_after.eq(0), feed_valid.eq(0)]
-                            respond(INFER | RESPONSE, seq, infer_total)
+                        respond(WRITE | RESPONSE, frame.seq, 2)
+            with m.State("RESPOND"):
+                with m.If(responder.done):
+                    m.d.comb += restart.eq(1)
+                    with m.If(discard_after | dropped | rx_valid):
+                        m.next = "DISCARD"
                     with m.Else():
-                        m.d.sync += collect_neuron.eq(collect_neuron + 1)
-            with m.State("WRITE"):
-                # runs_to_feed counts words here.
-                m.d.comb += self.write.valid.eq(feed_valid)
-                with m.If(feed_advance):
-                    with m.If(more_to_feed):
-                        m.d.sync += [feed_valid.eq(1), feed_next.eq(feed_next + 1),
-                                     runs_to_feed.eq(runs_to_feed - 1),
-                                     more_to_feed.eq(runs_to_feed != 1)]
-                    with m.Else():
-                        m.d.sync += feed_valid.eq(0)
-                        m.d.sync += discard_after.eq(0)
-                        respond(WRITE | RESPONSE, seq, 2)
-            with m.State("RESP_KIND"):
-                m.d.sync += [resp_index.eq(0), resp_neuron.eq(0), resp_byte.eq(0)]
-                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_kind)]
-                with m.If(framer.i.ready):
-                    m.next = "RESP_SEQ"
-            with m.State("RESP_SEQ"):
-                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_seq)]
-                with m.If(framer.i.ready):
-                    m.next = "RESP_FETCH"
-            with m.State("RESP_FETCH"):
-                m.next = "RESP_LATCH"                   # the logit read settles
-            with m.State("RESP_LATCH"):
-                # The byte is registered before the framer's CRC takes it (timing).
-                m.d.sync += resp_payload_byte.eq(resp_payload)
-                m.next = "RESP_PAYLOAD"
-            with m.State("RESP_PAYLOAD"):
-                last = resp_index == resp_last     # no subtractor on the path to `restart`
-                m.d.comb += [framer.i.valid.eq(1), framer.i.payload.data.eq(resp_payload_byte),
-                             framer.i.payload.last.eq(last)]
-                with m.If(framer.i.ready):
-                    m.d.sync += resp_index.eq(resp_index + 1)
-                    in_logits = (resp_kind == (INFER | RESPONSE)) & (resp_neuron != out_features)
-                    with m.If(in_logits & (resp_byte == fmt.logit_bytes - 1)):
-                        m.d.sync += [resp_byte.eq(0), resp_neuron.eq(resp_neuron + 1)]
-                    with m.Else():
-                        m.d.sync += resp_byte.eq(resp_byte + 1)
-                    with m.If(last):
-                        m.d.comb += restart.eq(1)
-                        with m.If(discard_after | dropped | rx_valid):
-                            m.next = "DISCARD"
-                        with m.Else():
-                            m.next = "RECEIVE"
-                    with m.Else():
-                        m.next = "RESP_FETCH"
+                        m.next = "RECEIVE"
 
         # Bytes that arrive while executing or answering are dropped (`dropped`: resync).
         receiving = fsm.ongoing("RECEIVE") | fsm.ongoing("DISCARD")
         with m.If(~receiving & (rx_valid | rx_framing)):
             m.d.sync += dropped.eq(1)
         return m
+
+    @staticmethod
+    def _unescape(m, byte, escaped, decoded, decoded_byte, frame, nak):
+        """RECEIVE: one wire byte, SLIP-decoded into a body byte (``decoded``), or the frame's
+        closing ``END`` (to CHECK), or an escape."""
+        with m.If(escaped):
+            m.d.sync += escaped.eq(0)
+            with m.If((byte == ESC_END) | (byte == ESC_ESC)):
+                m.d.comb += [decoded.eq(1), decoded_byte.eq(Mux(byte == ESC_END, END, ESC))]
+            with m.Else():
+                nak(BAD_ESCAPE, discard=byte != END)
+        with m.Elif(byte == END):
+            with m.If(frame.started | frame.pending):     # `pending`: not yet counted
+                m.next = "CHECK"
+        with m.Elif(byte == ESC):
+            m.d.sync += escaped.eq(1)
+        with m.Else():
+            m.d.comb += [decoded.eq(1), decoded_byte.eq(byte)]
 
 
 class LinkedEngine(wiring.Component):
