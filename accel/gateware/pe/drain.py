@@ -45,9 +45,10 @@ class DrainSequencer(wiring.Component):
     write : In(bus)
         The PE's copy of the write bus (bias and row id memories).
 
-    Latency and throughput: a command is loaded 3 clocks after it arrives (registered, queued,
-    loaded), its first row issued in the next clock (D0) and in ``o`` 4 clocks after its issue
-    (D1: memories read; D1B: each layer's words registered; D1R: the layer's registered). One
+    Latency and throughput: a command is loaded 2 clocks after it arrives (registered, then
+    queued), its first row issued in the next clock (D0) and in ``o`` 3 clocks after its issue
+    (D1: memories read; D1B: each layer's words registered; D1R: the layer's registered): 6
+    clocks from a command to its first row in an idle sequencer. One
     row per clock while the destination list has a place for it (a credit), then the end mark
     in the clock after the last row; a context with no rows here is its end mark alone.
     """

@@ -55,10 +55,10 @@ class ResultLists(wiring.Component):
         Rows from the requantizer, one per clock at most.
     o : Out(stream.Signature(source))
         Nonzero hidden outputs ``(row id, value)`` tagged with the next layer and the bank, and
-        each context's end mark, 3 clocks after they arrive (D6: registered; D7: appended; the
-        list's head in flip-flops).
+        each context's end mark, 4 clocks after they arrive in an empty list (D6: registered;
+        D7: appended; the list's read register and its head in flip-flops).
     logits : Out(stream.Signature(logit))
-        The last layer's outputs, in local row order, 3 clocks after they arrive.
+        The last layer's outputs, in local row order, 4 clocks after they arrive.
     trace : Out(trace)
         Every entry appended to ``o``, in the clock it is appended (for verification).
     freed : Out(CreditSignature())

@@ -41,13 +41,15 @@ class PointerStage(wiring.Component):
         The PE's copy of the write bus (a pointer memory's word is written from it, decoded and
         registered here).
 
-    Latency and throughput: a group arrives, is registered and queued, becomes the queue's head
-    6 clocks later (block RAM and two registers), and each of its activations (lowest lane
-    first) or its fence is issued in a clock of its own; an issue is a column 6 clocks later
-    (P0: issue registered; P1: pointer memory read; P1R: read data registered; P2: the layer's
-    pair; P3: ``single`` and ``penultimate``; then the column queue). One activation per clock
-    while the column queue (``COLUMN_QUEUE_DEPTH`` and the issues on their way to it) has
-    room.
+    Latency and throughput: a group that arrives at an idle stage is the queue's head 5 clocks
+    later (registered; written to block RAM; read a clock ahead into a register; two more
+    registers), its first activation (lowest lane first) or its fence is issued in that clock,
+    and is a column in ``o`` 8 clocks after its issue (P0: issue registered; P1: pointer memory
+    read; P1R: read data registered; P2: the layer's pair; P3: ``single`` and ``penultimate``;
+    then 3 clocks through the column queue): 13 clocks in all. One activation per clock while
+    the column queue has room for it and for every issue on its way there; so with a consumer
+    that takes a column every clock (columns of one entry), ``COLUMN_QUEUE_DEPTH + 2`` (9)
+    columns every 11 clocks.
     """
 
     def __init__(self, plan: EnginePlan, pe: int):
