@@ -166,14 +166,7 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         raise ValueError(f"model {config.model!r} has {chain[-1].linear.out_features} outputs but "
                          f"data set {data.name!r} has {data.n_classes} classes")
     n_layers = len(chain)
-    linears = [nn.Linear(s.linear.in_features, s.linear.out_features) for s in chain]
-    with torch.no_grad():
-        for new, spec in zip(linears, chain):
-            new.weight.copy_(spec.linear.weight.detach().float())
-            if spec.linear.bias is not None:
-                new.bias.copy_(spec.linear.bias.detach().float())
-            else:
-                new.bias.zero_()
+    linears = _float_linears(chain)
     relus = [s.relu for s in chain]
     net = canonical_sequential(linears, relus)
 
@@ -207,32 +200,10 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     lap("train")
 
     # 2. Iterative magnitude pruning with retraining under fixed masks.
-    if mode == "quality":
-        stds = [float(layer.weight.detach().std()) for layer in linears]
-    schedules = [round_targets(final, rounds, mode) for final in finals]
-    masks = [np.ones(tuple(layer.weight.shape), dtype=bool) for layer in linears]
-    for r in range(rounds):
-        for i, layer in enumerate(linears):
-            weight = layer.weight.detach().numpy()
-            if mode == "density":
-                masks[i] = magnitude_mask(weight, previous=masks[i], density=schedules[i][r])
-            else:
-                masks[i] = magnitude_mask(weight, previous=masks[i],
-                                          threshold=schedules[i][r] * stds[i])
-            with torch.no_grad():
-                layer.weight.mul_(torch.from_numpy(masks[i]).float())
-        kept = ", ".join(f"{m.mean():.3f}" for m in masks)
-        log(f"prune round {r + 1}/{rounds}: density per layer {kept}")
-        last_round = r == rounds - 1
-        regularizer = on_epoch = None
-        if last_round and config.cluster_reg > 0:
-            regularizer, on_epoch = _clustering_penalty(linears, masks, bits, config)
-        train(net, data.x_train, data.y_train, epochs=retrain_epochs, lr=lr * 0.5,
-              batch_size=batch_size, weight_decay=weight_decay, seed=config.seed + r + 1,
-              masks={layer.weight: torch.from_numpy(m).float() for layer, m in
-                     zip(linears, masks)},
-              regularizer=regularizer, on_epoch=on_epoch,
-              desc=f"retrain {r + 1}/{rounds}", progress=progress)
+    masks = _prune(net, linears, data, config, mode=mode, finals=finals, rounds=rounds,
+                   bits=bits, retrain=dict(epochs=retrain_epochs, lr=lr * 0.5,
+                                           batch_size=batch_size, weight_decay=weight_decay),
+                   log=log)
     accuracy_pruned = accuracy(net, data.x_test, data.y_test)
     log(f"pruned accuracy: {accuracy_pruned:.4f}")
     lap("prune")
@@ -304,6 +275,50 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
                              accuracy_compressed, sharing_sse, pruned_weights, timings,
                              accuracy_int)
+
+
+def _float_linears(chain) -> list[nn.Linear]:
+    """Float32 copies of the chain's Linear layers, each with a bias (zero if it had none)."""
+    linears = [nn.Linear(s.linear.in_features, s.linear.out_features) for s in chain]
+    with torch.no_grad():
+        for new, spec in zip(linears, chain):
+            new.weight.copy_(spec.linear.weight.detach().float())
+            if spec.linear.bias is not None:
+                new.bias.copy_(spec.linear.bias.detach().float())
+            else:
+                new.bias.zero_()
+    return linears
+
+
+def _prune(net, linears, data, config, *, mode, finals, rounds, bits, retrain, log):
+    """Magnitude pruning in ``rounds`` rounds, each followed by retraining under the masks
+    (the last with the clustering penalty when ``config.cluster_reg``); returns the masks."""
+    if mode == "quality":
+        stds = [float(layer.weight.detach().std()) for layer in linears]
+    schedules = [round_targets(final, rounds, mode) for final in finals]
+    masks = [np.ones(tuple(layer.weight.shape), dtype=bool) for layer in linears]
+    for r in range(rounds):
+        for i, layer in enumerate(linears):
+            weight = layer.weight.detach().numpy()
+            if mode == "density":
+                masks[i] = magnitude_mask(weight, previous=masks[i], density=schedules[i][r])
+            else:
+                masks[i] = magnitude_mask(weight, previous=masks[i],
+                                          threshold=schedules[i][r] * stds[i])
+            with torch.no_grad():
+                layer.weight.mul_(torch.from_numpy(masks[i]).float())
+        kept = ", ".join(f"{m.mean():.3f}" for m in masks)
+        log(f"prune round {r + 1}/{rounds}: density per layer {kept}")
+        last_round = r == rounds - 1
+        regularizer = on_epoch = None
+        if last_round and config.cluster_reg > 0:
+            regularizer, on_epoch = _clustering_penalty(linears, masks, bits, config)
+        train(net, data.x_train, data.y_train, **retrain, seed=config.seed + r + 1,
+              masks={layer.weight: torch.from_numpy(m).float() for layer, m in
+                     zip(linears, masks)},
+              regularizer=regularizer, on_epoch=on_epoch,
+              desc=f"retrain {r + 1}/{rounds}", progress=config.progress)
+    return masks
 
 
 def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:
