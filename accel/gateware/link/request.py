@@ -38,7 +38,8 @@ class RequestDecoder(wiring.Component):
         A body byte (SLIP escapes already decoded), at most one per clock; registered here
         before the frame's registers take it (timing).
     restart : In(1)
-        Strobe: forget the frame (its count, CRC and records).
+        Strobe: forget the frame (its count, CRC and records; the kind, ``seq`` and ``repeat``
+        keep their values, unused until the next frame sets them).
     frame : Out(...)
         The frame so far: ``pending`` (a byte registered, not yet counted), ``started`` (a byte
         counted), ``seq_known`` (the sequence number has arrived), ``kind_info``,
@@ -46,8 +47,9 @@ class RequestDecoder(wiring.Component):
         complete); and its checks, valid once the closing ``END`` has arrived and ``pending``
         is low: ``bad_crc``, ``bad_kind``, ``bad_length``, ``bad_repeat``.
     beat_write, word_write : Out(StructLayout({"addr", "data", "en"}))
-        The beat and word buffers' write ports: a record is written in the clock its last byte
-        is counted, if the buffer has room (else the frame overflows: ``bad_length``).
+        The beat and word buffers' write ports: a record is written in the clock the byte two
+        after its last byte is counted (a byte is known not to be the CRC only then), if the
+        buffer has room (else the frame overflows: ``bad_length``).
 
     Latency: a byte is counted a clock after ``i.valid``.
     """
