@@ -14,9 +14,11 @@ then verification and the host side, then the command lines at the top):
   (:func:`engine_verilog`: the engine's portable Verilog), ``resources`` (the fit check, from
   the elaborated engine's memories).
 - :mod:`accel.verification`: the engine against ``sim``. ``compare`` (one comparison of every
-  output), ``amaranth_sim`` (Amaranth's simulator), ``cosim`` and ``cocotb_engine`` (cocotb on
-  Verilator or Icarus Verilog), ``batch_sim`` (Verilator with a generated C++ driver, for
-  volume), ``link_sim`` (the whole board design behind a simulated serial port).
+  output), ``amaranth_sim`` (Amaranth's simulator), ``simulators`` (Icarus Verilog and
+  Verilator found and set up, the engine's Verilog), ``cosim`` and ``cocotb_engine`` (cocotb on
+  Verilator or Icarus Verilog), ``batch_sim`` and ``batch_driver`` (Verilator with a generated
+  C++ driver, for volume), ``link_sim`` (the whole board design behind a simulated serial port),
+  ``random_cases`` (the fuzz's random models, engines and inputs).
 - :mod:`accel.protocol`: the UART link's wire format, shared by the bridge and the host.
 - The host side: :mod:`accel.host` (the link's client) and ``python -m accel.run``.
 - Command lines: ``python -m accel.build``, ``accel.verify``, ``accel.run``, ``accel.fuzz``,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sim
-from accel.verification import batch_sim
+from accel.verification import batch_driver, batch_sim
 from accel.planning.plan import EnginePlan
 from accel_models import random_inputs, random_model
 
@@ -92,6 +92,6 @@ def test_input_encoding_is_the_plans(lanes, bits, signed):
     model = random_model(2, [37, 6, 3], activation_bits=bits, input_signed=signed)
     plan = EnginePlan.from_model(model, n_pes=2, input_lanes=lanes)
     x = random_inputs(model, 7, 6)
-    size = batch_sim._words(lanes * bits) * 4
+    size = batch_driver._words(lanes * bits) * 4
     expected = b"".join(word.to_bytes(size, "little") for word in plan.encode_inputs(x))
     assert batch_sim._encode_inputs(plan, x).tobytes() == expected

@@ -26,15 +26,15 @@ from compress.artifact import CompressedLayer, CompressedModel
 from compress.integer import quantize_model
 
 engine = pytest.importorskip("accel.gateware.engine", reason="accel.gateware.engine cannot be imported yet")
-from accel.verification import cosim  # noqa: E402
+from accel.verification import cosim, simulators  # noqa: E402
 from accel.planning.plan import EnginePlan  # noqa: E402
 
 needs_icarus = pytest.mark.skipif(
     shutil.which("iverilog") is None or shutil.which("vvp") is None,
     reason="Icarus Verilog (iverilog) not installed: apt-get install -y iverilog")
 needs_verilator = pytest.mark.skipif(
-    cosim._verilator_setup()[0] is None,
-    reason=f"Verilator cannot run (missing: {cosim._verilator_setup()[1]})")
+    simulators._verilator_setup()[0] is None,
+    reason=f"Verilator cannot run (missing: {simulators._verilator_setup()[1]})")
 
 
 # -- tiny models -------------------------------------------------------------------------------
@@ -226,8 +226,8 @@ def test_missing_icarus_is_named(digits, tmp_path, monkeypatch):
 def test_no_simulator_at_all_is_a_clear_error(digits, tmp_path, monkeypatch):
     model, plan, x = digits
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(cosim, "_verilator_setup", lambda: (None, "a C++ compiler (g++, c++ or "
-                                                                   "clang++)"))
+    monkeypatch.setattr(simulators, "_verilator_setup", lambda: (None, "a C++ compiler (g++, c++ "
+                                                                        "or clang++)"))
     with pytest.raises(RuntimeError, match=r"Verilator cannot run \(missing: a C\+\+ compiler.*"
                                            r"Icarus Verilog \(iverilog\) not found"):
         cosim.simulate(model, plan, x, build_dir=tmp_path)
@@ -236,10 +236,10 @@ def test_no_simulator_at_all_is_a_clear_error(digits, tmp_path, monkeypatch):
 def test_verilator_without_a_compiler_falls_back_to_icarus(monkeypatch, tmp_path):
     """No C++ compiler on PATH: a warning naming it, and the run goes to Icarus Verilog."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(cosim, "_missing_icarus", lambda: None)
+    monkeypatch.setattr(simulators, "_missing_icarus", lambda: None)
     with pytest.warns(RuntimeWarning, match=r"Verilator cannot run \(missing: .*a C\+\+ "
                                             r"compiler.*Icarus Verilog instead"):
-        assert cosim._choose_simulator("verilator") == ("icarus", {})
+        assert simulators._choose_simulator("verilator") == ("icarus", {})
 
 
 def test_yosys_and_verilator_are_found_outside_path(monkeypatch):
@@ -260,7 +260,7 @@ def test_yosys_and_verilator_are_found_outside_path(monkeypatch):
     with _yosys():
         assert os.environ["YOSYS"] == yosys
     assert "YOSYS" not in os.environ
-    variables, missing = cosim._verilator_setup()
+    variables, missing = simulators._verilator_setup()
     if missing is None:
         assert variables["PATH"].split(os.pathsep)[0].endswith("bin")
         assert str(Path(sys.executable).parent) in variables["PATH"].split(os.pathsep)
@@ -271,10 +271,10 @@ def test_verilator_is_set_up_without_touching_the_environment():
     import os
 
     before = dict(os.environ)
-    variables, missing = cosim._verilator_setup()
+    variables, missing = simulators._verilator_setup()
     assert missing is None and dict(os.environ) == before
-    assert cosim._choose_simulator("verilator") == ("verilator", variables)
-    with cosim._variables(variables):
+    assert simulators._choose_simulator("verilator") == ("verilator", variables)
+    with simulators._variables(variables):
         assert shutil.which("verilator") is not None
     assert dict(os.environ) == before
 

@@ -1,4 +1,5 @@
-"""The engine fuzz (``accel.fuzz``): what it covers, and a CI-sized run.
+"""The engine fuzz (``accel.fuzz``, its cases from ``accel.verification.random_cases``): what it
+covers, and a CI-sized run.
 
 The coverage tests draw a few hundred cases without simulating them and check that every fuzzed
 dimension reaches both ends of its range (issue 20: the engine was wrong on whole classes of
@@ -15,6 +16,7 @@ import pytest
 import sim
 from accel import fuzz
 from accel.planning.plan import MIN_QUEUE_DEPTH
+from accel.verification import random_cases
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound,
                               accumulator_width, activation_range)
 
@@ -23,7 +25,7 @@ COVERAGE_SEEDS = range(300)
 
 @pytest.fixture(scope="module")
 def cases():
-    return [fuzz.random_case(s, inputs=3, check_artifact=False) for s in COVERAGE_SEEDS]
+    return [random_cases.random_case(s, inputs=3, check_artifact=False) for s in COVERAGE_SEEDS]
 
 
 def _layers(cases):
@@ -38,11 +40,11 @@ def _ends(values, low, high):
 
 
 def test_shapes(cases):
-    _ends((len(c.model.layers) for c in cases), 1, fuzz.MAX_LAYERS)
+    _ends((len(c.model.layers) for c in cases), 1, random_cases.MAX_LAYERS)
     widths = [c.model.in_features for c in cases] + [l.out_features for _, _, l in _layers(cases)]
-    assert min(widths) == 1 and max(widths) > 250 and max(widths) <= fuzz.MAX_WIDTH
+    assert min(widths) == 1 and max(widths) > 250 and max(widths) <= random_cases.MAX_WIDTH
     assert np.mean(np.array(widths) <= 16) > 0.5          # mostly small
-    shapes = {fuzz.shape_string(c.model) for c in cases}
+    shapes = {random_cases.shape_string(c.model) for c in cases}
     assert any("s" in s.split("-")[0] for s in shapes) and any("s" not in s.split("-")[0]
                                                                for s in shapes)
 
@@ -57,9 +59,9 @@ def test_activation_functions(cases):
 
 
 def test_bit_widths(cases):
-    _ends((l.index_bits for _, _, l in _layers(cases)), *fuzz.INDEX_BITS)
-    _ends((l.integer.weight_bits for _, _, l in _layers(cases)), *fuzz.WEIGHT_BITS)
-    _ends((c.model.layers[0].integer.activation_bits for c in cases), *fuzz.ACTIVATION_BITS)
+    _ends((l.index_bits for _, _, l in _layers(cases)), *random_cases.INDEX_BITS)
+    _ends((l.integer.weight_bits for _, _, l in _layers(cases)), *random_cases.WEIGHT_BITS)
+    _ends((c.model.layers[0].integer.activation_bits for c in cases), *random_cases.ACTIVATION_BITS)
     sizes = [len(l.codebook) for _, _, l in _layers(cases)]
     assert any(s < (1 << l.index_bits) for s, (_, _, l) in zip(sizes, _layers(cases)))
     assert any(s == 1 << l.index_bits for s, (_, _, l) in zip(sizes, _layers(cases)))
@@ -128,14 +130,15 @@ def test_requantization(cases):
 
 def test_engine_options(cases):
     options = [c.options for c in cases]
-    _ends((o["n_pes"] for o in options if o["n_pes"] <= fuzz.N_PES[1]), *fuzz.N_PES)
-    assert any(o["n_pes"] > fuzz.N_PES[1] for o in options)
-    _ends((o["lanes"] for o in options), *fuzz.LANES)
-    _ends((o["input_lanes"] for o in options), *fuzz.INPUT_LANES)
-    _ends((o["banks"] for o in options), *fuzz.BANKS)
-    _ends((o["zero_run_bits"] for o in options), *fuzz.ZERO_RUN_BITS)
+    _ends((o["n_pes"] for o in options if o["n_pes"] <= random_cases.N_PES[1]),
+          *random_cases.N_PES)
+    assert any(o["n_pes"] > random_cases.N_PES[1] for o in options)
+    _ends((o["lanes"] for o in options), *random_cases.LANES)
+    _ends((o["input_lanes"] for o in options), *random_cases.INPUT_LANES)
+    _ends((o["banks"] for o in options), *random_cases.BANKS)
+    _ends((o["zero_run_bits"] for o in options), *random_cases.ZERO_RUN_BITS)
     depths = [o["queue_depth"] for o in options]
-    assert min(depths) == MIN_QUEUE_DEPTH and fuzz.QUEUE_DEPTH[1] in depths
+    assert min(depths) == MIN_QUEUE_DEPTH and random_cases.QUEUE_DEPTH[1] in depths
     assert sum(d == MIN_QUEUE_DEPTH for d in depths) > 30
     balanced = [c.calibration is not None for c in cases]
     assert any(balanced) and not all(balanced)
@@ -147,7 +150,7 @@ def test_engine_options(cases):
 
 
 def test_inputs_have_random_rows_and_the_extremes():
-    case = fuzz.random_case(5, inputs=40, check_artifact=False)
+    case = random_cases.random_case(5, inputs=40, check_artifact=False)
     first = case.model.layers[0].integer
     lo, hi = first.input_range()
     x = case.x
@@ -178,8 +181,8 @@ def test_reload_model_fits_and_differs(cases):
 
 def test_cases_are_deterministic_and_legal_artifacts():
     for seed in (3, 11, 250):
-        a = fuzz.random_case(seed, inputs=10)               # round-trips through the file format
-        b = fuzz.random_case(seed, inputs=10)
+        a = random_cases.random_case(seed, inputs=10)       # round-trips through the file format
+        b = random_cases.random_case(seed, inputs=10)
         assert fuzz.describe(a) == fuzz.describe(b)
         np.testing.assert_array_equal(a.x, b.x)
         for la, lb in zip(a.model.layers, b.model.layers):
@@ -190,7 +193,7 @@ def test_cases_are_deterministic_and_legal_artifacts():
 def test_compare_reports_the_first_mismatch():
     from accel.verification.compare import compare_run
 
-    case = fuzz.random_case(7, inputs=6, max_width=6, check_artifact=False)
+    case = random_cases.random_case(7, inputs=6, max_width=6, check_artifact=False)
     expected = sim.trace(case.model, case.x)
 
     class Run:
@@ -223,7 +226,7 @@ def test_fuzz_tiny_models(seed):
     where Verilator spends minutes building each model's simulator. The volume fuzz
     (``python -m accel.fuzz``, Verilator) is the wide one.
     """
-    case = fuzz.random_case(seed, **CI_OPTIONS)
+    case = random_cases.random_case(seed, **CI_OPTIONS)
     result = fuzz.run_case(case, "amaranth")
     replay = (f"python -m accel.fuzz --runner amaranth --seed {seed} --inputs "
               f"{CI_OPTIONS['inputs']} --max-width {CI_OPTIONS['max_width']} --max-layers "
@@ -235,7 +238,7 @@ def test_fuzz_tiny_models(seed):
 def test_amaranth_runner_reloads_mid_stream():
     """``accel.verification.amaranth_sim.run_engine``'s ``reloads`` (the contract of the batch runner): a
     tiny case whose second part runs the reloaded model, with stalls."""
-    case = fuzz.random_case(2024, inputs=4, max_width=4, max_layers=2, max_pes=2)
+    case = random_cases.random_case(2024, inputs=4, max_width=4, max_layers=2, max_pes=2)
     assert case.reload_model is not None
     result = fuzz.run_case(case, "amaranth", timing=False)
     assert result["mismatches"] == 0, fuzz.format_mismatch(result)

