@@ -116,7 +116,7 @@ def run_case(case: FuzzCase, runner="verilator", *, idle: float | None = None,
         (``"first"`` or ``"reload"``), ``expected``, ``got``), ``cycles``,
         ``cycles_per_inference``, ``predicted_cycles_per_inference``,
         ``measured_over_predicted``, ``model_in_range`` (the stream is in the cycle model's
-        range of validity, :data:`accel.planning.plan.MODEL_OVERLAP_LIMIT`), ``seconds``.
+        range of validity, :data:`accel.planning.cycles.MODEL_OVERLAP_LIMIT`), ``seconds``.
     """
     import sim
 

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['stream_bound_cycles']:.1f}")
     if not report["prediction_in_range"]:
         print("  (this stream is outside the cycle model's range of validity: the images in "
-              "flight gain more than accel.planning.plan.MODEL_OVERLAP_LIMIT, and the model is "
+              "flight gain more than accel.planning.cycles.MODEL_OVERLAP_LIMIT, and the model is "
               "optimistic there; docs/accelerator.md)")
     print(f"PE utilization {report['pe_utilization']:.1%} "
           f"({report['useful_macs_per_inference']:.0f} useful MACs per inference on "

@@ -201,7 +201,7 @@ def part_fuzz(models: int, inputs: int, build_dir) -> dict | None:
         inside = s["ratio_worst_in_model_range"]
         print(f"  cycle model (streams without stalls): measured/predicted {s['ratio_min']:.2f}"
               f"..{s['ratio_max']:.2f}, worst {s['ratio_worst']:.2f}; in its range of validity "
-              f"(images in flight gaining at most accel.planning.plan.MODEL_OVERLAP_LIMIT) "
+              f"(images in flight gaining at most accel.planning.cycles.MODEL_OVERLAP_LIMIT) "
               f"{s['models_in_model_range']} models, worst "
               f"{'n/a' if inside is None else f'{inside:.2f}'} (target within 10%)", flush=True)
     return {"summary": s, "results": results}

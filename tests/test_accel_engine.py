@@ -245,7 +245,7 @@ def test_collector_streams_logits_in_neuron_order_under_backpressure():
 ])
 def test_cycle_model_within_ten_percent_in_its_range(features, n_pes, banks):
     """EnginePlan.predict within 10% of the measured clocks of a stall-free stream, on streams
-    its range of validity (accel.planning.plan.MODEL_OVERLAP_LIMIT) covers."""
+    its range of validity (accel.planning.cycles.MODEL_OVERLAP_LIMIT) covers."""
     model = random_model(11, features, density=0.5)
     x = random_inputs(model, 12, seed=3)
     plan = EnginePlan.from_model(model, n_pes=n_pes, banks=banks)
