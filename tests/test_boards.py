@@ -176,7 +176,7 @@ def test_estimate_counts_the_engines_memories():
     plan = EnginePlan.from_model(model, n_pes=2)
     found = memories(plan)
     names = {name for name, *_ in found}
-    assert "engine.pe0.entries0" in names and "engine.pe1.pointers1" in names
+    assert "engine.pe0.entry.entries0" in names and "engine.pe1.pointer.pointers1" in names
     estimate = estimate_resources(plan, get_board("ulx3s"))
     # Two PEs, each a MAC multiplier and a requantization multiplier (two 18x18 pieces when the
     # sum is wider than 18 bits).
@@ -184,7 +184,8 @@ def test_estimate_counts_the_engines_memories():
     assert estimate.luts > 0 and estimate.memories == len(found)
     # Shallow memories go to LUT RAM except the pointers, kept in block RAM (timing).
     styles = {name: style for name, _, _, _, style in found}
-    assert styles["engine.pe0.pointers1"] == "block" and styles["engine.pe0.bias1"] == "distributed"
+    assert (styles["engine.pe0.pointer.pointers1"] == "block"
+            and styles["engine.pe0.sequencer.bias1"] == "distributed")
     assert estimate.brams >= 2 * 2     # per PE: its two pointer memories
 
 
