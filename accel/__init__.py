@@ -4,13 +4,14 @@ Rooms, imported in one direction (the wire protocol and planning at the bottom, 
 then verification and the host side, then the command lines at the top):
 
 - :mod:`accel.planning`: what the engine is for a model. ``pack`` (each PE's memory images,
-  interleaved CSC), ``plan`` (:class:`~accel.planning.plan.EnginePlan`: every size, width and
-  memory, the write port's address map, the cycle model).
+  interleaved CSC), ``cycles`` (the cycle model), ``plan``
+  (:class:`~accel.planning.plan.EnginePlan`: every size, width and memory, the write port's
+  address map).
 - :mod:`accel.gateware`: the Amaranth 0.5 components, one module each: ``primitives``
   (memories, FIFOs, skid buffers, the registered multiplier), ``layouts`` (stream payloads),
-  ``loader``, ``broadcaster``, ``pe`` (the processing element), ``collector``, ``engine`` (the top
-  level :class:`~accel.gateware.engine.Engine`), ``link`` (the UART bridge
-  and its framing), ``top`` (clock generator, bridge and engine on a board), ``verilog``
+  ``loader``, ``broadcaster`` (three stages), ``pe`` (the processing element: six stages),
+  ``collector``, ``engine`` (the top level :class:`~accel.gateware.engine.Engine`), ``uart``
+  and ``framing``, ``link`` (the UART bridge: three stages under its frame FSM), ``top`` (clock generator, bridge and engine on a board), ``verilog``
   (:func:`engine_verilog`: the engine's portable Verilog), ``resources`` (the fit check, from
   the elaborated engine's memories).
 - :mod:`accel.verification`: the engine against ``sim``. ``compare`` (one comparison of every
