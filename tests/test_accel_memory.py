@@ -23,25 +23,21 @@ from amaranth.sim import Simulator
 from accel.gateware.primitives import _NO_COLLISION, _BufferedFIFO, _read_port
 
 
-@pytest.mark.parametrize("read_ahead", [False, True])
-@pytest.mark.parametrize("depth", [2, 3, 5, 8, 64])
-def test_buffered_fifo_equals_amaranth_sync_fifo_buffered(depth, read_ahead):
-    # read_ahead: the block RAM's word reaches its register through the write bypass or the
-    # read a clock ahead; the same values on the same clocks either way.
+@pytest.mark.parametrize("depth", [2, 3, 5, 8])
+def test_buffered_fifo_equals_amaranth_sync_fifo_buffered(depth):
     m = Module()
-    m.submodules.ours = ours = _BufferedFIFO(width=8, depth=depth, read_ahead=read_ahead)
+    m.submodules.ours = ours = _BufferedFIFO(width=8, depth=depth)
     m.submodules.theirs = theirs = SyncFIFOBuffered(width=8, depth=depth)
     w_data, w_en, r_en = Signal(8), Signal(), Signal()
     for fifo in (ours, theirs):
         m.d.comb += [fifo.w_data.eq(w_data), fifo.w_en.eq(w_en), fifo.r_en.eq(r_en)]
     rng = random.Random(depth)
     seen = {"reads": 0, "full": 0}
-    phase = max(60, 2 * depth)
 
     async def testbench(ctx):
-        for clock in range(max(600, 10 * phase)):
+        for clock in range(600):
             # Phases of mostly writing and mostly reading, so the FIFO fills and empties.
-            write_bias = 0.8 if (clock // phase) % 2 == 0 else 0.2
+            write_bias = 0.8 if (clock // 60) % 2 == 0 else 0.2
             ctx.set(w_data, rng.randrange(256))
             ctx.set(w_en, rng.random() < write_bias)
             ctx.set(r_en, rng.random() < 1 - write_bias)

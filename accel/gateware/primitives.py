@@ -60,25 +60,15 @@ class _BufferedFIFO(Elaboratable, FIFOInterface):
     words, ``r_data`` a clock after the word is written); its storage is read through
     :func:`_read_port`, so that a block RAM needs no collision logic around it (timing).
     ``attrs``: the storage memory's attributes (``ram_style``).
-
-    ``read_ahead=True``: the same values on the same clocks, with ``r_data`` a fabric register
-    loaded from the memory's read data through one 2:1 mux and nothing else. The memory reads
-    the head's address every clock, a clock ahead (the next value of the read pointer); a word
-    written in the clock the memory reads its slot comes from a copy of the write data
-    instead (``bypass``). Block RAM read data arrives about 5.8 ns after the clock on an ECP5,
-    so its first register must sit beside it: this one has a single load (timing: the 16-PE
-    LeNet-300-100 build's group queues).
     """
 
-    def __init__(self, *, width: int, depth: int, attrs: dict | None = None,
-                 read_ahead: bool = False):
+    def __init__(self, *, width: int, depth: int, attrs: dict | None = None):
         if depth < 2:
             self._MustUse__used = True          # never built: no "created but never used"
             raise ValueError(f"depth must be at least 2, not {depth!r}")
         super().__init__(width=width, depth=depth)
         self.level = Signal(range(depth + 1))
         self._attrs = dict(attrs or {})
-        self._read_ahead = read_ahead
 
     def elaborate(self, platform):
         m = Module()
@@ -95,34 +85,20 @@ class _BufferedFIFO(Elaboratable, FIFOInterface):
         read = _read_port(m, storage, "storage_read")
         produce = Signal(range(inner_depth))
         consume = Signal(range(inner_depth))
-        consume_next = Mux(do_inner_read, Mux(consume == inner_depth - 1, 0, consume + 1),
-                           consume)
 
         m.d.comb += [
             self.w_rdy.eq(inner_level != inner_depth),
             inner_rdy.eq(inner_level != 0),
             write.addr.eq(produce), write.data.eq(self.w_data), write.en.eq(do_write),
+            read.addr.eq(consume), read.en.eq(do_inner_read),
+            self.r_data.eq(read.data),
             self.level.eq(inner_level + self.r_rdy),
             self.w_level.eq(self.level), self.r_level.eq(self.level),
         ]
-        if self._read_ahead:
-            # ``read.data`` is the head's word, or stale if the word was written in the clock
-            # it was read: then ``bypass`` is set and ``written`` holds it.
-            bypass = Signal()
-            written = Signal(self.width, reset_less=True)
-            head = Signal(self.width, reset_less=True)
-            m.d.sync += [bypass.eq(do_write & (produce == consume_next)),
-                         written.eq(self.w_data)]
-            with m.If(do_inner_read):
-                m.d.sync += head.eq(Mux(bypass, written, read.data))
-            m.d.comb += [read.addr.eq(consume_next), self.r_data.eq(head)]
-        else:
-            m.d.comb += [read.addr.eq(consume), read.en.eq(do_inner_read),
-                         self.r_data.eq(read.data)]
         with m.If(do_write):
             m.d.sync += produce.eq(Mux(produce == inner_depth - 1, 0, produce + 1))
         with m.If(do_inner_read):
-            m.d.sync += consume.eq(consume_next)
+            m.d.sync += consume.eq(Mux(consume == inner_depth - 1, 0, consume + 1))
         with m.If(do_write & ~do_inner_read):
             m.d.sync += inner_level.eq(inner_level + 1)
         with m.Elif(do_inner_read & ~do_write):
@@ -168,7 +144,7 @@ class _RegisteredFIFO(Elaboratable):
         m = Module()
         m.submodules.deep = deep = _BufferedFIFO(
             width=self.width, depth=self.w_depth,
-            attrs=_block_ram_attrs(platform) if self.block else {}, read_ahead=self.block)
+            attrs=_block_ram_attrs(platform) if self.block else {})
         m.submodules.skid = skid = _SkidBuffer(self.width)
         m.d.comb += [
             deep.w_data.eq(self.w_data), deep.w_en.eq(self.w_en), self.w_rdy.eq(deep.w_rdy),
