@@ -166,8 +166,8 @@ def test_pointer_stage_latency_and_throughput():
             await ctx.tick()
 
     _run(dut, testbench)
-    # A group in an idle stage: registered, queued in block RAM (read ahead, then two
-    # registers), issued, pointer read (P0 .. P3), then the column queue: 13 clocks.
+    # A group in an idle stage: registered, queued in block RAM (read, registered, skid
+    # buffer), issued, pointer read (P0 .. P3), then the column queue: 13 clocks.
     assert seen[0] == 13
     # Single-entry columns back to back: COLUMN_QUEUE_DEPTH + 2 = 9 issues every 11 clocks
     # (the issue waits for room for every column on its way to the queue: see the docstring).

@@ -42,8 +42,8 @@ class PointerStage(wiring.Component):
         registered here).
 
     Latency and throughput: a group that arrives at an idle stage is the queue's head 5 clocks
-    later (registered; written to block RAM; read a clock ahead into a register; two more
-    registers), its first activation (lowest lane first) or its fence is issued in that clock,
+    later (registered; written to block RAM; read; its read data registered; the skid
+    buffer), its first activation (lowest lane first) or its fence is issued in that clock,
     and is a column in ``o`` 8 clocks after its issue (P0: issue registered; P1: pointer memory
     read; P1R: read data registered; P2: the layer's pair; P3: ``single`` and ``penultimate``;
     then 3 clocks through the column queue): 13 clocks in all. One activation per clock while
