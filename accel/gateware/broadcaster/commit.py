@@ -41,7 +41,7 @@ class GroupCommit(wiring.Component):
     write : In(bus)
         The write port (column masks).
 
-    Latency and throughput: a group reaches its PEs at least 5 clocks after it arrives (T:
+    Latency and throughput: a group reaches idle PEs 6 clocks after it arrives (T:
     masks read; U: each word registered, then queued; the queue's head in flip-flops; the
     commit registered), one group per clock while its PEs are ready. The PEs' ``ready`` is
     registered here before the commit tests it: a PE's ready allows for that (see
