@@ -50,8 +50,9 @@ class Broadcaster(wiring.Component):
     clock; which lists closed which context), :class:`GroupCommit` (column masks read; the
     group committed to its PEs).
 
-    Latency and throughput: ``lanes`` entries per clock (each of the ``2 * lanes`` clusters of
-    lists moves one per clock); an entry reaches the PEs about nine clocks after it leaves its
+    Latency and throughput: up to ``lanes`` entries per group, and with every PE ready 7 groups
+    every 9 clocks (:class:`GroupCommit`'s room; each of the ``2 * lanes`` clusters of lists
+    moves one entry per clock); an entry reaches the PEs about nine clocks after it leaves its
     list (the list's skid buffer, the cluster's, the group register, column masks read and
     registered, through a 7-deep group queue that keeps the PEs' ready off the lists' timing
     paths, out of a register). A list's ``ready`` is a flip-flop. The PEs' ``ready`` is

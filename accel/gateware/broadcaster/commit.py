@@ -43,7 +43,8 @@ class GroupCommit(wiring.Component):
 
     Latency and throughput: a group reaches idle PEs 6 clocks after it arrives (T:
     masks read; U: each word registered, then queued; the queue's head in flip-flops; the
-    commit registered), one group per clock while its PEs are ready. The PEs' ``ready`` is
+    commit registered). With its PEs always ready, ``room`` admits 7 groups every 9 clocks
+    (the queue is one place short of one per clock: a group on its way holds a place). The PEs' ``ready`` is
     registered here before the commit tests it: a PE's ready allows for that (see
     :class:`~accel.gateware.pe.pointer.PointerStage`).
     """

@@ -49,8 +49,9 @@ class ListIntake(wiring.Component):
         Each cluster's entries, each list's in order.
 
     Latency and throughput: an entry is in its cluster's ``o`` 2 clocks after it leaves its
-    list (the list's skid buffer, the cluster's); each cluster moves one entry per clock. Every
-    ``ready`` a list sees and every ``valid`` of ``o`` is a flip-flop.
+    list (the list's skid buffer, the cluster's); each cluster moves one entry per clock. A PE
+    list's ``ready`` and every ``valid`` of ``o`` are flip-flops; an input lane's ``ready`` is
+    its skid buffer's (a flip-flop) and the lane's closed bit of the offered entry's bank.
     """
 
     def __init__(self, plan: EnginePlan):

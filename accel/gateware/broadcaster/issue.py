@@ -46,9 +46,10 @@ class GroupIssue(wiring.Component):
     lanes the lowest of the rest.
 
     Latency and throughput: a group is in ``o`` a clock after its entries are taken; up to
-    ``lanes`` entries per clock while ``room``; a fence takes a clock, the clock after it
-    sends no fence, and a fence is pending 2 clocks after the end mark that completes it is
-    taken.
+    ``lanes`` entries per clock while ``room``. A fence is pending (nothing is taken) 4 clocks
+    after the end mark that completes its context is taken, and in ``o`` a clock later; the
+    clock 2 after its send takes nothing either (its registered condition still holds there:
+    another pending fence is sent in it). Measured by ``tests/test_accel_broadcaster_stages.py``.
     """
 
     def __init__(self, plan: EnginePlan):
