@@ -61,7 +61,7 @@ class RequestExecutor(wiring.Component):
     """
 
     def __init__(self, plan: EnginePlan, *, max_write_words: int, word: data.StructLayout):
-        self._plan, self._max_words = plan, max_write_words
+        self._plan = plan
         self._records = max(plan.beats_per_image, max_write_words)
         super().__init__({
             "load": In(1), "infer": In(1), "write_kind": In(1),
