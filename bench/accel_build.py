@@ -72,9 +72,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator",
                         help="the second process's cocotb simulator (default verilator)")
+    parser.add_argument("--nextpnr-seed", type=int, default=1,
+                        help="placement seed (default 1, as python -m accel.build)")
     parser.add_argument("--out", type=Path, default=CACHE / "build-lenet")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.nextpnr_seed < 0:
+        parser.error(f"--nextpnr-seed must be 0 or more, not {args.nextpnr_seed}")
     missing = lenet_missing(args)
     if missing is not None:
         return missing
@@ -94,7 +98,8 @@ def main() -> int:
         verifier = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz,
-                           pes=args.pes, model_path=args.model)
+                           pes=args.pes, model_path=args.model,
+                           nextpnr_seed=args.nextpnr_seed)
         except TimingError as error:           # the report is written: print its figures
             print(f"\n{error}")
             report = json.loads((args.out / "report.json").read_text())
