@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from .cli import check_output_path, fail
-from .cluster import QUANTIZERS
+from .lq import ACTIVATION_QUANTIZERS
 from .data import DATASETS
 from .models import BUILTIN_MODELS
-from .pipeline import CompressConfig, compress_model
+from .pipeline import ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, CompressConfig, compress_model
 from .report import build_report, format_table, write_plots
 
 
@@ -64,13 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="learning rate of centroid fine-tuning (default: the recipe's)")
     parser.add_argument("--bits", type=_number_list(int),
                         help="codebook index bits b_w (1..8), one value or one per layer; a "
-                             "layer gets 2**bits - 1 shared values plus the zero")
+                             "layer gets 2**bits - 1 shared values plus the zero. With "
+                             "--quantizer lq or uniform: the basis bits K (1..4, default "
+                             f"{DEFAULT_LEARNED_BITS}), 2**K levels per row plus the zero")
     parser.add_argument("--zero-run-bits", type=int, default=5,
                         help="relative-index bits b_z of the stored sparse format (default: 5, "
                              "as Deep Compression's fully connected layers)")
-    parser.add_argument("--quantizer", default="dp", choices=QUANTIZERS,
+    parser.add_argument("--quantizer", default="dp", choices=ALL_QUANTIZERS,
                         help="weight-sharing clustering: dp (exactly optimal, default) or a "
-                             "Deep Compression k-means baseline")
+                             "Deep Compression k-means baseline; or a per-row basis trained "
+                             "with the network: lq (LQ-Nets, learned) or uniform (fixed)")
+    parser.add_argument("--activation-quantizer", default="none", choices=ACTIVATION_QUANTIZERS,
+                        help="none (default: uniform --activation-bits-wide integers, "
+                             "calibrated after training) or a quantizer of every hidden ReLU "
+                             "output trained with the network: lq (LQ-Nets, learned levels) or "
+                             "uniform (fixed levels); the hardware compares with thresholds "
+                             "(docs/arithmetic.md A10)")
     parser.add_argument("--cluster-reg", type=float, default=0.0,
                         help="DP-Net clustering-friendly penalty weight during the last "
                              "retraining (default: 0, off)")
@@ -78,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="width B of the integer codebook values, 2..16 (default: 8; "
                              "docs/arithmetic.md)")
     parser.add_argument("--activation-bits", type=int, default=8,
-                        help="width A of the integer activations, 2..16 (default: 8)")
+                        help="width A of the integer activations, 2..16 (default: 8); with "
+                             "--activation-quantizer lq or uniform, the code bits K, 1..4 (a "
+                             "hidden activation takes 2**K levels)")
+    parser.add_argument("--activation-grid-bits", type=int, default=8,
+                        help="with --activation-quantizer lq or uniform: width A of the integer "
+                             "grid the levels are rounded to, 2..16 (default: 8)")
     parser.add_argument("--calibration-samples", type=int, default=2048,
                         help="training samples that set the integer scales (default: 2048)")
     parser.add_argument("--no-integer", action="store_true",
@@ -101,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         prune_rounds=args.prune_rounds, retrain_epochs=args.retrain_epochs,
         finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, bits=args.bits,
         zero_run_bits=args.zero_run_bits,
-        quantizer=args.quantizer, cluster_reg=args.cluster_reg, integer=not args.no_integer,
+        quantizer=args.quantizer, activation_quantizer=args.activation_quantizer,
+        activation_grid_bits=args.activation_grid_bits,
+        cluster_reg=args.cluster_reg, integer=not args.no_integer,
         weight_bits=args.weight_bits, activation_bits=args.activation_bits,
         calibration_samples=args.calibration_samples, progress=not args.quiet)
     # Every option is checked before any work (the per-layer lists' lengths, which need the

@@ -10,6 +10,10 @@ Since format version 2 a layer may also carry its integer data (:class:`~compres
 IntegerLayer`, ``docs/arithmetic.md``): the integer codebook, biases, requantization and
 accumulator width the integer reference and the hardware use. Version 1 files still load,
 without it.
+
+Format version 3 adds learned quantizers (LQ-Nets): a codebook per row (stored as its binary
+basis, or as its values) and learned activation levels with their integer thresholds
+(``docs/arithmetic.md`` A9-A10). A model that uses neither is still written as version 2.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from .huffman import HuffmanCode
-from .integer import IntegerLayer
+from .integer import MAX_CODE_BITS, IntegerLayer
+from .levels import basis_codebook, quantize_to_levels
 from .sparse import RelativeIndexStream, decode_relative, encode_relative
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CompressedLayer", "CompressedModel", "LayerSize", "load"]
 
 MAGIC = b"DCACCEL\x00"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _DIGEST = 32
 
@@ -42,7 +47,7 @@ class LayerSize:
     dense_bits: int        # fp32 weights and biases of the uncompressed layer
     index_bits: int        # Huffman-coded codebook indices, padding entries included
     zero_run_bits: int     # Huffman-coded relative row indices (the sparse-index overhead)
-    codebook_bits: int     # fp32 centroids (the implicit zero is not stored)
+    codebook_bits: int     # fp32 centroids, or basis values (the implicit zero is not stored)
     table_bits: int        # the two Huffman code tables, one byte per code length
     bias_bits: int         # fp32 biases
     entries: int           # (index, zero run) pairs, padding included
@@ -69,7 +74,9 @@ class CompressedLayer:
     Attributes
     ----------
     codebook : numpy.ndarray
-        float32, shape ``(K,)``, ``codebook[0] == 0``, ``K <= 2 ** index_bits``.
+        float32, shape ``(K,)``, ``codebook[0] == 0``, ``K <= 2 ** index_bits``; or one
+        codebook per row, shape ``(out_features, K)``, ``codebook[:, 0] == 0``
+        (``docs/arithmetic.md`` A9). Derived from ``basis`` when that is given.
     index : numpy.ndarray
         uint8 or uint16, shape ``(out_features, in_features)``; 0 marks a pruned weight.
     bias : numpy.ndarray
@@ -80,20 +87,41 @@ class CompressedLayer:
         Widths ``b_w`` and ``b_z`` of the sparse format's (index, zero run) entries.
     integer : IntegerLayer or None
         The layer's integer data (``docs/arithmetic.md``), once quantized.
+    basis : numpy.ndarray or None
+        float32, shape ``(out_features, K)``: a signed binary basis per row (LQ-Nets); the
+        codebook is then :func:`compress.levels.basis_codebook` of it (``2**K + 1`` entries),
+        and the artifact stores the basis, not the levels.
+    activation_levels : numpy.ndarray or None
+        float32, ``2**K`` ascending levels from 0 (``K = 1..4``) of a learned quantizer of the
+        layer's output, after its ReLU (A10); ``None``: the output is not quantized in float.
     """
 
-    codebook: np.ndarray
+    codebook: np.ndarray | None
     index: np.ndarray
     bias: np.ndarray
     relu: bool
     index_bits: int = 4
     zero_run_bits: int = 4
     integer: IntegerLayer | None = None
+    basis: np.ndarray | None = None
+    activation_levels: np.ndarray | None = None
 
     def __post_init__(self):
+        if self.basis is not None:
+            self.basis = np.ascontiguousarray(self.basis, dtype=np.float32)
+            derived = basis_codebook(self.basis)
+            if self.codebook is not None and not np.array_equal(
+                    np.asarray(self.codebook, dtype=np.float32), derived):
+                raise ValueError("codebook must be the basis's levels (or None with a basis)")
+            self.codebook = derived
+        if self.codebook is None:
+            raise ValueError("a layer needs a codebook or a basis")
         self.codebook = np.ascontiguousarray(self.codebook, dtype=np.float32)
         self.bias = np.ascontiguousarray(self.bias, dtype=np.float32)
         self.index = np.ascontiguousarray(self.index)
+        if self.activation_levels is not None:
+            self.activation_levels = np.ascontiguousarray(self.activation_levels,
+                                                          dtype=np.float32)
         self.validate()
 
     def validate(self) -> None:
@@ -105,26 +133,52 @@ class CompressedLayer:
         if self.index.ndim != 2 or not np.issubdtype(self.index.dtype, np.integer):
             raise ValueError(f"index must be a 2-D integer array, not {self.index.dtype} "
                              f"{self.index.shape}")
-        if self.codebook.ndim != 1 or not 1 <= len(self.codebook) <= 2 ** self.index_bits:
+        entries = self.codebook.shape[-1] if self.codebook.ndim else 0
+        if self.codebook.ndim not in (1, 2) or not 1 <= entries <= 2 ** self.index_bits:
             raise ValueError(f"codebook must have 1..{2 ** self.index_bits} entries for "
-                             f"index_bits={self.index_bits}, not {len(self.codebook)}")
-        if self.codebook[0] != 0.0:
-            raise ValueError(f"codebook[0] must be 0 (the pruned weight), not {self.codebook[0]}")
+                             f"index_bits={self.index_bits}, not {entries}")
+        if self.codebook.ndim == 2 and self.codebook.shape[0] != self.out_features:
+            raise ValueError(f"a per-row codebook must have {self.out_features} rows, not "
+                             f"{self.codebook.shape[0]}")
+        if np.any(self.codebook[..., 0] != 0.0):
+            raise ValueError("codebook[0] must be 0 (the pruned weight)")
         if not np.isfinite(self.codebook).all() or not np.isfinite(self.bias).all():
             raise ValueError("codebook and bias must be finite")
-        if self.index.size and (self.index.min() < 0 or self.index.max() >= len(self.codebook)):
-            raise ValueError(f"index values must be 0..{len(self.codebook) - 1}, found "
+        if self.index.size and (self.index.min() < 0 or self.index.max() >= entries):
+            raise ValueError(f"index values must be 0..{entries - 1}, found "
                              f"{self.index.min()}..{self.index.max()}")
         if self.bias.shape != (self.out_features,):
             raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
+        self._validate_activation_levels()
         if self.integer is not None:
             if not isinstance(self.integer, IntegerLayer):
                 raise ValueError(f"integer must be an IntegerLayer or None, not "
                                  f"{type(self.integer).__name__}")
-            if len(self.integer.codebook) != len(self.codebook):
-                raise ValueError(f"the integer codebook has {len(self.integer.codebook)} entries, "
-                                 f"the float codebook {len(self.codebook)}")
+            if self.integer.codebook.shape != self.codebook.shape:
+                raise ValueError(f"the integer codebook has shape {self.integer.codebook.shape}, "
+                                 f"the float codebook {self.codebook.shape}")
+            if (self.integer.levels is None) != (self.activation_levels is None):
+                raise ValueError("a layer has integer thresholds (A10) exactly when it has "
+                                 "learned activation levels")
+            if self.integer.levels is not None and \
+                    len(self.integer.levels) != len(self.activation_levels):
+                raise ValueError(f"the integer level table has {len(self.integer.levels)} "
+                                 f"levels, the float one {len(self.activation_levels)}")
             self.integer.check_against(self.index)
+
+    def _validate_activation_levels(self) -> None:
+        levels = self.activation_levels
+        if levels is None:
+            return
+        sizes = [1 << bits for bits in range(1, MAX_CODE_BITS + 1)]
+        if levels.ndim != 1 or len(levels) not in sizes:
+            raise ValueError(f"activation_levels must hold {', '.join(map(str, sizes))} values "
+                             f"(2**K, K = 1..{MAX_CODE_BITS}), not shape {levels.shape}")
+        if not np.isfinite(levels).all() or levels[0] != 0 or np.any(np.diff(levels) < 0):
+            raise ValueError("activation_levels must be finite and ascending from 0")
+        if not self.relu:
+            raise ValueError("learned activation levels need a ReLU after the layer (their "
+                             "codes are {0,1}^K and level 0 is 0; docs/arithmetic.md A10)")
 
     @property
     def out_features(self) -> int:
@@ -136,8 +190,33 @@ class CompressedLayer:
 
     @property
     def weight(self) -> np.ndarray:
-        """The float32 shared weights ``codebook[index]``, shape ``(out, in)``."""
+        """The float32 shared weights ``codebook[index]`` (or ``codebook[r][index]``, A9),
+        shape ``(out, in)``."""
+        if self.codebook.ndim == 2:
+            return np.take_along_axis(self.codebook, self.index.astype(np.intp), axis=1)
         return self.codebook[self.index]
+
+    @property
+    def per_row(self) -> bool:
+        """Whether the layer has one codebook per row (A9)."""
+        return self.codebook.ndim == 2
+
+    @property
+    def stored_codebook_values(self) -> int:
+        """The float values the artifact stores for the codebook (32 bits each): the nonzero
+        centroids, per row for a per-row codebook, or the basis values."""
+        if self.basis is not None:
+            return int(self.basis.size)
+        return int(self.codebook[..., 1:].size)
+
+    def output(self, x: np.ndarray) -> np.ndarray:
+        """The layer's float32 output: ``W x + b``, ReLU, then the learned levels if any."""
+        y = x @ self.weight.T + self.bias
+        if self.relu:
+            y = np.maximum(y, 0, dtype=np.float32)
+        if self.activation_levels is not None:
+            y = quantize_to_levels(y, self.activation_levels)
+        return y
 
     @property
     def nonzero(self) -> int:
@@ -163,7 +242,8 @@ class CompressedLayer:
             dense_bits=32 * (self.index.size + self.out_features),
             index_bits=index_code.encoded_bits(stream.index),
             zero_run_bits=zero_run_code.encoded_bits(stream.zero_run),
-            codebook_bits=32 * (len(self.codebook) - 1),
+            codebook_bits=32 * (self.stored_codebook_values + (
+                0 if self.activation_levels is None else len(self.activation_levels) - 1)),
             table_bits=8 * (2 ** self.index_bits + 2 ** self.zero_run_bits),
             bias_bits=32 * self.out_features,
             entries=len(stream.index),
@@ -227,9 +307,7 @@ class CompressedModel:
         if x.shape[1] != self.in_features:
             raise ValueError(f"x must have {self.in_features} features, not {x.shape[1]}")
         for layer in self.layers:
-            x = x @ layer.weight.T + layer.bias
-            if layer.relu:
-                x = np.maximum(x, 0, dtype=np.float32)
+            x = layer.output(x)
         return x
 
     def to_torch(self):
@@ -251,6 +329,14 @@ class CompressedModel:
     def sizes(self) -> list[LayerSize]:
         return [layer.size() for layer in self.layers]
 
+    @property
+    def format_version(self) -> int:
+        """The version :meth:`save` writes: 3 when a layer has a per-row codebook or learned
+        activation levels (A9-A10), else 2, which older readers also read."""
+        learned = any(layer.per_row or layer.activation_levels is not None
+                      for layer in self.layers)
+        return 3 if learned else 2
+
     # -- file I/O ---------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -270,6 +356,8 @@ class CompressedModel:
             stream, index_code, zero_run_code = layer.coded()
             index_data, index_nbits = index_code.encode(stream.index)
             zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
+            learned: dict = {}
+            codebook_arrays = _codebook_arrays(layer, put, learned)
             header_entry = {
                 "in_features": layer.in_features,
                 "out_features": layer.out_features,
@@ -280,7 +368,7 @@ class CompressedModel:
                 "index_stream_bits": int(index_nbits),
                 "zero_run_stream_bits": int(zero_run_nbits),
                 "arrays": {
-                    "centroids": put(layer.codebook[1:], "float32"),
+                    **codebook_arrays,
                     "bias": put(layer.bias, "float32"),
                     "index_code_lengths": put(index_code.lengths, "uint8"),
                     "zero_run_code_lengths": put(zero_run_code.lengths, "uint8"),
@@ -288,16 +376,18 @@ class CompressedModel:
                     "zero_run_stream": put(zero_run_data, "uint8"),
                 },
             }
+            header_entry.update(learned)
             if layer.integer is not None:
                 header_entry["integer"] = _integer_header(layer.integer, put)
             layer_headers.append(header_entry)
+        version = self.format_version
         header = json.dumps({
             "format": "dcaccel-compressed-model",
-            "version": FORMAT_VERSION,
+            "version": version,
             "metadata": self.metadata,
             "layers": layer_headers,
         }, sort_keys=True, separators=(",", ":")).encode()
-        body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(header)) + header + bytes(payload)
+        body = _PREFIX.pack(MAGIC, version, 0, len(header)) + header + bytes(payload)
         data = body + hashlib.sha256(body).digest()
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(path.name + ".tmp")
@@ -336,13 +426,13 @@ def load(path: str | os.PathLike) -> CompressedModel:
     try:
         header = json.loads(body[_PREFIX.size:_PREFIX.size + header_length])
         payload = body[_PREFIX.size + header_length:]
-        layers = [_read_layer(h, payload) for h in header["layers"]]
+        layers = [_read_layer(h, payload, version) for h in header["layers"]]
         return CompressedModel(layers, header.get("metadata", {}))
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"{where} is malformed: {error}") from None
 
 
-def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
+def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
     def get(name: str, where: dict = header) -> np.ndarray:
         entry = where["arrays"][name]
         offset, nbytes = int(entry["offset"]), int(entry["nbytes"])
@@ -365,17 +455,73 @@ def _read_layer(header: dict, payload: bytes) -> CompressedLayer:
     index_bits = int(header["index_bits"])
     integer = None
     if "integer" in header:
-        integer = _read_integer(header["integer"], get)
+        integer = _read_integer(header["integer"], get, out_features)
     sequence = decode_relative(stream)
     index = sequence.reshape(in_features, out_features).T.astype(
         np.uint8 if index_bits <= 8 else np.uint16)
-    return CompressedLayer(codebook=np.concatenate([[0.0], get("centroids")]).astype(np.float32),
+    if version < 3 and (any(key in header for key in (
+            "basis_bits", "codebook_entries", "activation_code_bits"))
+            or "codebook_rows" in header.get("integer", {})
+            or "levels" in header.get("integer", {}).get("arrays", {})):
+        raise ValueError(f"a version-{version} file has version-3 fields (learned quantizers)")
+    return CompressedLayer(**_read_codebook(header, get, out_features),
                            index=index,
                            bias=get("bias").astype(np.float32),
                            relu=bool(header["relu"]),
                            index_bits=index_bits,
                            zero_run_bits=int(header["zero_run_bits"]),
                            integer=integer)
+
+
+def _codebook_arrays(layer: CompressedLayer, put, learned: dict) -> dict:
+    """The codebook's arrays (written first in the layer's payload) and, in ``learned``, the
+    version-3 header fields: a per-row codebook's shape or basis width, the activation code
+    width."""
+    arrays = {}
+    if layer.basis is not None:
+        learned["basis_bits"] = int(layer.basis.shape[1])
+        arrays["basis"] = put(layer.basis, "float32")
+    elif layer.per_row:
+        learned["codebook_entries"] = int(layer.codebook.shape[1])
+        arrays["centroids"] = put(layer.codebook[:, 1:], "float32")
+    else:
+        arrays["centroids"] = put(layer.codebook[1:], "float32")
+    if layer.activation_levels is not None:
+        learned["activation_code_bits"] = int(len(layer.activation_levels)).bit_length() - 1
+        arrays["activation_levels"] = put(layer.activation_levels[1:], "float32")
+    return arrays
+
+
+def _read_codebook(header: dict, get, out_features: int) -> dict:
+    """The :class:`CompressedLayer` fields of :func:`_codebook_arrays`' arrays."""
+    fields = {"codebook": None, "basis": None, "activation_levels": None}
+    if "basis_bits" in header:
+        bits = int(header["basis_bits"])
+        if not 1 <= bits <= 8:
+            raise ValueError(f"basis_bits must be 1..8, not {bits}")
+        basis = get("basis")
+        if basis.size != out_features * bits:
+            raise ValueError(f"the basis has {basis.size} values, not {out_features} x {bits}")
+        fields["basis"] = basis.reshape(out_features, bits)
+    elif "codebook_entries" in header:
+        entries = int(header["codebook_entries"])
+        centroids = get("centroids")
+        if entries < 1 or centroids.size != out_features * (entries - 1):
+            raise ValueError(f"the per-row codebook has {centroids.size} values, not "
+                             f"{out_features} x {entries - 1}")
+        fields["codebook"] = np.concatenate(
+            [np.zeros((out_features, 1), np.float32),
+             centroids.reshape(out_features, entries - 1)], axis=1)
+    else:
+        fields["codebook"] = np.concatenate([[0.0], get("centroids")]).astype(np.float32)
+    if "activation_code_bits" in header:
+        bits = int(header["activation_code_bits"])
+        levels = get("activation_levels")
+        if not 1 <= bits <= MAX_CODE_BITS or len(levels) != (1 << bits) - 1:
+            raise ValueError(f"activation_code_bits must be 1..{MAX_CODE_BITS} with 2**bits - 1 "
+                             f"stored levels, not {bits} with {len(levels)}")
+        fields["activation_levels"] = np.concatenate([[0.0], levels]).astype(np.float32)
+    return fields
 
 
 _INTEGER_SCALARS = {"weight_bits": int, "activation_bits": int, "input_signed": bool,
@@ -385,12 +531,17 @@ _INTEGER_SCALARS = {"weight_bits": int, "activation_bits": int, "input_signed": 
 
 def _integer_header(integer: IntegerLayer, put) -> dict:
     entry = {name: kind(getattr(integer, name)) for name, kind in _INTEGER_SCALARS.items()}
+    if integer.per_row:
+        entry["codebook_rows"] = int(integer.codebook.shape[0])
     entry["arrays"] = {"codebook": put(integer.codebook, "int32"),
                        "bias": put(integer.bias, "int32")}
+    if integer.levels is not None:                                  # A10, version 3
+        entry["arrays"]["thresholds"] = put(integer.thresholds, "int64")
+        entry["arrays"]["levels"] = put(integer.levels, "int32")
     return entry
 
 
-def _read_integer(entry: dict, get) -> IntegerLayer:
+def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
     values = {}
     for name, kind in _INTEGER_SCALARS.items():
         value = entry[name]
@@ -401,5 +552,15 @@ def _read_integer(entry: dict, get) -> IntegerLayer:
         if not ok:
             raise ValueError(f"integer field {name!r} must be a {kind.__name__}, not {value!r}")
         values[name] = kind(value)
-    return IntegerLayer(codebook=get("codebook", entry).astype(np.int32),
-                        bias=get("bias", entry).astype(np.int32), **values)
+    codebook = get("codebook", entry).astype(np.int32)
+    if "codebook_rows" in entry:                                     # A9, version 3
+        rows = int(entry["codebook_rows"])
+        if rows != out_features or codebook.size % max(rows, 1):
+            raise ValueError(f"the integer codebook has {codebook.size} values, not {rows} rows")
+        codebook = codebook.reshape(rows, -1)
+    learned = {}
+    if "thresholds" in entry["arrays"] or "levels" in entry["arrays"]:
+        learned = {"thresholds": get("thresholds", entry).astype(np.int64),
+                   "levels": get("levels", entry).astype(np.int32)}
+    return IntegerLayer(codebook=codebook, bias=get("bias", entry).astype(np.int32), **values,
+                        **learned)

@@ -1,4 +1,4 @@
-"""Integer quantization of a compressed model: the data of ``docs/arithmetic.md`` (rules A1-A8).
+"""Integer quantization of a compressed model: the data of ``docs/arithmetic.md`` (rules A1-A10).
 
 :func:`quantize_model` calibrates scales on float data and puts every layer on the integer grid:
 a codebook of signed ``weight_bits``-bit integers (index 0 stays exactly 0), int32 biases at the
@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import numpy as np
 
+from .levels import midpoints, quantize_to_levels
+
 __all__ = [
     "MAX_ACCUMULATOR_BITS",
+    "MAX_CODE_BITS",
     "MAX_SHIFT",
     "MULTIPLIER_BITS",
     "IntegerLayer",
     "accumulator_bound",
     "accumulator_width",
     "activation_range",
+    "activation_thresholds",
     "quantize_model",
     "requantization_parameters",
 ]
@@ -32,6 +37,8 @@ __all__ = [
 MULTIPLIER_BITS = 15
 #: A6: the largest right shift.
 MAX_SHIFT = 62
+#: A10: the widest code of a threshold activation (``2 ** 4`` levels).
+MAX_CODE_BITS = 4
 #: A5/A6: ``acc * multiplier + round`` must fit in a signed 64-bit integer.
 MAX_ACCUMULATOR_BITS = 63 - MULTIPLIER_BITS - 1
 _BIAS_BITS = 32
@@ -58,11 +65,17 @@ def _largest_magnitude(bits: int, signed: bool) -> int:
 
 def accumulator_bound(codebook: np.ndarray, index: np.ndarray, bias: np.ndarray,
                       activation_bits: int, input_signed: bool) -> int:
-    """A5: ``max_r (|bias[r]| + X * sum_c |codebook[index[r, c]]|)``, an exact Python int."""
+    """A5: ``max_r (|bias[r]| + X * sum_c |w[r, c]|)``, an exact Python int.
+
+    ``codebook`` is one codebook (A3) or one per row, shape ``(rows, K)`` (A9).
+    """
     x_max = _largest_magnitude(activation_bits, input_signed)
     # |w| < 2**15 and X <= 2**15, so int64 row sums are exact for any layer that fits in memory.
     magnitude = np.abs(np.asarray(codebook, dtype=np.int64))
-    row_sums = magnitude[np.asarray(index)].sum(axis=1, dtype=np.int64)
+    index = np.asarray(index)
+    weights = magnitude[index] if magnitude.ndim == 1 else \
+        np.take_along_axis(magnitude, index.astype(np.intp), axis=1)
+    row_sums = weights.sum(axis=1, dtype=np.int64)
     bias = np.asarray(bias, dtype=np.int64)
     return int(np.max(np.abs(bias) + x_max * row_sums, initial=0))
 
@@ -126,6 +139,14 @@ class IntegerLayer:
     input_scale, weight_scale, output_scale : float
         Real scales, for information and for converting float inputs; not used by the
         integer path.
+    thresholds, levels : numpy.ndarray or None
+        A10: the threshold activation that replaces A6-A7 on a hidden layer with a ReLU:
+        int64 ``thresholds`` (``2**K - 1``, non-decreasing, within ``+-2**(accumulator_bits
+        - 1)``) and int32 ``levels`` (``2**K``, non-decreasing, ``levels[0] == 0``, unsigned
+        ``activation_bits``-wide); ``None`` (both) for A6-A7. ``multiplier`` and ``shift`` are
+        then 0.
+
+    A 2-D ``codebook`` of shape ``(out_features, K)`` is one codebook per row (A9).
     """
 
     codebook: np.ndarray
@@ -140,17 +161,21 @@ class IntegerLayer:
     input_scale: float = 1.0
     weight_scale: float = 1.0
     output_scale: float = 1.0
+    thresholds: np.ndarray | None = None
+    levels: np.ndarray | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "codebook", _exact_int32("codebook", self.codebook))
         object.__setattr__(self, "bias", _exact_int32("bias", self.bias))
         _check_bits("weight_bits", self.weight_bits)
         _check_bits("activation_bits", self.activation_bits)
-        if self.codebook.ndim != 1 or len(self.codebook) == 0:
-            raise ValueError(f"codebook must be a non-empty 1-D array, not shape "
-                             f"{self.codebook.shape}")
-        if self.codebook[0] != 0:
-            raise ValueError(f"codebook[0] must be 0 (the pruned weight), not {self.codebook[0]}")
+        if self.codebook.ndim not in (1, 2) or self.codebook.shape[-1] == 0:
+            raise ValueError(f"codebook must be a non-empty 1-D array (A2) or one row per output "
+                             f"(A9), not shape {self.codebook.shape}")
+        zeros = self.codebook[..., 0]
+        if np.any(zeros != 0):
+            raise ValueError(f"codebook[0] must be 0 (the pruned weight), not "
+                             f"{zeros[zeros != 0].flat[0]}")
         limit = (1 << (self.weight_bits - 1)) - 1
         if np.abs(self.codebook.astype(np.int64)).max() > limit:
             raise ValueError(f"codebook values must be -{limit}..{limit} for weight_bits="
@@ -159,6 +184,7 @@ class IntegerLayer:
         if self.bias.ndim != 1:
             raise ValueError(f"bias must be 1-D, not shape {self.bias.shape}")
         _check_bits("accumulator_bits", self.accumulator_bits, 1, MAX_ACCUMULATOR_BITS)
+        self._check_threshold_activation()
         if self.logits:
             if self.multiplier != 0 or self.shift != 0:
                 raise ValueError("the logits layer has no requantization: multiplier and shift "
@@ -174,6 +200,57 @@ class IntegerLayer:
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be finite and > 0, not {value!r}")
 
+    def _check_threshold_activation(self) -> None:
+        """A10's data, when present: shapes, order and ranges."""
+        if (self.thresholds is None) != (self.levels is None):
+            raise ValueError("thresholds and levels go together (A10): give both or neither")
+        if self.thresholds is None:
+            return
+        thresholds = np.asarray(self.thresholds)
+        levels = _exact_int32("levels", self.levels)
+        if not np.issubdtype(thresholds.dtype, np.integer):
+            raise ValueError(f"thresholds must hold integers, not dtype {thresholds.dtype}")
+        thresholds = np.ascontiguousarray(thresholds, dtype=np.int64)
+        object.__setattr__(self, "thresholds", thresholds)
+        object.__setattr__(self, "levels", levels)
+        if self.logits:
+            raise ValueError("the logits layer has no threshold activation (A8, A10)")
+        sizes = [1 << bits for bits in range(1, MAX_CODE_BITS + 1)]
+        if levels.ndim != 1 or len(levels) not in sizes:
+            raise ValueError(f"levels must be a 1-D array of {', '.join(map(str, sizes))} "
+                             f"values (2**K, K = 1..{MAX_CODE_BITS}), not shape {levels.shape}")
+        if thresholds.shape != (len(levels) - 1,):
+            raise ValueError(f"thresholds must have {len(levels) - 1} values for {len(levels)} "
+                             f"levels, not shape {thresholds.shape}")
+        if np.any(np.diff(thresholds) < 0):
+            raise ValueError(f"thresholds must be ascending (non-decreasing), not "
+                             f"{thresholds.tolist()}")
+        if np.any(np.diff(levels) < 0) or levels[0] != 0:
+            raise ValueError(f"levels must be ascending (non-decreasing) from levels[0] = 0, not "
+                             f"{levels.tolist()}")
+        top = (1 << self.activation_bits) - 1
+        if levels[-1] > top:
+            raise ValueError(f"levels must fit the {self.activation_bits}-bit unsigned output "
+                             f"range 0..{top}, found {levels[-1]}")
+        reach = 1 << (self.accumulator_bits - 1)
+        if thresholds.min() < -reach or thresholds.max() > reach:
+            raise ValueError(f"thresholds must be -{reach}..{reach} for accumulator_bits="
+                             f"{self.accumulator_bits}, found {thresholds.min()}.."
+                             f"{thresholds.max()}")
+        if self.multiplier != 0 or self.shift != 0:
+            raise ValueError("a threshold activation has no requantization (A10): multiplier and "
+                             f"shift must be 0, not {self.multiplier!r} and {self.shift!r}")
+
+    @property
+    def code_bits(self) -> int | None:
+        """A10's ``K``, or ``None`` for a layer that requantizes (A6-A7)."""
+        return None if self.levels is None else int(len(self.levels)).bit_length() - 1
+
+    @property
+    def per_row(self) -> bool:
+        """Whether the layer has one codebook per row (A9)."""
+        return self.codebook.ndim == 2
+
     def input_range(self) -> tuple[int, int]:
         return activation_range(self.activation_bits, self.input_signed)
 
@@ -182,14 +259,50 @@ class IntegerLayer:
         if len(self.bias) != index.shape[0]:
             raise ValueError(f"integer bias has {len(self.bias)} entries, the layer has "
                              f"{index.shape[0]} rows")
-        if index.size and index.max() >= len(self.codebook):
+        if self.per_row and self.codebook.shape[0] != index.shape[0]:
+            raise ValueError(f"the integer codebook has {self.codebook.shape[0]} rows, the layer "
+                             f"{index.shape[0]} (A9)")
+        entries = self.codebook.shape[-1]
+        if index.size and index.max() >= entries:
             raise ValueError(f"index values reach {index.max()} but the integer codebook has "
-                             f"{len(self.codebook)} entries")
+                             f"{entries} entries")
         needed = accumulator_width(accumulator_bound(
             self.codebook, index, self.bias, self.activation_bits, self.input_signed))
         if self.accumulator_bits < needed:
             raise ValueError(f"accumulator_bits is {self.accumulator_bits} but the layer's "
                              f"weights need {needed} (docs/arithmetic.md A5)")
+
+
+def activation_thresholds(levels: np.ndarray, accumulator_scale: float,
+                          accumulator_bits: int) -> np.ndarray:
+    """A10: integer thresholds equal to the float rule ``acc * s_acc >= tau_j``.
+
+    ``thresholds[j] = clamp(ceil(tau_j / s_acc), -2**(W-1), 2**(W-1))`` for the midpoints
+    ``tau_j`` of the ascending float32 ``levels`` and ``W = accumulator_bits``, computed in
+    exact rational arithmetic (never a float division), so that for every accumulator value
+    ``|acc| <= 2**(W-1) - 1`` the comparison with the integer threshold and the comparison of
+    the real value ``acc * s_acc`` with ``tau_j`` agree. Returns int64.
+    """
+    if not (math.isfinite(accumulator_scale) and accumulator_scale > 0):
+        raise ValueError(f"accumulator_scale must be finite and > 0, not {accumulator_scale!r}")
+    reach = 1 << (accumulator_bits - 1)
+    scale = Fraction(accumulator_scale)
+    out = []
+    for tau in midpoints(np.asarray(levels, dtype=np.float32)).tolist():
+        ratio = Fraction(tau) / scale
+        out.append(min(max(math.ceil(ratio), -reach), reach))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _threshold_activation(levels: np.ndarray, activation_bits: int, accumulator_scale: float,
+                          accumulator_bits: int):
+    """A10's calibration: ``(thresholds, integer levels, output scale)``."""
+    levels = np.asarray(levels, dtype=np.float32)
+    top = (1 << activation_bits) - 1
+    scale_out = _scale(float(levels[-1]), top)
+    integer_levels = np.clip(np.rint(levels.astype(np.float64) / scale_out), 0, top)
+    thresholds = activation_thresholds(levels, accumulator_scale, accumulator_bits)
+    return thresholds, integer_levels.astype(np.int64), scale_out
 
 
 def _exact_int32(name: str, values) -> np.ndarray:
@@ -276,10 +389,14 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
     for i, layer in enumerate(model.layers):
         where = f"layer {i} ({layer.out_features}x{layer.in_features})"
         last = i == len(model.layers) - 1
-        centroids = layer.codebook.astype(np.float64)
+        centroids = layer.codebook.astype(np.float64)        # (K,), or (rows, K): A9
         scale_w = _scale(np.abs(centroids).max(), weight_levels)
         codebook = np.rint(centroids / scale_w).astype(np.int64)
-        codebook[0] = 0
+        codebook[..., 0] = 0
+        learned = getattr(layer, "activation_levels", None)
+        if learned is not None and (last or not layer.relu):
+            raise ValueError(f"{where}: a learned activation quantizer needs a hidden layer "
+                             "followed by a ReLU (docs/arithmetic.md A10)")
         accumulator_scale = scale_in * scale_w
         bias = np.rint(layer.bias.astype(np.float64) / accumulator_scale)
         if np.abs(bias).max(initial=0) > (1 << (_BIAS_BITS - 1)) - 1:
@@ -296,10 +413,16 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
         activations = activations @ layer.weight.astype(np.float64).T + layer.bias
         if layer.relu:
             activations = np.maximum(activations, 0.0)
+        thresholds = integer_levels = None
         if last:
             multiplier = shift = 0
             scale_out = accumulator_scale
             out_signed = signed
+        elif learned is not None:                     # A10: thresholds and a level table
+            activations = quantize_to_levels(activations, learned).astype(np.float64)
+            out_signed, multiplier, shift = False, 0, 0
+            thresholds, integer_levels, scale_out = _threshold_activation(
+                learned, activation_bits, accumulator_scale, width)
         else:
             out_signed = not layer.relu
             scale_out = _scale(np.abs(activations).max(),
@@ -312,7 +435,8 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
             codebook=codebook, bias=bias, weight_bits=weight_bits,
             activation_bits=activation_bits, input_signed=signed, accumulator_bits=width,
             multiplier=multiplier, shift=shift, logits=last, input_scale=scale_in,
-            weight_scale=scale_w, output_scale=scale_out)
+            weight_scale=scale_w, output_scale=scale_out, thresholds=thresholds,
+            levels=integer_levels)
         layers.append(replace(layer, integer=integer))
         signed, scale_in = out_signed, scale_out
     # type(model): the artifact module sits above this one and imports it, not the reverse

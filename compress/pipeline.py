@@ -22,6 +22,9 @@ from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
 from .data import MAX_SEED, Dataset, load_dataset
 from .integer import quantize_model
+from .levels import unsigned_levels
+from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
+                 quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
 from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, torch_threads,
@@ -29,6 +32,11 @@ from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequenti
 
 __all__ = ["CompressConfig", "CompressionResult", "compress_model"]
 
+#: Every ``quantizer``: the per-layer codebooks of weight sharing, then LQ-Nets' learned per-row
+#: bases and their uniform baseline (``compress.lq``).
+ALL_QUANTIZERS = QUANTIZERS + WEIGHT_QUANTIZERS
+#: ``bits`` of a per-row quantizer when none is given (the recipes' are for codebooks).
+DEFAULT_LEARNED_BITS = 2
 
 
 @dataclass
@@ -57,19 +65,25 @@ class CompressConfig:
     bits: tuple[int, ...] | None = None
     zero_run_bits: int = 5
     quantizer: str = "dp"
+    activation_quantizer: str = "none"  # or lq / uniform: A10 thresholds (compress.lq)
+    activation_grid_bits: int = 8       # A of a learned activation quantizer's integer grid
     cluster_reg: float = 0.0
     integer: bool = True                # quantize to integers (docs/arithmetic.md) and check
     weight_bits: int = 8                # B: integer codebook value width
-    activation_bits: int = 8            # A: activation width
+    activation_bits: int = 8            # A; with a learned activation quantizer its code bits K
     calibration_samples: int = 2048     # training samples that set the integer scales
     progress: bool = True
 
     def check(self) -> None:
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be 0..{MAX_SEED}, not {self.seed!r}")
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {', '.join(QUANTIZERS)}, "
+        if self.quantizer not in ALL_QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {', '.join(ALL_QUANTIZERS)}, "
                              f"not {self.quantizer!r}")
+        if self.activation_quantizer not in ACTIVATION_QUANTIZERS:
+            raise ValueError(f"activation_quantizer must be one of "
+                             f"{', '.join(ACTIVATION_QUANTIZERS)}, not "
+                             f"{self.activation_quantizer!r}")
         if self.density is not None and self.quality is not None:
             raise ValueError("give either density or quality, not both")
         for d in self.density or ():
@@ -78,9 +92,12 @@ class CompressConfig:
         for q in self.quality or ():
             if not 0.0 <= q < 100.0:
                 raise ValueError(f"quality must be in [0, 100), not {q!r}")
+        high = 4 if self.quantizer in WEIGHT_QUANTIZERS else 8
         for b in self.bits or ():
-            if not 1 <= b <= 8:
-                raise ValueError(f"bits must be 1..8, not {b!r}")
+            if not 1 <= b <= high:
+                raise ValueError(f"bits must be 1..{high}"
+                                 f"{' for quantizer ' + self.quantizer if high == 4 else ''}, "
+                                 f"not {b!r}")
         if not 1 <= self.zero_run_bits <= 8:
             raise ValueError(f"zero_run_bits must be 1..8, not {self.zero_run_bits!r}")
         for name in ("epochs", "retrain_epochs", "finetune_epochs"):
@@ -95,10 +112,19 @@ class CompressConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name} must be > 0, not {value!r}")
-        for name in ("weight_bits", "activation_bits"):
+        learned = self.activation_quantizer != "none"
+        for name in ("weight_bits", "activation_grid_bits") + (() if learned else
+                                                                ("activation_bits",)):
             value = getattr(self, name)
             if not 2 <= value <= 16:
                 raise ValueError(f"{name} must be 2..16, not {value!r}")
+        if learned and not 1 <= self.activation_bits <= 4:
+            raise ValueError(f"activation_bits must be 1..4 for a trained activation quantizer "
+                             f"({self.activation_quantizer}: the code bits K), not "
+                             f"{self.activation_bits!r}")
+        if learned and self.activation_grid_bits < self.activation_bits:
+            raise ValueError(f"activation_grid_bits must be >= the code bits K "
+                             f"({self.activation_bits}), not {self.activation_grid_bits!r}")
         if self.calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1, not "
                              f"{self.calibration_samples!r}")
@@ -168,6 +194,11 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     n_layers = len(chain)
     linears = _float_linears(chain)
     relus = [s.relu for s in chain]
+    if config.activation_quantizer != "none" and not all(relus[:-1]):
+        raise ValueError(f"a trained activation quantizer ({config.activation_quantizer}) needs a ReLU after "
+                         f"every hidden layer (its levels start at 0, docs/arithmetic.md A10), "
+                         f"and layer {relus.index(False)} has none: use none (uniform integer "
+                         f"activations) for this model")
     net = canonical_sequential(linears, relus)
 
     def pick(value, default):
@@ -180,21 +211,23 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     rounds = pick(config.prune_rounds, recipe.prune_rounds)
     retrain_epochs = pick(config.retrain_epochs, recipe.retrain_epochs)
     finetune_epochs = pick(config.finetune_epochs, recipe.finetune_epochs)
-    finetune_lr = pick(config.finetune_lr, recipe.finetune_lr)
-    bits = _per_layer(config.bits or recipe.bits, n_layers, "bits")
+    learned = config.quantizer in WEIGHT_QUANTIZERS or config.activation_quantizer != "none"
+    # Latent weights learn at the retraining rate; a shared centroid sums its cluster's steps.
+    finetune_lr = pick(config.finetune_lr, lr * 0.5 if learned else recipe.finetune_lr)
+    default_bits = (DEFAULT_LEARNED_BITS,) if config.quantizer in WEIGHT_QUANTIZERS else recipe.bits
+    bits = _per_layer(config.bits or default_bits, n_layers, "bits")
     # Every per-layer list is checked here, before any training.
     if config.quality is not None:
         mode, finals = "quality", _per_layer(config.quality, n_layers, "quality")
     else:
         mode = "density"
         finals = _per_layer(config.density or recipe.density, n_layers, "density")
-    progress = config.progress
 
     # 1. Dense training (built-in models; a loaded model is taken as trained).
     if epochs:
         log(f"training {config.model} for {epochs} epochs (seed {config.seed})")
         train(net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
-              weight_decay=weight_decay, seed=config.seed, desc="train", progress=progress)
+              weight_decay=weight_decay, seed=config.seed, desc="train", progress=config.progress)
     accuracy_float = accuracy(net, data.x_test, data.y_test)
     log(f"float accuracy: {accuracy_float:.4f}")
     lap("train")
@@ -208,40 +241,17 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     log(f"pruned accuracy: {accuracy_pruned:.4f}")
     lap("prune")
 
-    # 3. Weight sharing: cluster each layer's surviving weights; index 0 is the pruned zero.
+    # 3-4. Quantization: weight sharing then trained quantization of the centroids (Deep
+    # Compression §3), or LQ-Nets' learned quantizers (per-row bases, activation levels).
     pruned_weights = [layer.weight.detach().numpy().copy() for layer in linears]
-    shared = []
-    sharing_sse = 0.0
-    for i, layer in enumerate(linears):
-        weight = pruned_weights[i]
-        values = weight[masks[i]]
-        centroids, assignment = cluster(values, 2 ** bits[i] - 1, method=config.quantizer,
-                                        seed=config.seed)
-        sharing_sse += sse(values, centroids, assignment)
-        index = np.zeros(weight.shape, dtype=np.int64)
-        index[masks[i]] = assignment + 1
-        shared.append(SharedLinear(torch.from_numpy(index), torch.from_numpy(centroids).float(),
-                                   layer.bias.detach()))
-    shared_net = canonical_sequential(shared, relus)
-    accuracy_shared = accuracy(shared_net, data.x_test, data.y_test)
-    log(f"weight sharing ({config.quantizer}): squared error {sharing_sse:.6g}, accuracy "
-        f"{accuracy_shared:.4f} before fine-tuning")
-
-    # 4. Trained quantization: fine-tune centroids (gradients summed per cluster) and biases.
-    train(shared_net, data.x_train, data.y_train, epochs=finetune_epochs, lr=finetune_lr,
-          batch_size=batch_size, weight_decay=0.0, seed=config.seed + rounds + 1,
-          desc="fine-tune centroids", progress=progress)
-    accuracy_compressed = accuracy(shared_net, data.x_test, data.y_test)
+    steps = dict(data=data, config=config, linears=linears, relus=relus, masks=masks,
+                 bits=bits, epochs=finetune_epochs, batch_size=batch_size,
+                 seed=config.seed + rounds + 1, log=log)
+    quantize = _learn_quantizers if learned else _share_weights
+    layers, accuracy_shared, accuracy_compressed, sharing_sse = quantize(**steps, lr=finetune_lr)
     log(f"compressed accuracy: {accuracy_compressed:.4f}")
     lap("share")
 
-    layers = []
-    for i, layer in enumerate(shared):
-        codebook, index = _sorted_codebook(layer.centroids.detach().numpy(),
-                                           layer.index.numpy())
-        layers.append(CompressedLayer(
-            codebook=codebook, index=index.astype(np.uint8), bias=layer.bias.detach().numpy(),
-            relu=relus[i], index_bits=bits[i], zero_run_bits=config.zero_run_bits))
     settings = {k: v for k, v in asdict(config).items() if k != "progress"}
     settings.update(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                     prune_rounds=rounds, retrain_epochs=retrain_epochs,
@@ -264,12 +274,15 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     if config.integer:
         # 5. Integer quantization (docs/arithmetic.md), calibrated on a slice of the training set.
         calibration = data.x_train[:config.calibration_samples]
+        width = (config.activation_grid_bits if config.activation_quantizer != "none"
+                 else config.activation_bits)
         compressed = quantize_model(compressed, calibration, weight_bits=config.weight_bits,
-                                    activation_bits=config.activation_bits,
-                                    input_signed=data.signed)
+                                    activation_bits=width, input_signed=data.signed)
         accuracy_int = _integer_accuracy(compressed, data)
         compressed.metadata["accuracy_int"] = accuracy_int
-        log(f"integer accuracy: {accuracy_int:.4f} ({config.activation_bits}-bit activations, "
+        codes = ("" if config.activation_quantizer == "none" else
+                 f" taking {2 ** config.activation_bits} levels")
+        log(f"integer accuracy: {accuracy_int:.4f} ({width}-bit activations{codes}, "
             f"{config.weight_bits}-bit codebooks)")
         lap("integer")
     return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
@@ -288,6 +301,94 @@ def _float_linears(chain) -> list[nn.Linear]:
             else:
                 new.bias.zero_()
     return linears
+
+
+def _shared_layers(linears, masks, bits, config):
+    """Weight sharing: each layer's surviving weights clustered (``config.quantizer``) into
+    ``2**bits - 1`` values; index 0 is the pruned zero. Returns the layers and the sum of
+    squared errors."""
+    shared, total = [], 0.0
+    for i, layer in enumerate(linears):
+        weight = layer.weight.detach().numpy()
+        values = weight[masks[i]]
+        centroids, assignment = cluster(values, 2 ** bits[i] - 1, method=config.quantizer,
+                                        seed=config.seed)
+        total += sse(values, centroids, assignment)
+        index = np.zeros(weight.shape, dtype=np.int64)
+        index[masks[i]] = assignment + 1
+        shared.append(SharedLinear(torch.from_numpy(index), torch.from_numpy(centroids).float(),
+                                   layer.bias.detach()))
+    return shared, total
+
+
+def _codebook_layer(layer: SharedLinear, relu: bool, bits: int, config,
+                    activation_levels=None) -> CompressedLayer:
+    codebook, index = _sorted_codebook(layer.centroids.detach().numpy(), layer.index.numpy())
+    return CompressedLayer(codebook=codebook, index=index.astype(np.uint8),
+                           bias=layer.bias.detach().numpy(), relu=relu, index_bits=bits,
+                           zero_run_bits=config.zero_run_bits,
+                           activation_levels=activation_levels)
+
+
+def _share_weights(*, data, config, linears, relus, masks, bits, epochs, lr, batch_size, seed,
+                   log):
+    """Deep Compression §3: weight sharing, then fine-tuning of the centroids (gradients summed
+    per cluster) and biases. Returns ``(layers, accuracy before and after fine-tuning, SSE)``."""
+    shared, sharing_sse = _shared_layers(linears, masks, bits, config)
+    shared_net = canonical_sequential(shared, relus)
+    accuracy_shared = accuracy(shared_net, data.x_test, data.y_test)
+    log(f"weight sharing ({config.quantizer}): squared error {sharing_sse:.6g}, accuracy "
+        f"{accuracy_shared:.4f} before fine-tuning")
+    train(shared_net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+          weight_decay=0.0, seed=seed, desc="fine-tune centroids", progress=config.progress)
+    layers = [_codebook_layer(layer, relus[i], bits[i], config) for i, layer in enumerate(shared)]
+    return layers, accuracy_shared, accuracy(shared_net, data.x_test, data.y_test), sharing_sse
+
+
+def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, batch_size,
+                      seed, log):
+    """LQ-Nets (``compress.lq``): per-row learned (``lq``) or uniform bases for the weights, or
+    a codebook from weight sharing, and learned or uniform activation levels after every hidden
+    ReLU, fine-tuned together with straight-through gradients. Returns ``(layers, accuracy
+    before and after fine-tuning, SSE of the weights' first quantization)``."""
+    per_row = config.quantizer in WEIGHT_QUANTIZERS
+    sharing_sse = 0.0
+    if not per_row:
+        linears, sharing_sse = _shared_layers(linears, masks, bits, config)
+    net, quantized, activations = quantized_network(
+        linears, relus, masks, data.x_train[:config.calibration_samples],
+        weight=config.quantizer if per_row else None, bits=bits,
+        activation=config.activation_quantizer, activation_bits=config.activation_bits)
+    if per_row:
+        with torch.no_grad():
+            for layer in quantized:
+                error = layer.quantizer(layer.weight) - layer.weight * layer.quantizer.mask
+                sharing_sse += float(error.double().pow(2).sum())
+    accuracy_shared = accuracy(net, data.x_test, data.y_test)
+    log(f"quantizers ({config.quantizer} {'/'.join(map(str, bits))}-bit weights, "
+        f"{config.activation_quantizer} activations"
+        f"{'' if config.activation_quantizer == 'none' else f' of {config.activation_bits} bits'})"
+        f": squared weight error {sharing_sse:.6g}, accuracy {accuracy_shared:.4f} before "
+        "fine-tuning")
+    train(net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+          weight_decay=0.0, seed=seed, masks={layer.weight: layer.quantizer.mask
+                                              for layer in quantized},
+          desc="fine-tune quantizers", progress=config.progress)
+    accuracy_compressed = accuracy(net, data.x_test, data.y_test)
+    levels = [unsigned_levels(q.basis.numpy()) for q in activations]
+    levels += [None] * (len(relus) - len(levels))        # the logits, or no quantizers
+    layers = []
+    weighted = [m for m in net if isinstance(m, (QuantizedLinear, SharedLinear))]
+    for i, layer in enumerate(weighted):
+        if isinstance(layer, QuantizedLinear):
+            index, basis = export(layer)
+            layers.append(CompressedLayer(
+                codebook=None, basis=basis, index=index.astype(np.uint8),
+                bias=layer.bias.detach().numpy(), relu=relus[i], index_bits=bits[i] + 1,
+                zero_run_bits=config.zero_run_bits, activation_levels=levels[i]))
+        else:
+            layers.append(_codebook_layer(layer, relus[i], bits[i], config, levels[i]))
+    return layers, accuracy_shared, accuracy_compressed, sharing_sse
 
 
 def _prune(net, linears, data, config, *, mode, finals, rounds, bits, retrain, log):

@@ -1,6 +1,6 @@
 """Bit-exact integer reference of compressed inference: the golden model.
 
-It implements ``docs/arithmetic.md`` (rules A1-A8) in vectorized numpy with no floating point on
+It implements ``docs/arithmetic.md`` (rules A1-A10) in vectorized numpy with no floating point on
 the integer path; the hardware (``accel``) must equal it bit for bit. The public API::
 
     import compress, sim
@@ -15,8 +15,8 @@ the integer path; the hardware (``accel``) must equal it bit for bit. The public
 
 from .evaluate import add_model_arguments, check_model_arguments, evaluate, load_model_and_data
 from .reference import (SATURATION_WARNING_FRACTION, quantize_input, requantize, run, run_layer,
-                        saturation_warning, trace)
+                        saturation_warning, threshold_activation, trace)
 
 __all__ = ["SATURATION_WARNING_FRACTION", "add_model_arguments", "check_model_arguments",
            "evaluate", "load_model_and_data", "quantize_input", "requantize", "run", "run_layer",
-           "saturation_warning", "trace"]
+           "saturation_warning", "threshold_activation", "trace"]

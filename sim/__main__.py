@@ -35,12 +35,18 @@ def _layer_rows(model) -> list[dict]:
             "input": f"{'int' if integer.input_signed else 'uint'}{integer.activation_bits}",
             "weight_bits": integer.weight_bits,
             "codebook": integer.codebook.tolist(),
+            "codebook_kind": "per row (A9)" if integer.per_row else "per layer (A2)",
             "accumulator_bits": integer.accumulator_bits,
             "multiplier": integer.multiplier,
             "shift": integer.shift,
             "output": "logits" if integer.logits else (
                 f"{'uint' if layer.relu else 'int'}{integer.activation_bits}"),
+            "drain": "logits (A8)" if integer.logits else (
+                "requantize (A6-A7)" if integer.levels is None else
+                f"{len(integer.levels)} levels (A10)"),
         })
+        if integer.levels is not None:
+            rows[-1].update(thresholds=integer.thresholds.tolist(), levels=integer.levels.tolist())
     return rows
 
 
@@ -56,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     figures = evaluate(model, data.x_test, data.y_test)
     report = {"model": str(args.model), "dataset": data.name, **figures,
               "layers": _layer_rows(model)}
-    print(f"{'layer':<6} {'shape':>9} {'input':>6} {'acc bits':>8} {'multiplier':>10} "
-          f"{'shift':>5} {'output':>7}")
+    print(f"{'layer':<6} {'shape':>9} {'codebook':>14} {'input':>6} {'acc bits':>8} "
+          f"{'multiplier':>10} {'shift':>5} {'output':>7}  drain")
     for row in report["layers"]:
         shape = "x".join(map(str, row["shape"]))
-        print(f"{row['name']:<6} {shape:>9} {row['input']:>6} {row['accumulator_bits']:>8} "
-              f"{row['multiplier']:>10} {row['shift']:>5} {row['output']:>7}")
+        print(f"{row['name']:<6} {shape:>9} {row['codebook_kind']:>14} {row['input']:>6} "
+              f"{row['accumulator_bits']:>8} {row['multiplier']:>10} {row['shift']:>5} "
+              f"{row['output']:>7}  {row['drain']}")
     print(f"{data.name}: {figures['samples']} test samples; integer accuracy "
           f"{figures['accuracy_int']:.4f}, float compressed {figures['accuracy_compressed']:.4f}, "
           f"agreement {figures['agreement']:.4f}; integer run "

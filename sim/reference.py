@@ -15,7 +15,7 @@ import scipy.sparse
 from compress.integer import activation_range
 
 __all__ = ["SATURATION_WARNING_FRACTION", "quantize_input", "requantize", "run", "run_layer",
-           "saturation_warning", "trace"]
+           "saturation_warning", "threshold_activation", "trace"]
 
 
 # -- edge checks -----------------------------------------------------------------------------
@@ -71,10 +71,29 @@ def requantize(acc: np.ndarray, multiplier: int, shift: int, *, relu: bool,
     return np.clip(t, lo, hi)
 
 
+def threshold_activation(acc: np.ndarray, thresholds: np.ndarray,
+                         levels: np.ndarray) -> np.ndarray:
+    """A10: ``levels[#{j : acc >= thresholds[j]}]``, int64.
+
+    ``thresholds`` is non-decreasing, so the count is the insertion point to the right.
+    """
+    acc = np.asarray(acc)
+    if not np.issubdtype(acc.dtype, np.integer):
+        raise ValueError(f"acc must be an integer array, not dtype {acc.dtype}")
+    code = np.searchsorted(np.asarray(thresholds, dtype=np.int64), acc.astype(np.int64),
+                           side="right")
+    return np.asarray(levels, dtype=np.int64)[code]
+
+
 def _weights(layer) -> scipy.sparse.csr_array:
-    """The layer's integer weights ``codebook[index]`` (A3) as a sparse matrix, zeros dropped."""
+    """The layer's integer weights ``codebook[index]`` (A3), or ``codebook[r][index]`` (A9),
+    as a sparse matrix, zeros dropped."""
     dtype = np.int32 if layer.integer.accumulator_bits <= 32 else np.int64
-    dense = layer.integer.codebook.astype(dtype)[layer.index]
+    codebook = layer.integer.codebook.astype(dtype)
+    if codebook.ndim == 2:
+        dense = np.take_along_axis(codebook, layer.index.astype(np.intp), axis=1)
+    else:
+        dense = codebook[layer.index]
     return scipy.sparse.csr_array(dense)
 
 
@@ -95,6 +114,8 @@ def _layer(layer, x: np.ndarray) -> np.ndarray:
     acc = _accumulate(layer, x)
     if integer.logits:                              # A8
         return np.maximum(acc, 0) if layer.relu else acc
+    if integer.levels is not None:                  # A10
+        return threshold_activation(acc, integer.thresholds, integer.levels)
     return requantize(acc, integer.multiplier, integer.shift, relu=layer.relu,
                       bits=integer.activation_bits)
 

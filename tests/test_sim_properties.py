@@ -9,11 +9,14 @@ ints only:
 - A5: ``acc[r] = bias[r] + sum_c w[r, c] * x[c]``, exact, and its proven bound and width;
 - A6: ``t = (acc * multiplier + round) >> shift``, ``round = 2**(shift-1)`` (0 for shift 0);
 - A7: ReLU, then clamp to the output tensor's A1 range;
-- A8: the last layer emits ``acc`` (or ``max(acc, 0)`` after a ReLU), unrequantized.
+- A8: the last layer emits ``acc`` (or ``max(acc, 0)`` after a ReLU), unrequantized;
+- A9: a per-row codebook, ``w[r, c] = codebook[r][index[r, c]]``;
+- A10: a threshold activation, ``levels[#{j : acc >= thresholds[j]}]``.
 
 Random models are built directly (no calibration): 1-3 layers, shapes 1x1 .. 40x40, random
 index matrices (empty and dense ones, zero rows and columns), codebooks of 2..16-bit values
-(extremes included), int32 biases, random multipliers and shifts.
+(extremes included), one per layer or one per row, int32 biases, random multipliers and shifts
+or threshold activations (thresholds spread over the accumulator's range, its ends included).
 """
 
 from __future__ import annotations
@@ -68,7 +71,11 @@ def _loop_requantize(acc: int, multiplier: int, shift: int, relu: bool, bits: in
 def _plain(layer: CompressedLayer) -> dict:
     """A layer's integer data as Python ints and lists (no numpy in the loops)."""
     integer = layer.integer
-    return {"codebook": [int(v) for v in integer.codebook.tolist()],
+    levels = None if integer.levels is None else [int(v) for v in integer.levels.tolist()]
+    thresholds = None if levels is None else [int(v) for v in integer.thresholds.tolist()]
+    codebook = integer.codebook.tolist()
+    return {"codebook": codebook, "per_row": integer.per_row,
+            "thresholds": thresholds, "levels": levels,
             "index": [[int(v) for v in row] for row in layer.index.tolist()],
             "bias": [int(v) for v in integer.bias.tolist()],
             "multiplier": int(integer.multiplier), "shift": int(integer.shift),
@@ -79,8 +86,9 @@ def _plain(layer: CompressedLayer) -> dict:
 def _loop_accumulate(p: dict, r: int, x: list[int]) -> int:
     """A3, A5: row ``r``'s exact accumulator."""
     acc = p["bias"][r]
+    codebook = _row_codebook(p, r)                                      # A9 or A3
     for c in range(len(x)):
-        acc += p["codebook"][p["index"][r][c]] * x[c]
+        acc += int(codebook[p["index"][r][c]]) * x[c]
     return acc
 
 
@@ -91,6 +99,8 @@ def _loop_layer(p: dict, x: list[int]) -> list[int]:
         acc = _loop_accumulate(p, r, x)
         if p["logits"]:
             out.append(max(acc, 0) if p["relu"] else acc)
+        elif p["levels"] is not None:                                    # A10
+            out.append(p["levels"][sum(1 for t in p["thresholds"] if acc >= t)])
         else:
             out.append(_loop_requantize(acc, p["multiplier"], p["shift"], p["relu"], p["bits"]))
     return out
@@ -180,19 +190,47 @@ def _layers(draw, out_features: int, in_features: int, activation_bits: int,
         size = int(rng.integers(2, 2 ** index_bits + 1))
     else:
         size = 2 ** index_bits if size == "full" else 1
-    codebook = _codebook(draw, rng, size, weight_bits)
+    if draw(st.booleans()):                                               # A9
+        codebook = np.stack([_codebook(draw, rng, size, weight_bits)
+                             for _ in range(out_features)])
+    else:
+        codebook = _codebook(draw, rng, size, weight_bits)
     index = _index_matrix(draw, rng, (out_features, in_features), size)
     bias = _bias(draw, rng, out_features)
     bound = accumulator_bound(codebook, index, bias, activation_bits, input_signed)
-    multiplier, shift = (0, 0) if logits else _requantization(draw, bound, activation_bits)
+    width = accumulator_width(bound)
+    thresholds = levels = float_levels = None
+    if relu and not logits and draw(st.booleans()):                       # A10
+        multiplier = shift = 0
+        thresholds, levels = _threshold_activation(draw, rng, bound, width, activation_bits)
+        float_levels = (levels * 0.01).astype(np.float32)
+    else:
+        multiplier, shift = (0, 0) if logits else _requantization(draw, bound, activation_bits)
     integer = IntegerLayer(codebook=codebook, bias=bias, weight_bits=weight_bits,
                            activation_bits=activation_bits, input_signed=input_signed,
-                           accumulator_bits=accumulator_width(bound), multiplier=multiplier,
-                           shift=shift, logits=logits)
+                           accumulator_bits=width, multiplier=multiplier,
+                           shift=shift, logits=logits, thresholds=thresholds, levels=levels)
     return CompressedLayer(codebook=(codebook * 0.01).astype(np.float32), index=index,
                            bias=(bias * 1e-4).astype(np.float32), relu=relu,
                            index_bits=index_bits, zero_run_bits=draw(st.integers(1, 8)),
-                           integer=integer)
+                           integer=integer, activation_levels=float_levels)
+
+
+def _threshold_activation(draw, rng, bound: int, width: int, activation_bits: int):
+    """A10: ``2**K - 1`` non-decreasing thresholds, from the reachable accumulator values or
+    over the whole stored range (its ends included), and ``2**K`` non-decreasing levels from 0
+    within the unsigned output range."""
+    count = 1 << draw(st.integers(1, 4))
+    reach = 1 << (width - 1)
+    spread = draw(st.sampled_from(["reachable", "reachable", "stored", "ends"]))
+    if spread == "ends":
+        thresholds = rng.choice([-reach, reach, 0], count - 1)
+    else:
+        span = max(bound, 1) if spread == "reachable" else reach
+        thresholds = rng.integers(-span, span + 1, count - 1)
+    top = (1 << activation_bits) - 1
+    levels = np.concatenate([[0], np.sort(rng.integers(0, top + 1, count - 1))])
+    return np.sort(thresholds).astype(np.int64), levels.astype(np.int64)
 
 
 @st.composite
@@ -286,8 +324,13 @@ def test_hidden_outputs_stay_in_their_range(model, data):
 def _loop_bound(p: dict, activation_bits: int, input_signed: bool) -> int:
     """A5: ``max_r |bias[r]| + X * sum_c |w[r, c]|``, X the largest |activation|."""
     x_max = (1 << (activation_bits - 1)) if input_signed else (1 << activation_bits) - 1
-    return max((abs(p["bias"][r]) + x_max * sum(abs(p["codebook"][i]) for i in row)
+    return max((abs(p["bias"][r]) + x_max * sum(abs(_row_codebook(p, r)[i]) for i in row)
                 for r, row in enumerate(p["index"])), default=0)
+
+
+def _row_codebook(p: dict, r: int) -> list[int]:
+    """Row ``r``'s codebook: its own (A9) or the layer's (A2)."""
+    return p["codebook"][r] if p["per_row"] else p["codebook"]
 
 
 def _worst_inputs(p: dict, activation_bits: int, input_signed: bool) -> list[list[int]]:
@@ -298,8 +341,8 @@ def _worst_inputs(p: dict, activation_bits: int, input_signed: bool) -> list[lis
     """
     lo, hi = _loop_range(activation_bits, input_signed)
     rows = []
-    for index_row in p["index"]:
-        weights = [p["codebook"][i] for i in index_row]
+    for r, index_row in enumerate(p["index"]):
+        weights = [_row_codebook(p, r)[i] for i in index_row]
         up = [hi if w > 0 else lo if w < 0 else 0 for w in weights]
         down = [lo if w > 0 else hi if w < 0 else 0 for w in weights]
         rows += [up, down]

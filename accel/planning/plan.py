@@ -196,6 +196,20 @@ def _pack(layer, n_pes, zero_run_bits, order):
     return image, ids.reshape(image.rows_per_pe, n_pes).T.copy()
 
 
+def _check_supported_rules(model: CompressedModel) -> None:
+    """Refuse, by layer, the rules of ``docs/arithmetic.md`` the engine does not run yet."""
+    for i, layer in enumerate(model.layers):
+        integer = layer.integer
+        if integer.per_row:
+            raise ValueError(f"layer {i} has one codebook per row (docs/arithmetic.md A9, "
+                             "LQ-Nets weights); the engine runs per-layer codebooks (A2) only "
+                             "so far: use sim for this model")
+        if integer.levels is not None:
+            raise ValueError(f"layer {i} has a threshold activation (docs/arithmetic.md A10, "
+                             "a trained activation quantizer); the engine runs requantization "
+                             "(A6-A7) only so far: use sim for this model")
+
+
 class EnginePlan:
     """Every parameter of the engine for one model (``docs/accelerator.md``).
 
@@ -279,6 +293,7 @@ class EnginePlan:
             raise ValueError("the model has no integer data: quantize it with "
                              "compress.integer.quantize_model (python -m compress does by "
                              "default)")
+        _check_supported_rules(model)
         n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)
         zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
         lanes = _check_int("lanes", lanes, 1, 4)
