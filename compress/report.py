@@ -28,7 +28,11 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
             "density": layer.density,
             "index_bits": layer.index_bits,
             "zero_run_bits": layer.zero_run_bits,
-            "codebook_size": len(layer.codebook) - 1,
+            "codebook_size": layer.codebook.shape[-1] - 1,
+            "codebook_kind": ("per row, basis" if layer.basis is not None else
+                              "per row" if layer.per_row else "per layer"),
+            "activation_levels": (None if layer.activation_levels is None
+                                  else layer.activation_levels.tolist()),
             "entries": size.entries,
             "padding_entries": size.padding,
             "bits_per_nonzero": (size.index_bits + size.zero_run_bits) / max(layer.nonzero, 1),
@@ -45,6 +49,9 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
             layers[-1]["integer"] = {name: getattr(layer.integer, name) for name in (
                 "weight_bits", "activation_bits", "input_signed", "accumulator_bits",
                 "multiplier", "shift", "logits")}
+            if layer.integer.levels is not None:                   # A10
+                layers[-1]["integer"].update(thresholds=layer.integer.thresholds.tolist(),
+                                             levels=layer.integer.levels.tolist())
     original = sum(s.dense_bytes for s in sizes)
     compressed = sum(s.compressed_bytes for s in sizes)
     return {
@@ -116,10 +123,14 @@ def write_plots(model: CompressedModel, pruned_weights: list[np.ndarray] | None,
         source = pruned_weights[i] if pruned_weights is not None else layer.weight
         surviving = source[layer.index != 0]
         ax.hist(surviving, bins=80, color="#4c72b0", alpha=0.85)
-        for c in layer.codebook[1:]:
+        codebook, what = layer.codebook, "centroids"
+        if layer.per_row:               # one row's levels: the row with the most weights
+            row = int(np.argmax((layer.index != 0).sum(axis=1)))
+            codebook, what = codebook[row], f"levels of row {row}"
+        for c in codebook[1:]:
             ax.axvline(c, color="#c44e52", linewidth=0.9)
         ax.set_title(f"fc{i + 1} {layer.out_features}x{layer.in_features}: "
-                     f"{len(layer.codebook) - 1} centroids")
+                     f"{len(codebook) - 1} {what}")
         ax.set_xlabel("weight (nonzero, before sharing)")
         ax.set_ylabel("count")
     fig.suptitle("weight distribution and shared values (red)")
