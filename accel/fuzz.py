@@ -52,6 +52,8 @@ def describe(case: FuzzCase) -> dict:
         "density": [round(layer.density, 3) for layer in model.layers],
         "requant": [(layer.integer.multiplier, layer.integer.shift)
                     for layer in model.layers[:-1]],
+        "per_row": [layer.integer.per_row for layer in model.layers],
+        "code_bits": [layer.integer.code_bits for layer in model.layers],
         **o,
         "balanced": case.calibration is not None,
         "inputs": len(case.x),
@@ -61,13 +63,23 @@ def describe(case: FuzzCase) -> dict:
     }
 
 
+def _learned_string(d: dict) -> str:
+    """`` lq pr1/0 K-/2`` when a layer has a per-row codebook (A9) or a threshold activation
+    (A10), else nothing (lines of other cases read as before)."""
+    if not any(d["per_row"]) and not any(d["code_bits"]):
+        return ""
+    return (f" lq pr{'/'.join(str(int(v)) for v in d['per_row'])} "
+            f"K{'/'.join('-' if v is None else str(v) for v in d['code_bits'])}")
+
+
 def _options_string(d: dict) -> str:
     return (f"A{d['activation_bits']} B{'/'.join(map(str, d['weight_bits']))} "
             f"ib{'/'.join(map(str, d['index_bits']))} "
             f"acc{'/'.join(map(str, d['accumulator_bits']))} "
             f"dens{'/'.join(f'{v:.2f}' for v in d['density'])} "
             f"pe{d['n_pes']} l{d['lanes']} il{d['input_lanes']} bk{d['banks']} "
-            f"q{d['queue_depth']} zr{d['zero_run_bits']} {'bal' if d['balanced'] else 'rr'}")
+            f"q{d['queue_depth']} zr{d['zero_run_bits']} {'bal' if d['balanced'] else 'rr'}"
+            f"{_learned_string(d)}")
 
 
 # -- running ------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 Each layer gets random codebook indices at a chosen density (optionally with all-zero rows and
 columns), a random signed codebook with ``codebook[0] = 0`` (A2), int32 biases (A4), the derived
 accumulator width (A5) and a requantization factor that maps the accumulator bound to about the
-output range (A6), so hidden activations are neither all zero nor all saturated.
+output range (A6), so hidden activations are neither all zero nor all saturated. With
+``per_row``, each row has its own codebook (A9); with ``code_bits``, hidden layers have a
+threshold activation (A10) whose thresholds spread over the accumulator's reachable range.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ __all__ = ["random_inputs", "random_model"]
 def random_model(seed: int, features: list[int], *, density: float | list[float] = 0.3,
                  index_bits: int = 4, weight_bits: int = 8, activation_bits: int = 8,
                  input_signed: bool = False, zero_rows: float = 0.0, zero_columns: float = 0.0,
-                 bias_bits: int = 12, gain: float = 4.0) -> CompressedModel:
+                 bias_bits: int = 12, gain: float = 4.0, per_row: bool = False,
+                 code_bits: int | None = None) -> CompressedModel:
     """A model ``features[0] -> features[1] -> ... -> features[-1]`` with ReLU hidden layers."""
     rng = np.random.default_rng(seed)
     n_layers = len(features) - 1
@@ -35,23 +38,32 @@ def random_model(seed: int, features: list[int], *, density: float | list[float]
         index[rng.random(out_features) < zero_rows, :] = 0
         index[:, rng.random(in_features) < zero_columns] = 0
         limit = (1 << (weight_bits - 1)) - 1
-        codebook = rng.integers(-limit, limit + 1, size)
-        codebook[0] = 0
+        codebook = rng.integers(-limit, limit + 1, (out_features, size) if per_row else size)
+        codebook[..., 0] = 0
         bias = rng.integers(-(1 << bias_bits), 1 << bias_bits, out_features)
         bound = accumulator_bound(codebook, index, bias, activation_bits, signed)
         last = i == n_layers - 1
         multiplier = shift = 0
-        if not last:
-            hi = activation_range(activation_bits, False)[1]
+        thresholds = levels = float_levels = None
+        hi = activation_range(activation_bits, False)[1]
+        if not last and code_bits:
+            # Sums are mostly far below the bound: thresholds over its lower part.
+            span = max(1, int(bound / gain))
+            thresholds = np.sort(rng.integers(-span // 8, span + 1, (1 << code_bits) - 1))
+            levels = np.concatenate([[0], np.sort(rng.integers(0, hi + 1,
+                                                               (1 << code_bits) - 1))])
+            float_levels = (levels * 0.01).astype(np.float32)
+        elif not last:
             multiplier, shift = requantization_parameters(gain * hi / max(bound, 1))
         integer = IntegerLayer(codebook=codebook, bias=bias, weight_bits=weight_bits,
                                activation_bits=activation_bits, input_signed=signed,
                                accumulator_bits=accumulator_width(bound),
-                               multiplier=multiplier, shift=shift, logits=last)
+                               multiplier=multiplier, shift=shift, logits=last,
+                               thresholds=thresholds, levels=levels)
         layers.append(CompressedLayer(
             codebook=(codebook * 0.01).astype(np.float32), index=index.astype(np.uint8),
             bias=(bias * 1e-4).astype(np.float32), relu=not last, index_bits=index_bits,
-            zero_run_bits=4, integer=integer))
+            zero_run_bits=4, integer=integer, activation_levels=float_levels))
         signed = False
     return CompressedModel(layers, {"test": "accel"})
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import compress
 import sim
 from compress.artifact import CompressedLayer, CompressedModel
 from compress.integer import quantize_model
@@ -92,6 +93,27 @@ def test_digits_match_with_idle_and_backpressure(digits, build_dir):
 
 
 @needs_icarus
+@needs_verilator
+def test_a_trained_lq_nets_model_matches(tmp_path):
+    """LQ-Nets through the whole path: ``compress`` trains 2-bit per-row bases and 2-bit learned
+    activation levels on digits (briefly), and the engine equals ``sim`` on every logit and
+    hidden activation (A9, A10) with idle cycles and backpressure."""
+    from compress import CompressConfig, compress_model
+
+    config = CompressConfig(quantizer="lq", bits=(2,), activation_quantizer="lq",
+                            activation_bits=2, epochs=8, prune_rounds=1, retrain_epochs=1,
+                            finetune_epochs=2, progress=False)
+    result = compress_model(config, log=lambda _: None)
+    model = compress.load(result.model.save(tmp_path / "lq.dcz"))
+    assert all(layer.integer.per_row for layer in model.layers)
+    assert [layer.integer.code_bits for layer in model.layers] == [2, 2, None]
+    x = sim.quantize_input(model, result.dataset.x_test[:12])
+    plan = EnginePlan.from_model(model, n_pes=4)
+    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=3, idle=0.3,
+                             backpressure=0.3)
+    assert outcome.ok and outcome.samples == 12 and outcome.hidden_checked
+
+
 def test_signed_model_odd_shapes_match(tmp_path):
     """Signed inputs and hidden layers without ReLU (signed activations), 3 PEs that divide no
     layer, an input width that is not a multiple of the input lanes, heavy idle cycles and no

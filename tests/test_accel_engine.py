@@ -46,6 +46,14 @@ CASES = {
     "wide-weights-2-bit-activations": ([10, 8, 3], {"density": 0.5, "weight_bits": 16,
                                                     "activation_bits": 2}, {"n_pes": 3}, 0.8),
     "empty-layer": ([8, 6, 3], {"density": [0.0, 0.5]}, {"n_pes": 2}, 0.8),
+    # LQ-Nets: per-row codebooks (A9), threshold activations of 1, 2 and 4 code bits (A10).
+    "lq-per-row-2-bit-codes": ([10, 14, 9, 4], {"density": 0.5, "index_bits": 3,
+                                                "per_row": True, "code_bits": 2},
+                               {"n_pes": 3}, 0.7),
+    "lq-4-bit-codes": ([8, 12, 5], {"density": 0.6, "code_bits": 4}, {"n_pes": 2}, 0.8),
+    "lq-per-row-1-bit-codes-16-pes": ([7, 9, 6, 3], {"density": 0.6, "per_row": True,
+                                                     "code_bits": 1, "index_bits": 2},
+                                      {"n_pes": 16}, 0.8),
 }
 
 

@@ -128,6 +128,33 @@ def test_requantization(cases):
     assert all_zero >= 5 and saturated >= 5 and spread >= 5
 
 
+def test_lq_layers(cases):
+    """A9-A10 (issue 22): per-row codebooks and threshold activations of every code width,
+    thresholds at the ends of the stored range and repeated, in models and their reloads."""
+    layers = [(c, i, l) for c, i, l in _layers(cases)]
+    per_row = [l.integer.per_row for _, _, l in layers]
+    assert 0.15 < np.mean(per_row) < 0.5
+    codes = [l.integer.code_bits for _, _, l in layers if l.integer.code_bits]
+    _ends(codes, 1, 4)
+    thresholded = [l for _, _, l in layers if l.integer.code_bits]
+    assert all(l.relu and not l.integer.logits for l in thresholded)
+    assert any(l.integer.thresholds.max() == 1 << (l.integer.accumulator_bits - 1)
+               for l in thresholded)
+    assert any(len(np.unique(l.integer.thresholds)) == 1 and len(l.integer.thresholds) > 1
+               for l in thresholded)
+    for case in cases[:100]:
+        for mine, theirs in zip(case.model.layers, case.reload_model.layers):
+            assert mine.integer.per_row == theirs.integer.per_row
+            assert mine.integer.code_bits == theirs.integer.code_bits
+    # Threshold layers whose outputs take several levels on the cases' inputs.
+    spread = 0
+    for case in cases[:150]:
+        outputs = sim.trace(case.model, case.x)
+        spread += sum(len(np.unique(y)) > 1 for y, layer in zip(outputs, case.model.layers)
+                      if layer.integer.code_bits)
+    assert spread >= 5
+
+
 def test_engine_options(cases):
     options = [c.options for c in cases]
     _ends((o["n_pes"] for o in options if o["n_pes"] <= random_cases.N_PES[1]),

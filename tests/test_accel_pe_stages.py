@@ -35,6 +35,9 @@ PLANS = {
                         {"n_pes": 3, "lanes": 1, "zero_run_bits": 1, "banks": 2}),
     "narrow": ([6, 5, 3], {"density": 0.6, "weight_bits": 4, "activation_bits": 3,
                            "index_bits": 2, "bias_bits": 3}, {"n_pes": 2, "banks": 4}),
+    # LQ-Nets: per-row codebooks (A9) and threshold activations of 3 code bits (A10).
+    "lq": ([10, 14, 9, 4], {"density": 0.5, "index_bits": 3, "per_row": True, "code_bits": 3},
+           {"n_pes": 3}),
 }
 
 
@@ -187,15 +190,17 @@ def _entry_model(plan: EnginePlan, pe: int, column: dict) -> list[tuple]:
         return [(1, column["layer"], column["bank"], None, None, None)]
     layer = plan.layers[column["layer"]]
     words = plan.init("entries", column["layer"], pe)
-    codebook = plan.init("codebook", column["layer"])
+    codebook = plan.init("codebook", column["layer"], pe if layer.per_row else None)
     index_mask = (1 << layer.image.index_bits) - 1
     run_mask = (1 << layer.image.zero_run_bits) - 1
     row_mask = (1 << pe_widths(plan).row_bits) - 1
     out, row = [], -1
     for word in words[column["start"]:column["start"] + column["count"]]:
         row += ((word >> layer.image.index_bits) & run_mask) + 1
+        # A9: the PE's memory holds its local rows' codebooks, row after row.
+        base = row << layer.image.index_bits if layer.per_row else 0
         out.append((0, column["layer"], column["bank"], column["value"], row & row_mask,
-                    codebook[word & index_mask]))
+                    codebook[base + (word & index_mask)]))
     return out
 
 
@@ -389,11 +394,15 @@ def test_accumulate_sums_forwarding_retire_and_read_clear(name):
 
 # -- requantizer --------------------------------------------------------------------------------
 
-def _requantize(plan: EnginePlan, layer: int, total: int, multiplier: int, shift: int):
-    """A6-A8 in Python integers: ``(value, logit)``, the one the layer does not make 0."""
+def _requantize(plan: EnginePlan, layer: int, total: int, multiplier: int, shift: int,
+                thresholds=None, levels=None):
+    """A6-A8, or A10, in Python integers: ``(value, logit)``, the one the layer does not make
+    0."""
     spec = plan.layers[layer]
     if spec.logits:
         return 0, max(total, 0) if spec.relu else total
+    if levels is not None:
+        return levels[sum(1 for t in thresholds if total >= t)], 0
     t = (total * multiplier + ((1 << shift) >> 1)) >> shift
     if spec.relu:
         t = max(t, 0)
@@ -406,11 +415,14 @@ def test_requantizer_fixed_latency_against_the_rules(name):
     plan, pe = _plan(name), 0
     dut = Requantizer(plan, pe)
     rng = random.Random(5)
-    constants = {i: (layer.multiplier, layer.shift) for i, layer in enumerate(plan.layers)}
+    constants = {i: (layer.multiplier, layer.shift,
+                     None if layer.levels is None else layer.thresholds.tolist(),
+                     None if layer.levels is None else layer.levels.tolist())
+                 for i, layer in enumerate(plan.layers)}
     sent, got = [], []
 
-    async def write(ctx, layer, index, value):
-        region = plan.region("requant", layer)
+    async def write(ctx, layer, index, value, name="requant"):
+        region = plan.region(name, layer)
         ctx.set(dut.write, {"en": 1, "addr": region.base + index, "data": value})
         await ctx.tick()
         ctx.set(dut.write, {"en": 0, "addr": 0, "data": 0})
@@ -449,7 +461,19 @@ def test_requantizer_fixed_latency_against_the_rules(name):
             shift = rng.choice([0, 1, rng.randrange(1 << SHIFT_BITS), (1 << SHIFT_BITS) - 1])
             await write(ctx, layer, 0, multiplier)
             await write(ctx, layer, 1, shift)
-            constants[layer] = (multiplier, shift)
+            thresholds = levels = None
+            if spec.levels is not None:          # A10: new thresholds (the range's ends too)
+                reach = 1 << (spec.accumulator_bits - 1)
+                thresholds = sorted(rng.choice([-reach, reach, rng.randint(-reach, reach)])
+                                    for _ in spec.thresholds)
+                levels = [0] + sorted(rng.randrange(1 << spec.output_bits)
+                                      for _ in spec.levels[1:])
+                for j, t in enumerate(thresholds):
+                    await write(ctx, layer, j, t & ((1 << spec.threshold_bits) - 1),
+                                "thresholds")
+                for j, v in enumerate(levels):
+                    await write(ctx, layer, j, v, "levels")
+            constants[layer] = (multiplier, shift, thresholds, levels)
         for _ in range(3):                      # the writes land (decoded, registered)
             await ctx.tick()
         await stream(ctx, 150)
@@ -660,3 +684,37 @@ def test_result_lists_latency():
     _run(dut, testbench)
     # D6 registered, appended (D7), then out of the list's skid buffer: 4 clocks.
     assert seen == {"o": 4, "logits": 5}
+
+
+# -- threshold activation (A10) -----------------------------------------------------------------
+
+def test_threshold_activation_latency_and_rule():
+    from accel.gateware.pe.threshold import LATENCY as THRESHOLD_LATENCY
+    from accel.gateware.pe.threshold import ThresholdActivation, threshold_layers
+
+    plan = _plan("lq")
+    dut = ThresholdActivation(plan, 0)
+    chosen = threshold_layers(plan)
+    assert chosen == [0, 1]
+    rng = random.Random(9)
+    sent, got = [], []
+
+    async def testbench(ctx):
+        for _ in range(300):
+            layer = rng.choice(chosen)
+            spec = plan.layers[layer]
+            # Around each threshold (both sides), and anywhere in the accumulator's range.
+            reach = 1 << (spec.accumulator_bits - 1)
+            total = rng.choice([rng.choice(spec.thresholds.tolist()) + rng.randint(-1, 1),
+                                rng.randint(-reach + 1, reach - 1)])
+            ctx.set(dut.i, {"layer": layer, "sum": total})
+            sent.append((layer, total))
+            got.append(ctx.get(dut.o))
+            await ctx.tick()
+
+    _run(dut, testbench)
+    for k in range(THRESHOLD_LATENCY, len(sent)):
+        layer, total = sent[k - THRESHOLD_LATENCY]
+        value, _ = _requantize(plan, layer, total, 0, 0, plan.layers[layer].thresholds.tolist(),
+                               plan.layers[layer].levels.tolist())
+        assert got[k] == value, (k, layer, total)

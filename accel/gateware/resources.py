@@ -10,6 +10,10 @@ marked ``ram_style = "block"`` (the pointers) block RAM. The host link's buffers
 counted with the engine's memories. On the 2-PE digits and 16-PE LeNet-300-100 builds this
 reproduces Yosys's block RAM count (``bench/accel_build.py`` prints both side by side).
 
+A layer with per-row codebooks (A9) has a codebook memory per PE (its rows'), counted like
+the others; a threshold activation (A10) is registers and comparators, estimated per bit
+(``LUTS_PER_THRESHOLD_BIT``).
+
 Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
 layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
 ``ceil(a / w) * ceil(b / w)`` pieces. LUTs are a linear model fitted to place-and-route
@@ -42,6 +46,10 @@ _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (
 LUTS_PER_PE = 2524
 LUTS_FIXED = 3842
 LUTS_PER_LUTRAM = 4
+#: LUT4s of a threshold activation (A10) per PE and layer, not yet fitted to a build: one per
+#: bit of each comparator (an ECP5 carry chain), one per two bits of the level table's mux.
+LUTS_PER_THRESHOLD_BIT = 1
+LUTS_PER_LEVEL_BIT = 0.5
 
 #: Margin under the LUT estimate below which the fit check still lets a design through.
 LUT_TOLERANCE = 0.8
@@ -139,7 +147,11 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     requant = max(_pieces(layer.accumulator_bits, w) * _pieces(MULTIPLIER_BITS + 1, w)
                   for layer in plan.layers)
     multipliers = plan.n_pes * (mac + requant)
-    luts = LUTS_FIXED + LUTS_PER_PE * plan.n_pes + LUTS_PER_LUTRAM * lutram
+    thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
+                     + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT
+                     for layer in plan.layers if layer.levels is not None)
+    luts = LUTS_FIXED + LUTS_PER_PE * plan.n_pes + LUTS_PER_LUTRAM * lutram + \
+        math.ceil(thresholds * plan.n_pes)
     if family == "ice40":
         # An iCE40 logic cell is a LUT and a flip-flop: memories in flip-flops take cells too.
         luts += ff_bits

@@ -86,7 +86,8 @@ class LayerImage:
         included) in column ``j``.
     codebook : numpy.ndarray
         int32, shape ``(K,)``: the integer codebook (``docs/arithmetic.md`` A2),
-        ``codebook[0] == 0``.
+        ``codebook[0] == 0``; or one per row, shape ``(out_features, K)`` (A9), in the packed
+        row order (:meth:`pe_codebook` gives a PE's).
     bias : numpy.ndarray
         int32, shape ``(N, rows_per_pe)``: ``bias[p, k]`` is the integer bias (A4) of row
         ``k * N + p``, 0 where that row does not exist.
@@ -127,6 +128,20 @@ class LayerImage:
     def rows(self, pe: int) -> int:
         """Local rows PE ``pe`` owns: ``len(range(pe, out_features, n_pes))``."""
         return len(range(pe, self.out_features, self.n_pes))
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each row has its own codebook (A9)."""
+        return self.codebook.ndim == 2
+
+    def pe_codebook(self, pe: int) -> np.ndarray:
+        """PE ``pe``'s per-row codebooks as one memory image, int64 ``(rows_per_pe <<
+        index_bits,)``: word ``k << index_bits | v`` is entry ``v`` of local row ``k`` (row
+        ``k * N + pe``); 0 beyond the codebook and for rows that do not exist."""
+        words = np.zeros((self.rows_per_pe, 1 << self.index_bits), dtype=np.int64)
+        rows = np.arange(pe, self.out_features, self.n_pes)
+        words[:len(rows), :self.codebook.shape[1]] = self.codebook[rows]
+        return words.reshape(-1)
 
 
 def _check_int(name: str, value, low: int, high: int) -> int:
@@ -317,8 +332,9 @@ def unpack_layer(image: LayerImage) -> np.ndarray:
     z = word >> image.index_bits
     if np.any(z >= 1 << image.zero_run_bits):
         raise ValueError(f"entry words must be below 2**{image.entry_bits}")
-    if np.any(v >= len(image.codebook)):
-        raise ValueError(f"entry indices must be below the codebook size {len(image.codebook)}")
+    entries_per_codebook = image.codebook.shape[-1]
+    if np.any(v >= entries_per_codebook):
+        raise ValueError(f"entry indices must be below the codebook size {entries_per_codebook}")
     padding = v == 0
     if np.any(padding & (z != (1 << image.zero_run_bits) - 1)):
         raise ValueError(f"padding entries (v = 0) must have z = 2**{image.zero_run_bits} - 1")

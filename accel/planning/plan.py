@@ -8,7 +8,7 @@ logits, the trace bus. :mod:`accel.gateware.engine` reads only this object; the 
 host read only this object and the ports.
 
 The datapath and the interfaces are described in ``docs/accelerator.md``; the arithmetic in
-``docs/arithmetic.md`` (rules A1-A8).
+``docs/arithmetic.md`` (rules A1-A10).
 """
 
 from __future__ import annotations
@@ -130,9 +130,12 @@ class LayerPlan:
     weight_bits, accumulator_bits : int
         Codebook value width (signed) and accumulator width (A5).
     multiplier, shift : int
-        Requantization constants (A6); 0 for the last layer.
+        Requantization constants (A6); 0 for the last layer and for a threshold activation.
     column_nonzeros : numpy.ndarray
         int64 ``(in_features,)``: nonzero weights per input column (useful MACs).
+    thresholds, levels : numpy.ndarray or None
+        A threshold activation (A10) in place of A6-A7: int64 ``2**K - 1`` thresholds and
+        ``2**K`` levels; ``None`` for a layer that requantizes.
     """
 
     image: LayerImage
@@ -148,8 +151,25 @@ class LayerPlan:
     multiplier: int
     shift: int
     column_nonzeros: np.ndarray
+    thresholds: np.ndarray | None = None
+    levels: np.ndarray | None = None
 
     __hash__ = None
+
+    @property
+    def per_row(self) -> bool:
+        """Whether each row has its own codebook (A9)."""
+        return self.image.per_row
+
+    @property
+    def code_bits(self) -> int | None:
+        """``K`` of a threshold activation (A10), else ``None``."""
+        return None if self.levels is None else len(self.levels).bit_length() - 1
+
+    @property
+    def threshold_bits(self) -> int:
+        """Width of a threshold (A10: within ``+-2**(accumulator_bits - 1)``, signed)."""
+        return self.accumulator_bits + 1
 
     @property
     def in_features(self) -> int:
@@ -187,27 +207,17 @@ class Region:
 
 def _pack(layer, n_pes, zero_run_bits, order):
     integer = layer.integer
+    rows = dict(bias=integer.bias[order])
+    if integer.per_row:                                  # A9: each row keeps its codebook
+        rows["codebook"] = integer.codebook[order]
     permuted = replace(layer, index=layer.index[order],
                        bias=None if layer.bias is None else layer.bias[order],
-                       integer=replace(integer, bias=integer.bias[order]))
+                       codebook=layer.codebook[order] if layer.per_row else layer.codebook,
+                       basis=None, integer=replace(integer, **rows))
     image = pack_layer(permuted, n_pes, zero_run_bits=zero_run_bits)
     ids = np.zeros(image.rows_per_pe * n_pes, dtype=np.int64)
     ids[:len(order)] = order
     return image, ids.reshape(image.rows_per_pe, n_pes).T.copy()
-
-
-def _check_supported_rules(model: CompressedModel) -> None:
-    """Refuse, by layer, the rules of ``docs/arithmetic.md`` the engine does not run yet."""
-    for i, layer in enumerate(model.layers):
-        integer = layer.integer
-        if integer.per_row:
-            raise ValueError(f"layer {i} has one codebook per row (docs/arithmetic.md A9, "
-                             "LQ-Nets weights); the engine runs per-layer codebooks (A2) only "
-                             "so far: use sim for this model")
-        if integer.levels is not None:
-            raise ValueError(f"layer {i} has a threshold activation (docs/arithmetic.md A10, "
-                             "a trained activation quantizer); the engine runs requantization "
-                             "(A6-A7) only so far: use sim for this model")
 
 
 class EnginePlan:
@@ -293,7 +303,6 @@ class EnginePlan:
             raise ValueError("the model has no integer data: quantize it with "
                              "compress.integer.quantize_model (python -m compress does by "
                              "default)")
-        _check_supported_rules(model)
         n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)
         zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
         lanes = _check_int("lanes", lanes, 1, 4)
@@ -350,7 +359,9 @@ class EnginePlan:
             logits=bool(integer.logits), weight_bits=int(integer.weight_bits),
             accumulator_bits=int(integer.accumulator_bits),
             multiplier=int(integer.multiplier), shift=int(integer.shift),
-            column_nonzeros=np.count_nonzero(layer.index, axis=0).astype(np.int64))
+            column_nonzeros=np.count_nonzero(layer.index, axis=0).astype(np.int64),
+            thresholds=None if integer.thresholds is None else integer.thresholds.copy(),
+            levels=None if integer.levels is None else integer.levels.astype(np.int64))
 
     # -- address map --------------------------------------------------------------------------
 
@@ -358,10 +369,20 @@ class EnginePlan:
         regions = []
         for i, layer in enumerate(self.layers):
             image = layer.image
-            regions.append(("codebook", i, None, 1 << image.index_bits, layer.weight_bits, True))
+            if not layer.per_row:
+                regions.append(("codebook", i, None, 1 << image.index_bits, layer.weight_bits,
+                                True))
             regions.append(("col_mask", i, None, image.in_features, self.n_pes, False))
             regions.append(("requant", i, None, 2, max(MULTIPLIER_BITS, SHIFT_BITS), False))
+            if layer.levels is not None:                           # A10
+                regions.append(("thresholds", i, None, len(layer.thresholds),
+                                layer.threshold_bits, True))
+                regions.append(("levels", i, None, len(layer.levels), layer.output_bits,
+                                False))
             for p in range(self.n_pes):
+                if layer.per_row:                                  # A9: each PE its rows'
+                    regions.append(("codebook", i, p, image.rows_per_pe << image.index_bits,
+                                    layer.weight_bits, True))
                 regions.append(("entries", i, p, image.depth, image.entry_bits, False))
                 regions.append(("pointers", i, p, image.in_features, image.pointer_word_bits,
                                 False))
@@ -387,6 +408,12 @@ class EnginePlan:
     @staticmethod
     def _contents(name: str, pe: int | None, layer: LayerPlan) -> np.ndarray:
         image = layer.image
+        if name == "codebook" and image.per_row:
+            return image.pe_codebook(pe)
+        if name == "thresholds":
+            return layer.thresholds.astype(np.int64)
+        if name == "levels":
+            return layer.levels.astype(np.int64)
         if name == "codebook":
             words = np.zeros(1 << image.index_bits, dtype=np.int64)
             words[:len(image.codebook)] = image.codebook
@@ -442,6 +469,8 @@ class EnginePlan:
                 ("input_bits", mine.input_bits, new.input_bits.__eq__),
                 ("input_signed", mine.input_signed, new.input_signed.__eq__),
                 ("relu", mine.relu, new.relu.__eq__),
+                ("per-row codebooks", mine.per_row, lambda a: new.per_row == a),
+                ("activation code bits", mine.code_bits, lambda a: new.code_bits == a),
             ]:
                 if not compare(allowed):
                     got = {"index_bits": new.image.index_bits, "entry depth": new.image.depth,
@@ -449,7 +478,8 @@ class EnginePlan:
                            "weight_bits": new.weight_bits,
                            "accumulator_bits": new.accumulator_bits,
                            "input_bits": new.input_bits, "input_signed": new.input_signed,
-                           "relu": new.relu}[field]
+                           "relu": new.relu, "per-row codebooks": new.per_row,
+                           "activation code bits": new.code_bits}[field]
                     raise ValueError(f"layer {i}: {field} is {got}; this engine was built for "
                                      f"{allowed}")
             plans.append(new)

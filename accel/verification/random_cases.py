@@ -19,7 +19,12 @@ all-zero rows and columns; requantization multipliers 0 .. 2**15 - 1 and shifts 
 calibrated, all-zero outputs, saturating, shift 0 (A6); engine ``n_pes`` 1 to 16 (rarely up to
 64, often more PEs than a layer has rows), ``lanes`` 1 to 4, ``input_lanes`` 1 to 16, ``banks``
 1 to 8, ``queue_depth`` :data:`~accel.planning.plan.MIN_QUEUE_DEPTH` to 64 (rarely deeper),
-``zero_run_bits`` 1 to 8, rows balanced on calibration inputs or interleaved.
+``zero_run_bits`` 1 to 8, rows balanced on calibration inputs or interleaved. LQ-Nets layers
+(``docs/arithmetic.md`` A9-A10), drawn from a second random stream of the seed so that the
+draws above stay those of earlier versions: per-row codebooks (about 30 % of the layers), and
+threshold activations of 1 to 4 code bits on about 35 % of the hidden layers with a ReLU
+(thresholds spread over the reachable sums, at the ends of the stored range, or repeated;
+levels anywhere in the output range, repeated ones included).
 """
 
 from __future__ import annotations
@@ -147,6 +152,41 @@ def _codebook(rng, index_bits: int, weight_bits: int) -> tuple[np.ndarray, str]:
     return codebook, sign
 
 
+def _per_row_codebook(rng, rows: int, size: int, weight_bits: int) -> np.ndarray:
+    """A9: ``rows`` codebooks of ``size`` entries each (one sign per row, or mixed)."""
+    limit = (1 << (weight_bits - 1)) - 1
+    codebook = rng.integers(-limit, limit + 1, (rows, size)).astype(np.int64)
+    signs = rng.choice([-1, 1, 0], rows)            # 0: mixed
+    codebook = np.where(signs[:, None] == 0, codebook, np.abs(codebook) * signs[:, None])
+    if size > 1 and rng.random() < 0.4:
+        codebook[rng.integers(0, rows), rng.integers(1, size)] = limit
+    codebook[:, 0] = 0
+    return codebook
+
+
+def _threshold_activation(rng, bound: int, accumulator_bits: int, activation_bits: int,
+                          code_bits: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """A10: sorted thresholds within ``+-2**(W-1)`` and sorted levels from 0."""
+    count = 1 << code_bits
+    reach = 1 << (accumulator_bits - 1)
+    kind = _pick(rng, {"reachable": 0.6, "ends": 0.15, "repeated": 0.15, "wide": 0.1})
+    if kind == "ends":
+        thresholds = rng.choice([-reach, reach, 0, 1, -1], count - 1)
+    elif kind == "wide":
+        thresholds = rng.integers(-reach, reach + 1, count - 1)
+    else:
+        span = max(1, bound)
+        thresholds = rng.integers(-span // 4, span + 1, count - 1)
+        if kind == "repeated":
+            thresholds[:] = thresholds[0]
+    top = (1 << activation_bits) - 1
+    levels = np.sort(rng.integers(0, top + 1, count))
+    if rng.random() < 0.3:
+        levels[-1] = top
+    levels[0] = 0
+    return np.sort(thresholds).astype(np.int64), levels.astype(np.int64), kind
+
+
 def _index(rng, out_features: int, in_features: int, codebook_size: int,
            density: float) -> tuple[np.ndarray, dict]:
     info = {}
@@ -216,15 +256,28 @@ def _requantization(rng, bound: int, output_hi: int) -> tuple[int, int, str]:
 
 def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activation_bits,
            input_signed, relu, logits, wide_accumulator, codebook=None, density=None,
-           index=None, bias=None, accumulator_bits=None):
-    """A CompressedLayer with integer data; the given parts are taken, the others drawn."""
+           index=None, bias=None, accumulator_bits=None, learned=None, per_row=None,
+           code_bits=None):
+    """A CompressedLayer with integer data; the given parts are taken, the others drawn.
+
+    ``learned``: the random stream of the LQ-Nets draws (A9-A10), or None for none; ``per_row``
+    and ``code_bits`` (0: no threshold activation) force them, for a reload that must match its
+    engine."""
     info = {}
     if codebook is None:
         codebook, info["codebook"] = _codebook(rng, index_bits, weight_bits)
+    if learned is not None:
+        if per_row is None:
+            per_row = bool(learned.random() < 0.3)
+        if code_bits is None and relu and not logits and learned.random() < 0.35:
+            code_bits = _uniform(learned, 1, 4)
+    if per_row and codebook.ndim == 1:
+        codebook = _per_row_codebook(learned, out_features, len(codebook), weight_bits)
+        info["per_row"] = True
     if index is None:
         if density is None:
             info["density_kind"], density = _density(rng)
-        index, index_info = _index(rng, out_features, in_features, len(codebook), density)
+        index, index_info = _index(rng, out_features, in_features, codebook.shape[-1], density)
         info.update(index_info)
     if bias is None:
         bias, info["bias"] = _bias(rng, out_features)
@@ -240,16 +293,24 @@ def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activatio
     if not logits:
         out_hi = activation_range(activation_bits, not relu)[1]
         multiplier, shift, info["requant"] = _requantization(rng, bound, out_hi)
+    thresholds = levels = float_levels = None
+    if code_bits:                                 # A10 in place of A6-A7
+        multiplier = shift = 0
+        thresholds, levels, info["requant"] = _threshold_activation(
+            learned, bound, accumulator_bits, activation_bits, code_bits)
+        info["code_bits"] = code_bits
+        float_levels = (levels * 1e-3).astype(np.float32)
     integer = IntegerLayer(codebook=codebook, bias=bias, weight_bits=weight_bits,
                            activation_bits=activation_bits, input_signed=input_signed,
                            accumulator_bits=accumulator_bits, multiplier=multiplier,
                            shift=shift, logits=logits,
-                           weight_scale=float(rng.uniform(1e-4, 1e-2)))
+                           weight_scale=float(rng.uniform(1e-4, 1e-2)),
+                           thresholds=thresholds, levels=levels)
     layer = CompressedLayer(
         codebook=(codebook * integer.weight_scale).astype(np.float32),
         index=index.astype(np.uint8 if index_bits <= 8 else np.uint16),
         bias=(bias * 1e-6).astype(np.float32), relu=relu, index_bits=index_bits,
-        zero_run_bits=_uniform(rng, 1, 8), integer=integer)
+        zero_run_bits=_uniform(rng, 1, 8), integer=integer, activation_levels=float_levels)
     info["needed_accumulator_bits"] = needed
     return layer, info
 
@@ -275,7 +336,7 @@ def _inputs(rng, n: int, features: int, lo: int, hi: int, extremes_at=()) -> np.
     return x
 
 
-def _reload_model(rng, model: CompressedModel, plan: EnginePlan):
+def _reload_model(rng, model: CompressedModel, plan: EnginePlan, learned=None):
     """A random model of ``model``'s shapes, widths and signedness that fits ``plan``."""
     for attempt in range(12):
         scale = 0.6 ** attempt
@@ -284,14 +345,19 @@ def _reload_model(rng, model: CompressedModel, plan: EnginePlan):
             integer = layer.integer
             weight_bits = _uniform(rng, 2, mine.weight_bits)
             codebook, _ = _codebook(rng, layer.index_bits, weight_bits)
+            if mine.per_row:
+                codebook = _per_row_codebook(learned, layer.out_features, len(codebook),
+                                             weight_bits)
             density = min(1.0, layer.density * rng.uniform(0.3, 1.2) * scale) \
                 if attempt < 11 else 0.0
-            index, _ = _index(rng, layer.out_features, layer.in_features, len(codebook),
-                              density)
+            index, _ = _index(rng, layer.out_features, layer.in_features,
+                              codebook.shape[-1], density)
             # Biases up to what the engine's accumulator holds (the bound, A5, reached when the
             # row's weights have one sign and the inputs are at the end of their range).
             x_max = max(-integer.input_range()[0], integer.input_range()[1])
-            rows = np.abs(codebook)[index].sum(axis=1) * x_max
+            weights = np.take_along_axis(np.abs(codebook), index, axis=1) if mine.per_row \
+                else np.abs(codebook)[index]
+            rows = weights.sum(axis=1) * x_max
             room = (1 << (mine.accumulator_bits - 1)) - 1 - rows
             if (room < 0).any():
                 continue
@@ -305,7 +371,9 @@ def _reload_model(rng, model: CompressedModel, plan: EnginePlan):
                             activation_bits=integer.activation_bits,
                             input_signed=integer.input_signed, relu=layer.relu,
                             logits=integer.logits, wide_accumulator=False, codebook=codebook,
-                            index=index, bias=bias, accumulator_bits=mine.accumulator_bits)
+                            index=index, bias=bias, accumulator_bits=mine.accumulator_bits,
+                            learned=learned, per_row=mine.per_row,
+                            code_bits=mine.code_bits or 0)
             layers.append(new)
         if len(layers) != len(model.layers):
             continue
@@ -318,6 +386,11 @@ def _reload_model(rng, model: CompressedModel, plan: EnginePlan):
     raise AssertionError("no reload model fits the plan")          # density 0 always fits
 
 
+def _same(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None
+                                         and np.array_equal(a, b))
+
+
 def _check_artifact(model: CompressedModel) -> None:
     """Save and load ``model``; the loaded file must carry the same integer model."""
     with tempfile.TemporaryDirectory() as folder:
@@ -326,6 +399,8 @@ def _check_artifact(model: CompressedModel) -> None:
     for a, b in zip(model.layers, loaded.layers):
         if not (np.array_equal(a.index, b.index) and a.relu == b.relu
                 and np.array_equal(a.integer.codebook, b.integer.codebook)
+                and _same(a.integer.thresholds, b.integer.thresholds)
+                and _same(a.integer.levels, b.integer.levels)
                 and np.array_equal(a.integer.bias, b.integer.bias)
                 and (a.integer.accumulator_bits, a.integer.multiplier, a.integer.shift)
                 == (b.integer.accumulator_bits, b.integer.multiplier, b.integer.shift)):
@@ -352,6 +427,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     if inputs < 1:
         raise ValueError(f"inputs must be >= 1, not {inputs!r}")
     rng = np.random.default_rng([int(seed), 0xF0221])
+    learned = np.random.default_rng([int(seed), 0x1A9])       # the A9-A10 draws (issue 22)
     n_layers = _uniform(rng, 1, max(1, min(max_layers, MAX_LAYERS)))
     wide = rng.random() < 0.1           # wide arithmetic: 40+ bit accumulators
     widths = [_width(rng, max_width) for _ in range(n_layers + 1)]
@@ -375,7 +451,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
                              weight_bits=weight_bits, activation_bits=activation_bits,
                              input_signed=signed, relu=relus[i], logits=i == n_layers - 1,
                              wide_accumulator=wide_accumulator, codebook=codebook,
-                             density=density, bias=bias)
+                             density=density, bias=bias, learned=learned)
         layers.append(layer)
         infos.append(info)
         signed = not relus[i]
@@ -400,7 +476,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     reload_at = _uniform(rng, 1, inputs - 1) if inputs >= 2 else None
     x = _inputs(rng, inputs, widths[0], lo, hi,
                 extremes_at=(0,) if reload_at is None else (0, reload_at))
-    reload_model = _reload_model(rng, model, plan) if reload_at is not None else None
+    reload_model = _reload_model(rng, model, plan, learned) if reload_at is not None else None
     if check_artifact:
         _check_artifact(model)
         if reload_model is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -37,8 +37,10 @@ class EntryStage(wiring.Component):
         last entry (a fence: at once); it does not wait for ``valid``.
     o : Out(weighted_entry_layout(plan))
         One entry per clock (``o.entry.valid``): the column's activation, layer and bank, the
-        entry's local row (A2: ``row = previous row + zero run + 1``, from -1 at a column's
-        first entry) and its weight ``codebook[layer][index]`` (A3); a fence passes as an
+        entry's local row (``row = previous row + zero run + 1``, from -1 at a column's
+        first entry) and its weight ``codebook[layer][index]`` (A3), or
+        ``codebook[layer][row][index]`` for a layer with per-row codebooks (A9: the PE holds
+        its own rows' codebooks, addressed by local row and index); a fence passes as an
         entry with ``fence`` set and no row.
     write : In(bus)
         The PE's copy of the write bus (entry and codebook memories).
@@ -67,7 +69,9 @@ class EntryStage(wiring.Component):
                                          unsigned(layer.image.entry_bits), platform,
                                          strobe_from=self.write), f"entries{i}")
                    for i, layer in enumerate(layers)]
-        codebooks = [_read_port(m, _memory(m, f"codebook{i}", plan, None, "codebook", i, None,
+        # A per-layer codebook is the same in every PE; a per-row one (A9) holds this PE's rows.
+        codebooks = [_read_port(m, _memory(m, f"codebook{i}", plan, None, "codebook", i,
+                                           p if layer.per_row else None,
                                            signed(layer.weight_bits), platform,
                                            strobe_from=self.write), f"codebook{i}")
                      for i, layer in enumerate(layers)]
@@ -117,8 +121,10 @@ class EntryStage(wiring.Component):
         m.d.comb += row_next.eq(Mux(e1w.first, 0, row + 1) + z)    # row = row + z + 1 from -1
         with m.If(e1w.valid & ~e1w.fence):
             m.d.sync += row.eq(row_next)
-        for port in codebooks:
-            m.d.comb += port.addr.eq(v[:len(port.addr)])
+        for layer, port in zip(layers, codebooks):
+            # A9: row ``k``'s codebook is words ``k << index_bits ..`` of the PE's memory.
+            address = Cat(v[:layer.image.index_bits], row_next) if layer.per_row else v
+            m.d.comb += port.addr.eq(address[:len(port.addr)])
         e2 = Signal(stage)
         m.d.sync += [e2.eq(e1w), e2.row.eq(row_next)]
         m.d.comb += [

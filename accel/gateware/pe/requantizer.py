@@ -10,6 +10,8 @@ from amaranth.lib.wiring import In, Out
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.stages import (drained_layout, pe_widths, requant_input_layout,
                                           requant_output_layout)
+from accel.gateware.pe.threshold import LATENCY as THRESHOLD_LATENCY
+from accel.gateware.pe.threshold import ThresholdActivation, threshold_layers
 from accel.gateware.primitives import _RegisteredProduct, _check_plan, _register, _switch
 from accel.planning.plan import SHIFT_BITS, EnginePlan
 from compress.integer import MULTIPLIER_BITS, activation_range
@@ -39,11 +41,14 @@ class Requantizer(wiring.Component):
         A drained row (``i.stage.valid``): its sum and bias, its row id; or an end mark.
     o : Out(requant_output_layout(plan))
         ``LATENCY`` (9) clocks later: a hidden layer's output (A6, A7: rounded, shifted, ReLU
-        if the layer has one, clamped to the next layer's activation range) in ``value``, a
+        if the layer has one, clamped to the next layer's activation range; or, for a layer
+        with a threshold activation, A10: the level its sum reaches, from
+        :class:`~accel.gateware.pe.threshold.ThresholdActivation`) in ``value``, a
         last layer's logit (A8: ``sum + bias``, ReLU if it has one) in ``logit``; ``stage``
         and ``column`` as they came in.
     write : In(bus)
-        The PE's copy of the write bus (each layer's multiplier and shift).
+        The PE's copy of the write bus (each layer's multiplier and shift, thresholds and
+        levels).
 
     Latency and throughput: fixed, ``LATENCY`` clocks; one row per clock. Stages: bias added
     (D1R); the multiplier's operands copied beside the hard multipliers (D2); the two partial
@@ -135,6 +140,15 @@ class Requantizer(wiring.Component):
                      d3_rounding.eq((Const(1, product_bits + 2) << d2t_shift)[1:]),
                      d3_beyond.eq(d2t_shift > product_bits)]
 
+        # -- D3 .. D5: a threshold activation (A10) beside the rounding and the shift, for the
+        # layers that have one: its level arrives with the row at D5 ------------------------
+        threshold = None
+        if threshold_layers(plan):
+            assert THRESHOLD_LATENCY == 3          # D3 -> D4 -> D4S -> D5
+            m.submodules.threshold = threshold = ThresholdActivation(plan, self._pe)
+            m.d.comb += [threshold.i.layer.eq(d3.layer), threshold.i.sum.eq(d3_sum),
+                         threshold.write.eq(self.write)]
+
         # -- D3: add the rounding term (A6) ----------------------------------------------------
         d4, d4_sum, d4_column, d4_shift, d4_beyond = self._delay(
             m, 1, (d3, d3_sum, d3_column, d3_shift, d3_beyond), ("d4",))
@@ -161,6 +175,8 @@ class Requantizer(wiring.Component):
                     if layer.logits:
                         m.d.comb += logit.eq(Mux(d5_sum < 0, 0, d5_sum) if layer.relu
                                              else d5_sum)
+                    elif layer.levels is not None:                        # A10
+                        m.d.comb += hidden.eq(threshold.o)
                     else:
                         lo, hi = activation_range(layer.output_bits, layer.output_signed)
                         t = Mux(d5_shifted < 0, 0, d5_shifted) if layer.relu else d5_shifted
