@@ -331,8 +331,20 @@ def test_pipeline_gives_a_deterministic_artifact_that_sim_runs(tmp_path, quantiz
     assert abs(float_accuracy - result.accuracy_compressed) < 0.01
 
 
-def test_the_engine_refuses_lq_layers_by_name(tmp_path):
+def test_the_engine_plans_lq_layers_and_refuses_a_reload_of_another_kind():
     from accel.planning.plan import EnginePlan
 
-    with pytest.raises(ValueError, match="layer 0 has one codebook per row"):
-        EnginePlan.from_model(_lq_model())
+    model = _lq_model()
+    plan = EnginePlan.from_model(model, n_pes=2)
+    assert plan.layers[0].per_row and plan.layers[0].code_bits == 2
+    assert plan.region("codebook", 0, 1).depth == plan.layers[0].image.rows_per_pe << 3
+    assert plan.region("thresholds", 0).width == plan.layers[0].accumulator_bits + 1
+    assert plan.write_image(model)                                # the same kind fits
+    plain = CompressedModel([CompressedLayer(
+        codebook=layer.codebook[0] if layer.per_row else layer.codebook, index=layer.index,
+        bias=layer.bias, relu=layer.relu, index_bits=layer.index_bits)
+        for layer in model.layers])
+    x = np.random.default_rng(0).random((16, 6))
+    with pytest.raises(ValueError, match="layer 0: per-row codebooks is False; this engine "
+                                         "was built for True"):
+        plan.write_image(quantize_model(plain, x))
