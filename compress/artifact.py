@@ -88,9 +88,10 @@ class CompressedLayer:
     integer : IntegerLayer or None
         The layer's integer data (``docs/arithmetic.md``), once quantized.
     basis : numpy.ndarray or None
-        float32, shape ``(out_features, K)``: a signed binary basis per row (LQ-Nets); the
-        codebook is then :func:`compress.levels.basis_codebook` of it (``2**K + 1`` entries),
-        and the artifact stores the basis, not the levels.
+        float32 holding float16 values, shape ``(out_features, K)``: a signed binary basis per
+        row (LQ-Nets); the codebook is then :func:`compress.levels.basis_codebook` of it
+        (``2**K + 1`` entries), and the artifact stores the basis, 16 bits a value, not the
+        levels.
     activation_levels : numpy.ndarray or None
         float32, ``2**K`` ascending levels from 0 (``K = 1..4``) of a learned quantizer of the
         layer's output, after its ReLU (A10); ``None``: the output is not quantized in float.
@@ -109,6 +110,10 @@ class CompressedLayer:
     def __post_init__(self):
         if self.basis is not None:
             self.basis = np.ascontiguousarray(self.basis, dtype=np.float32)
+            half = self.basis.astype(np.float16).astype(np.float32)
+            if not np.array_equal(half, self.basis, equal_nan=True):
+                raise ValueError("basis values must be float16 values (the artifact stores a "
+                                 "basis in 16 bits): round it with .astype(numpy.float16)")
             derived = basis_codebook(self.basis)
             if self.codebook is not None and not np.array_equal(
                     np.asarray(self.codebook, dtype=np.float32), derived):
@@ -202,12 +207,12 @@ class CompressedLayer:
         return self.codebook.ndim == 2
 
     @property
-    def stored_codebook_values(self) -> int:
-        """The float values the artifact stores for the codebook (32 bits each): the nonzero
-        centroids, per row for a per-row codebook, or the basis values."""
+    def stored_codebook_bits(self) -> int:
+        """Bits the artifact stores for the codebook: 32 per nonzero centroid (per row for a
+        per-row codebook), or 16 per basis value."""
         if self.basis is not None:
-            return int(self.basis.size)
-        return int(self.codebook[..., 1:].size)
+            return 16 * int(self.basis.size)
+        return 32 * int(self.codebook[..., 1:].size)
 
     def output(self, x: np.ndarray) -> np.ndarray:
         """The layer's float32 output: ``W x + b``, ReLU, then the learned levels if any."""
@@ -242,8 +247,8 @@ class CompressedLayer:
             dense_bits=32 * (self.index.size + self.out_features),
             index_bits=index_code.encoded_bits(stream.index),
             zero_run_bits=zero_run_code.encoded_bits(stream.zero_run),
-            codebook_bits=32 * (self.stored_codebook_values + (
-                0 if self.activation_levels is None else len(self.activation_levels) - 1)),
+            codebook_bits=self.stored_codebook_bits + 32 * (
+                0 if self.activation_levels is None else len(self.activation_levels) - 1),
             table_bits=8 * (2 ** self.index_bits + 2 ** self.zero_run_bits),
             bias_bits=32 * self.out_features,
             entries=len(stream.index),
@@ -480,7 +485,7 @@ def _codebook_arrays(layer: CompressedLayer, put, learned: dict) -> dict:
     arrays = {}
     if layer.basis is not None:
         learned["basis_bits"] = int(layer.basis.shape[1])
-        arrays["basis"] = put(layer.basis, "float32")
+        arrays["basis"] = put(layer.basis, "float16")
     elif layer.per_row:
         learned["codebook_entries"] = int(layer.codebook.shape[1])
         arrays["centroids"] = put(layer.codebook[:, 1:], "float32")
@@ -502,7 +507,7 @@ def _read_codebook(header: dict, get, out_features: int) -> dict:
         basis = get("basis")
         if basis.size != out_features * bits:
             raise ValueError(f"the basis has {basis.size} values, not {out_features} x {bits}")
-        fields["basis"] = basis.reshape(out_features, bits)
+        fields["basis"] = basis.astype(np.float32).reshape(out_features, bits)
     elif "codebook_entries" in header:
         entries = int(header["codebook_entries"])
         centroids = get("centroids")

@@ -249,10 +249,11 @@ def quantized_network(linears: Sequence[nn.Linear], relus: Sequence[bool],
 
 
 def export(layer: QuantizedLinear) -> tuple[np.ndarray, np.ndarray]:
-    """``(index, basis)`` of a fine-tuned layer: index 0 for a pruned weight, else the entry of
-    the weight's nearest level in its row's codebook :func:`compress.levels.basis_codebook`
-    (the artifact's codebook, computed from the float32 basis the artifact stores)."""
-    basis = layer.quantizer.basis.detach().numpy().astype(np.float32)
+    """``(index, basis)`` of a fine-tuned layer: the basis rounded to float16 (as the artifact
+    stores it), and index 0 for a pruned weight, else the entry of the weight's nearest level
+    in its row's codebook :func:`compress.levels.basis_codebook` of that basis."""
+    # The artifact stores the basis in float16: the indices are those of the rounded levels.
+    basis = layer.quantizer.basis.detach().numpy().astype(np.float16).astype(np.float32)
     codebook = basis_codebook(basis)
     weight = layer.weight.detach().numpy()
     mask = layer.quantizer.mask.numpy().astype(bool)

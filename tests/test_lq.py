@@ -155,6 +155,13 @@ def test_bad_integer_data_is_refused(changes, message):
         _integer(**changes)
 
 
+def test_a_basis_must_be_float16_values():
+    with pytest.raises(ValueError, match="basis values must be float16 values"):
+        CompressedLayer(codebook=None, basis=np.array([[0.1, 0.3]], dtype=np.float32),
+                        index=np.ones((1, 2), np.uint8), bias=np.zeros(1), relu=False,
+                        index_bits=3)
+
+
 def test_a_layer_without_relu_cannot_have_learned_levels():
     with pytest.raises(ValueError, match="need a ReLU after the layer"):
         CompressedLayer(codebook=np.array([0.0, 1.0]), index=np.ones((2, 2), np.uint8),
@@ -165,7 +172,7 @@ def test_a_layer_without_relu_cannot_have_learned_levels():
 
 def _lq_model(rng=np.random.default_rng(5)) -> CompressedModel:
     x = rng.random((64, 6)).astype(np.float32)
-    first = CompressedLayer(codebook=None, basis=rng.random((5, 2)).astype(np.float32),
+    first = CompressedLayer(codebook=None, basis=rng.random((5, 2)).astype(np.float16),
                             index=rng.integers(0, 5, (5, 6)).astype(np.uint8),
                             bias=rng.normal(size=5), relu=True, index_bits=3,
                             activation_levels=unsigned_levels(np.array([0.4, 0.9], np.float32)))
@@ -191,8 +198,9 @@ def test_version_3_round_trips_bases_per_row_codebooks_and_thresholds(tmp_path):
             assert (x is None and y is None) or np.array_equal(x, y)
     x = sim.quantize_input(loaded, np.random.default_rng(1).random((20, 6)))
     assert np.array_equal(sim.run(loaded, x), sim.run(model, x))
-    # Stored: the basis (5 x 2 values), not the 5 x 4 levels; 3 per-row centroids x 3 rows.
-    assert loaded.layers[0].size().codebook_bits == 32 * (10 + 3)
+    # Stored: the basis (5 x 2 values, 16 bits each), not the 5 x 4 levels, and 3 activation
+    # levels; 3 per-row centroids x 3 rows.
+    assert loaded.layers[0].size().codebook_bits == 16 * 10 + 32 * 3
     assert loaded.layers[1].size().codebook_bits == 32 * 9
 
 
