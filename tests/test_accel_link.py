@@ -206,6 +206,24 @@ def test_reload_another_model_through_write(features):
     assert link.retransmissions == 0
 
 
+def test_reload_an_lq_nets_model_through_write():
+    """Per-row codebooks (A9) and thresholds and levels (A10) are words of the write port like
+    the others: a reload through the UART bridge runs the new model."""
+    built_for = random_model(3, [8, 6, 3], density=0.9, index_bits=2, per_row=True,
+                             code_bits=2)
+    other = random_model(4, [8, 6, 3], density=0.5, index_bits=2, per_row=True, code_bits=2)
+    plan = EnginePlan.from_model(built_for, n_pes=2)
+    board = SimulatedBoard(plan)
+    link = HostLink(board, plan)
+    x = random_inputs(built_for, 2, seed=5)
+    before, _ = link.infer_many(x)
+    np.testing.assert_array_equal(before, sim.run(built_for, x))
+    assert link.reload(other) == len(plan.write_image(other))
+    after, _ = link.infer_many(x)
+    np.testing.assert_array_equal(after, sim.run(other, x))
+    assert not np.array_equal(before, after)
+
+
 def _flip_once(target, mask=0x01):
     """An rx/tx filter flipping bits of byte number ``target`` (never making END or ESC)."""
     def flip(index, byte):
