@@ -316,10 +316,13 @@ class CompressedModel:
         return x
 
     def to_torch(self):
-        """An ``nn.Sequential`` (Flatten, Linear, ReLU, ...) holding the shared float weights."""
+        """An ``nn.Sequential`` (Flatten, Linear, ReLU, ...) holding the shared float weights,
+        with each layer's learned activation levels (A10) after its ReLU: the same function as
+        :meth:`forward`."""
         import torch
         from torch import nn
 
+        from .lq import FixedLevels
         from .train import canonical_sequential
 
         linears = []
@@ -329,7 +332,15 @@ class CompressedModel:
                 linear.weight.copy_(torch.from_numpy(layer.weight))
                 linear.bias.copy_(torch.from_numpy(layer.bias))
             linears.append(linear)
-        return canonical_sequential(linears, [layer.relu for layer in self.layers])
+        net = canonical_sequential(linears, [layer.relu for layer in self.layers])
+        modules = []
+        for module in net:
+            modules.append(module)
+            if isinstance(module, nn.ReLU):
+                layer = self.layers[sum(isinstance(m, nn.Linear) for m in modules) - 1]
+                if layer.activation_levels is not None:
+                    modules.append(FixedLevels(layer.activation_levels))
+        return nn.Sequential(*modules)
 
     def sizes(self) -> list[LayerSize]:
         return [layer.size() for layer in self.layers]

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .levels import basis_codebook, code_matrix, nearest_level
+from .levels import basis_codebook, code_matrix, midpoints, nearest_level
 
-__all__ = ["ACTIVATION_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActivationQuantizer",
+__all__ = ["ACTIVATION_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActivationQuantizer", "FixedLevels",
            "QuantizedLinear", "WeightQuantizer", "export", "quantized_network"]
 
 #: Weight quantizers with one basis per row (``--quantizer``).
@@ -185,6 +185,20 @@ class ActivationQuantizer(nn.Module):
         levels = self.levels()
         quantized = levels[_assign(x.detach(), levels)]
         return _StraightThrough.apply(x, quantized, (x <= levels[-1]).to(x.dtype))
+
+
+class FixedLevels(nn.Module):
+    """Stored activation levels (``CompressedLayer.activation_levels``) as a module: each value
+    to its nearest level, ties upward (the float rule of ``docs/arithmetic.md`` A10)."""
+
+    def __init__(self, levels: np.ndarray):
+        super().__init__()
+        levels = np.asarray(levels, dtype=np.float32)
+        self.register_buffer("levels", torch.from_numpy(levels.copy()))
+        self.register_buffer("midpoints", torch.from_numpy(midpoints(levels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.levels[torch.bucketize(x.double(), self.midpoints, right=True)]
 
 
 class QuantizedLinear(nn.Module):
