@@ -209,10 +209,11 @@ def test_reload_another_model_through_write(features):
 def test_reload_an_lq_nets_model_through_write():
     """Per-row codebooks (A9) and thresholds and levels (A10) are words of the write port like
     the others: a reload through the UART bridge runs the new model."""
-    built_for = random_model(3, [8, 6, 3], density=0.9, index_bits=2, per_row=True,
+    built_for = random_model(3, [6, 4, 2], density=0.9, index_bits=2, per_row=True,
                              code_bits=2)
-    other = random_model(4, [8, 6, 3], density=0.5, index_bits=2, per_row=True, code_bits=2)
-    plan = EnginePlan.from_model(built_for, n_pes=2)
+    other = random_model(4, [6, 4, 2], density=0.5, index_bits=2, per_row=True, code_bits=2,
+                         bias_bits=8)
+    plan = EnginePlan.from_model(built_for, n_pes=1)
     board = SimulatedBoard(plan)
     link = HostLink(board, plan)
     x = random_inputs(built_for, 2, seed=5)
