@@ -144,8 +144,11 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     w = board.capacity.multiplier_width
     mac = max(_pieces(layer.weight_bits, w) * _pieces(plan.value_bits, w)
               for layer in plan.layers)
-    requant = max(_pieces(layer.accumulator_bits, w) * _pieces(MULTIPLIER_BITS + 1, w)
-                  for layer in plan.layers)
+    # Only a layer that requantizes (A6) uses the requantizer's multiply: logits (A8) and
+    # threshold activations (A10) do not, and Yosys removes it when no layer does.
+    requant = max((_pieces(layer.accumulator_bits, w) * _pieces(MULTIPLIER_BITS + 1, w)
+                   for layer in plan.layers if not layer.logits and layer.levels is None),
+                  default=0)
     multipliers = plan.n_pes * (mac + requant)
     thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
                      + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT
