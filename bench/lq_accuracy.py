@@ -54,12 +54,12 @@ METHODS = {                     # name: (weight quantizer, activation quantizer 
 def float_model(name: str, dataset, seed: int) -> tuple[Path, float]:
     """Train the built-in ``name`` by its recipe (as ``python -m compress`` does), keep it."""
     path = CACHE / f"{name}-float-seed{seed}.pt"
-    module, _ = load_model(name, seed=seed)
-    chain = linear_chain(module)
-    net = canonical_sequential([s.linear for s in chain], [s.relu for s in chain])
     if path.exists():
         net = torch.load(path, weights_only=False)
     else:
+        module, _ = load_model(name, seed=seed)
+        chain = linear_chain(module)
+        net = canonical_sequential([s.linear for s in chain], [s.relu for s in chain])
         recipe = BUILTIN_MODELS[name].recipe
         with torch_threads(TRAINING_THREADS):
             train(net, dataset.x_train, dataset.y_train, epochs=recipe.epochs, lr=recipe.lr,

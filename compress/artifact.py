@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .huffman import HuffmanCode
-from .integer import MAX_CODE_BITS, IntegerLayer
+from .integer import LEVEL_COUNTS, MAX_CODE_BITS, IntegerLayer
 from .levels import basis_codebook, quantize_to_levels
 from .sparse import RelativeIndexStream, decode_relative, encode_relative
 
@@ -175,9 +175,9 @@ class CompressedLayer:
         levels = self.activation_levels
         if levels is None:
             return
-        sizes = [1 << bits for bits in range(1, MAX_CODE_BITS + 1)]
-        if levels.ndim != 1 or len(levels) not in sizes:
-            raise ValueError(f"activation_levels must hold {', '.join(map(str, sizes))} values "
+        if levels.ndim != 1 or len(levels) not in LEVEL_COUNTS:
+            counts = ", ".join(map(str, LEVEL_COUNTS))
+            raise ValueError(f"activation_levels must hold {counts} values "
                              f"(2**K, K = 1..{MAX_CODE_BITS}), not shape {levels.shape}")
         if not np.isfinite(levels).all() or levels[0] != 0 or np.any(np.diff(levels) < 0):
             raise ValueError("activation_levels must be finite and ascending from 0")

@@ -21,6 +21,7 @@ from .levels import midpoints, quantize_to_levels
 
 __all__ = [
     "MAX_ACCUMULATOR_BITS",
+    "LEVEL_COUNTS",
     "MAX_CODE_BITS",
     "MAX_SHIFT",
     "MULTIPLIER_BITS",
@@ -39,6 +40,9 @@ MULTIPLIER_BITS = 15
 MAX_SHIFT = 62
 #: A10: the widest code of a threshold activation (``2 ** 4`` levels).
 MAX_CODE_BITS = 4
+#: A10: the level counts a threshold activation may have, ``2**K`` for ``K = 1 ..
+#: MAX_CODE_BITS``.
+LEVEL_COUNTS = tuple(1 << bits for bits in range(1, MAX_CODE_BITS + 1))
 #: A5/A6: ``acc * multiplier + round`` must fit in a signed 64-bit integer.
 MAX_ACCUMULATOR_BITS = 63 - MULTIPLIER_BITS - 1
 _BIAS_BITS = 32
@@ -215,9 +219,9 @@ class IntegerLayer:
         object.__setattr__(self, "levels", levels)
         if self.logits:
             raise ValueError("the logits layer has no threshold activation (A8, A10)")
-        sizes = [1 << bits for bits in range(1, MAX_CODE_BITS + 1)]
-        if levels.ndim != 1 or len(levels) not in sizes:
-            raise ValueError(f"levels must be a 1-D array of {', '.join(map(str, sizes))} "
+        if levels.ndim != 1 or len(levels) not in LEVEL_COUNTS:
+            counts = ", ".join(map(str, LEVEL_COUNTS))
+            raise ValueError(f"levels must be a 1-D array of {counts} "
                              f"values (2**K, K = 1..{MAX_CODE_BITS}), not shape {levels.shape}")
         if thresholds.shape != (len(levels) - 1,):
             raise ValueError(f"thresholds must have {len(levels) - 1} values for {len(levels)} "
