@@ -19,7 +19,7 @@ weight). Aims (issue 22): LeNet-300-100 2/2 within 0.5 points of float, 3/3 with
 of uniform at every width of 3 bits or fewer.
 
     python bench/lq_accuracy.py [--dataset mnist|digits] [--data-dir DIR] [--pairs 2/2,3/3]
-        [--finetune-epochs 8] [--seed 0] [--json PATH]
+        [--finetune-epochs 8] [--seed 0] [--repeats 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, mnist_missing  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
@@ -46,6 +47,8 @@ MODELS = {"mnist": "lenet-300-100", "digits": "digits-mlp"}
 METHODS = {                     # name: (weight quantizer, activation quantizer below 8 bits)
     "uniform": ("uniform", "uniform"),
     "lq": ("lq", "lq"),
+    "lq-weights": ("lq", "uniform"),    # the two halves of lq, apart (not run by default)
+    "lq-activations": ("uniform", "lq"),
     "kmeans": ("kmeans-linear", "uniform"),
     "dp": ("dp", "uniform"),
 }
@@ -82,7 +85,7 @@ def run(path: Path, dataset_name: str, data_dir, method: str, weight_bits: int,
                             progress=False)
     start = time.perf_counter()
     result = compress_model(config, log=lambda _: None)
-    return {"method": method, "weight_bits": weight_bits,
+    return {"method": method, "weight_bits": weight_bits, "seed": seed,
             "activation_bits": activation_bits, "accuracy_int": result.accuracy_int,
             "accuracy_float_quantized": result.accuracy_compressed,
             "seconds": round(time.perf_counter() - start, 1)}
@@ -94,9 +97,14 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR))
     parser.add_argument("--pairs", default="2/2,3/3,4/4,2/8",
                         help="W/A bit pairs, comma-separated (W 1..4; A 1..4, or 8: none)")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default="uniform,lq,kmeans,dp",
+                        help=f"comma-separated, among {', '.join(METHODS)}")
     parser.add_argument("--finetune-epochs", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the float model, the data split and the first fine-tuning")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="fine-tunings per cell, seeds SEED.. SEED+N-1 (the table gives "
+                             "their mean; the difference to uniform is paired by seed)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.dataset == "mnist" and mnist_missing(args.data_dir):
@@ -108,6 +116,8 @@ def main() -> int:
     for w, a in pairs:
         if not (1 <= w <= 4 and (1 <= a <= 4 or a == 8)):
             parser.error(f"--pairs: W must be 1..4 and A 1..4 or 8, not {w}/{a}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, not {args.repeats}")
     methods = args.methods.split(",")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -117,26 +127,42 @@ def main() -> int:
     path, float_accuracy = float_model(name, data, args.seed)
     print(f"{name} on {args.dataset}: float accuracy {float_accuracy:.2%} ({path})", flush=True)
     rows = []
+    source = args.dataset
+    if args.dataset != "mnist":
+        # The digits split depends on the seed: the fine-tunings of every seed get the split of
+        # --seed (the float model's), fixed in a file.
+        source = str(CACHE / f"{args.dataset}-split-seed{args.seed}.npz")
+        np.savez(source, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
+                 y_test=data.y_test)
+    seeds = range(args.seed, args.seed + args.repeats)
     for w, a in pairs:
         for method in methods:
-            row = run(path, args.dataset, args.data_dir, method, w, a, args.finetune_epochs,
-                      args.seed)
-            rows.append(row)
-            print(f"  W/A {w}/{a if a < 8 else 8}  {method:<8} integer accuracy "
-                  f"{row['accuracy_int']:.2%} ({row['seconds']:.0f} s)", flush=True)
+            for seed in seeds:
+                row = run(path, source, args.data_dir, method, w, a,
+                          args.finetune_epochs, seed)
+                rows.append(row)
+                print(f"  W/A {w}/{a if a < 8 else 8}  {method:<8} seed {seed}  integer "
+                      f"accuracy {row['accuracy_int']:.2%} ({row['seconds']:.0f} s)", flush=True)
 
     print(f"\n{name}, integer-model test accuracy (float {float_accuracy:.2%}), no pruning, "
-          f"{args.finetune_epochs} fine-tuning epochs:")
-    print(f"{'W/A':>5} " + " ".join(f"{m:>9}" for m in methods) + "   lq - float  lq - uniform")
+          f"{args.finetune_epochs} fine-tuning epochs, mean of {args.repeats} fine-tuning "
+          f"seed{'s' if args.repeats > 1 else ''}:")
+    print(f"{'W/A':>5} " + " ".join(f"{m:>9}" for m in methods) + "   lq - float  lq - uniform"
+          + ("  (min, max over seeds)" if args.repeats > 1 else ""))
     verdicts = []
     for w, a in pairs:
-        got = {r["method"]: r["accuracy_int"] for r in rows
-               if (r["weight_bits"], r["activation_bits"]) == (w, min(a, 8))}
+        cell = {m: np.array([r["accuracy_int"] for r in rows if r["method"] == m and
+                             (r["weight_bits"], r["activation_bits"]) == (w, min(a, 8))])
+                for m in methods}
+        got = {m: float(v.mean()) for m, v in cell.items()}
         line = f"{w}/{a:<3} " + " ".join(f"{got[m]:>9.2%}" for m in methods)
         if "lq" in got:
             line += f"   {100 * (got['lq'] - float_accuracy):>+9.2f}"
             if "uniform" in got:
-                line += f"   {100 * (got['lq'] - got['uniform']):>+11.2f}"
+                paired = 100 * (cell["lq"] - cell["uniform"])
+                line += f"   {paired.mean():>+11.2f}"
+                if args.repeats > 1:
+                    line += f"  ({paired.min():+.2f}, {paired.max():+.2f})"
         print(line)
         if "lq" in got and (w, a) in ((2, 2), (3, 3)):
             limit = 0.5 if (w, a) == (2, 2) else 0.2
@@ -151,6 +177,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"model": name, "dataset": args.dataset,
                                          "float_accuracy": float_accuracy, "rows": rows,
                                          "finetune_epochs": args.finetune_epochs,
+                                         "repeats": args.repeats,
                                          "aims": dict(verdicts)}, indent=2))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import json
 import subprocess
 import sys
@@ -356,3 +357,22 @@ def test_slow_endpoints_are_grouped_across_pes(tmp_path, capsys):
     main([str(path)])              # default: 90% of the period at fmax, 11.25 ns
     out = capsys.readouterr().out
     assert "2 endpoints at or above 11.25 ns, in 1 groups (fmax 80.00 MHz)" in out
+
+
+def test_estimate_drops_the_requantizer_when_no_layer_requantizes():
+    from accel.gateware import resources
+
+    board = get_board("ulx3s")
+    requantizing = EnginePlan.from_model(random_model(5, [40, 24, 10]), n_pes=2)
+    thresholds = EnginePlan.from_model(random_model(5, [40, 24, 10], code_bits=2), n_pes=2)
+    plain, learned = (estimate_resources(p, board) for p in (requantizing, thresholds))
+    # Same memories; the threshold engine has comparators but no requantizer (A6) logic, and
+    # Yosys removes its multiplier.
+    layer = thresholds.layers[0]
+    comparators = math.ceil(2 * (len(layer.thresholds) * layer.threshold_bits
+                                 * resources.LUTS_PER_THRESHOLD_BIT
+                                 + len(layer.levels) * layer.output_bits
+                                 * resources.LUTS_PER_LEVEL_BIT))
+    assert plain.lutram_cells == learned.lutram_cells and plain.brams == learned.brams
+    assert learned.luts - plain.luts == comparators - 2 * resources.LUTS_PER_REQUANTIZER
+    assert learned.multipliers < plain.multipliers

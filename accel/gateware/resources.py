@@ -12,7 +12,8 @@ reproduces Yosys's block RAM count (``bench/accel_build.py`` prints both side by
 
 A layer with per-row codebooks (A9) has a codebook memory per PE (its rows'), counted like
 the others; a threshold activation (A10) is registers and comparators, estimated per bit
-(``LUTS_PER_THRESHOLD_BIT``).
+(``LUTS_PER_THRESHOLD_BIT``); an engine in which no layer requantizes has no requantizer logic
+(``LUTS_PER_REQUANTIZER``).
 
 Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
 layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
@@ -46,10 +47,15 @@ _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (
 LUTS_PER_PE = 2524
 LUTS_FIXED = 3842
 LUTS_PER_LUTRAM = 4
-#: LUT4s of a threshold activation (A10) per PE and layer, not yet fitted to a build: one per
-#: bit of each comparator (an ECP5 carry chain), one per two bits of the level table's mux.
+#: LUT4s of a threshold activation (A10) per PE and layer: one per bit of each comparator (an
+#: ECP5 carry chain), one per two bits of the level table's mux (structural, not fitted).
 LUTS_PER_THRESHOLD_BIT = 1
 LUTS_PER_LEVEL_BIT = 0.5
+#: LUT4s of a PE's requantizer (A6: shift, rounding, clamp) that Yosys removes when no layer
+#: requantizes (every hidden layer a threshold activation); included in ``LUTS_PER_PE``.
+#: Fitted to the LQ-Nets 2/2 builds (ULX3S-85F, 2026-12-05): the 1-PE digits engine, 8,406
+#: LUT4 (8,433 estimated with this term), and the 16-PE LeNet-300-100 engine, 54,376 (54,078).
+LUTS_PER_REQUANTIZER = 270
 
 #: Margin under the LUT estimate below which the fit check still lets a design through.
 LUT_TOLERANCE = 0.8
@@ -153,7 +159,8 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
                      + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT
                      for layer in plan.layers if layer.levels is not None)
-    luts = LUTS_FIXED + LUTS_PER_PE * plan.n_pes + LUTS_PER_LUTRAM * lutram + \
+    per_pe = LUTS_PER_PE - (LUTS_PER_REQUANTIZER if requant == 0 else 0)
+    luts = LUTS_FIXED + per_pe * plan.n_pes + LUTS_PER_LUTRAM * lutram + \
         math.ceil(thresholds * plan.n_pes)
     if family == "ice40":
         # An iCE40 logic cell is a LUT and a flip-flop: memories in flip-flops take cells too.
