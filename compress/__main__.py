@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 from .cli import check_output_path, fail
+from .lowrank import LOW_RANK_METHODS
 from .lq import ACTIVATION_QUANTIZERS
 from .data import DATASETS
 from .models import BUILTIN_MODELS
-from .pipeline import ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, CompressConfig, compress_model
+from .pipeline import (ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, ZERO_RUN_AUTO, CompressConfig,
+                       compress_model)
 from .report import build_report, format_table, write_plots
 
 
@@ -28,6 +30,16 @@ def _number_list(kind):
                 f"expected a {kind.__name__} or comma-separated {kind.__name__}s (one per layer), "
                 f"not {text!r}") from None
     return parse
+
+
+def _zero_run_bits(text: str) -> int | str:
+    if text == ZERO_RUN_AUTO:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 1..8 or {ZERO_RUN_AUTO!r}, not {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "layer gets 2**bits - 1 shared values plus the zero. With "
                              "--quantizer lq or uniform: the basis bits K (1..4, default "
                              f"{DEFAULT_LEARNED_BITS}), 2**K levels per row plus the zero")
-    parser.add_argument("--zero-run-bits", type=int, default=5,
-                        help="relative-index bits b_z of the stored sparse format (default: 5, "
-                             "as Deep Compression's fully connected layers)")
+    parser.add_argument("--zero-run-bits", type=_zero_run_bits, default=5,
+                        help="relative-index bits b_z of the stored sparse format, 1..8 "
+                             "(default: 5, as Deep Compression's fully connected layers), or "
+                             "'auto': per layer, the width that stores it in the fewest bytes")
     parser.add_argument("--quantizer", default="dp", choices=ALL_QUANTIZERS,
                         help="weight-sharing clustering: dp (exactly optimal, default) or a "
                              "Deep Compression k-means baseline; or a per-row basis trained "
@@ -83,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster-reg", type=float, default=0.0,
                         help="DP-Net clustering-friendly penalty weight during the last "
                              "retraining (default: 0, off)")
+    parser.add_argument("--low-rank", default="none", choices=LOW_RANK_METHODS,
+                        help="before pruning: trp (trained rank pruning: training with low-rank "
+                             "projections and a nuclear-norm penalty, then each layer "
+                             "factorized at its trained rank) or svd (truncated SVD of the "
+                             "trained layers, then fine-tuning); a factorized Linear(in, out) "
+                             "becomes Linear(in, r) then Linear(r, out), where that saves "
+                             "multiply-accumulates (default: none)")
+    parser.add_argument("--energy", type=float, default=0.99,
+                        help="fraction of the squared singular values each low-rank layer "
+                             "keeps, in (0, 1] (default: 0.99, TRP's public code)")
+    parser.add_argument("--nuclear", type=float, default=3e-4,
+                        help="TRP's nuclear-norm penalty weight lambda (default: 3e-4)")
+    parser.add_argument("--trp-period", type=int, default=1,
+                        help="TRP: training steps between low-rank projections (default: 1)")
+    parser.add_argument("--low-rank-epochs", type=int,
+                        help="epochs of TRP training, or of fine-tuning after svd (default: "
+                             "the recipe's retraining epochs)")
+    parser.add_argument("--ranks", type=_number_list(int),
+                        help="with --low-rank svd: the rank of each layer, one value or one "
+                             "per layer (default: by --energy)")
     parser.add_argument("--weight-bits", type=int, default=8,
                         help="width B of the integer codebook values, 2..16 (default: 8; "
                              "docs/arithmetic.md)")
@@ -117,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         zero_run_bits=args.zero_run_bits,
         quantizer=args.quantizer, activation_quantizer=args.activation_quantizer,
         activation_grid_bits=args.activation_grid_bits,
-        cluster_reg=args.cluster_reg, integer=not args.no_integer,
+        cluster_reg=args.cluster_reg, low_rank=args.low_rank, energy=args.energy,
+        nuclear=args.nuclear, trp_period=args.trp_period, low_rank_epochs=args.low_rank_epochs,
+        ranks=args.ranks, integer=not args.no_integer,
         weight_bits=args.weight_bits, activation_bits=args.activation_bits,
         calibration_samples=args.calibration_samples, progress=not args.quiet)
     # Every option is checked before any work (the per-layer lists' lengths, which need the

@@ -10,7 +10,7 @@ centroids; §4 Huffman coding of the relative-index sparse format.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -23,6 +23,7 @@ from .cluster import QUANTIZERS, cluster, sse
 from .data import MAX_SEED, Dataset, load_dataset
 from .integer import quantize_model
 from .levels import unsigned_levels
+from .lowrank import LOW_RANK_METHODS, TrainedRankPruning, energy_rank, factorize
 from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
@@ -30,7 +31,10 @@ from .prune import magnitude_mask, round_targets
 from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, torch_threads,
                     train)
 
-__all__ = ["CompressConfig", "CompressionResult", "compress_model"]
+__all__ = ["ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
+
+#: ``zero_run_bits`` value asking for the smallest stored format, b_z chosen per layer.
+ZERO_RUN_AUTO = "auto"
 
 #: Every ``quantizer``: the per-layer codebooks of weight sharing, then LQ-Nets' learned per-row
 #: bases and their uniform baseline (``compress.lq``).
@@ -63,11 +67,17 @@ class CompressConfig:
     finetune_epochs: int | None = None
     finetune_lr: float | None = None
     bits: tuple[int, ...] | None = None
-    zero_run_bits: int = 5
+    zero_run_bits: int | str = 5        # b_z of the stored format, or "auto": per layer
     quantizer: str = "dp"
     activation_quantizer: str = "none"  # or lq / uniform: A10 thresholds (compress.lq)
     activation_grid_bits: int = 8       # A of a learned activation quantizer's integer grid
     cluster_reg: float = 0.0
+    low_rank: str = "none"              # or trp / svd (compress.lowrank), before pruning
+    energy: float = 0.99                # TRP's energy, and the SVD ranks' unless ranks given
+    nuclear: float = 3e-4               # TRP's nuclear-norm weight lambda
+    trp_period: int = 1                 # TRP: steps between low-rank projections
+    low_rank_epochs: int | None = None  # TRP training, or fine-tuning after SVD
+    ranks: tuple[int, ...] | None = None    # SVD: the rank of every layer (else by energy)
     integer: bool = True                # quantize to integers (docs/arithmetic.md) and check
     weight_bits: int = 8                # B: integer codebook value width
     activation_bits: int = 8            # A; with a learned activation quantizer its code bits K
@@ -98,8 +108,11 @@ class CompressConfig:
                 raise ValueError(f"bits must be 1..{high}"
                                  f"{' for quantizer ' + self.quantizer if high == 4 else ''}, "
                                  f"not {b!r}")
-        if not 1 <= self.zero_run_bits <= 8:
-            raise ValueError(f"zero_run_bits must be 1..8, not {self.zero_run_bits!r}")
+        if self.zero_run_bits != ZERO_RUN_AUTO and (
+                isinstance(self.zero_run_bits, bool) or not isinstance(self.zero_run_bits, int)
+                or not 1 <= self.zero_run_bits <= 8):
+            raise ValueError(f"zero_run_bits must be 1..8 or {ZERO_RUN_AUTO!r}, not "
+                             f"{self.zero_run_bits!r}")
         for name in ("epochs", "retrain_epochs", "finetune_epochs"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -125,11 +138,37 @@ class CompressConfig:
         if learned and self.activation_grid_bits < self.activation_bits:
             raise ValueError(f"activation_grid_bits must be >= the code bits K "
                              f"({self.activation_bits}), not {self.activation_grid_bits!r}")
+        self._check_low_rank()
         if self.calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1, not "
                              f"{self.calibration_samples!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size!r}")
+
+    def _check_low_rank(self) -> None:
+        if self.low_rank not in LOW_RANK_METHODS:
+            raise ValueError(f"low_rank must be one of {', '.join(LOW_RANK_METHODS)}, not "
+                             f"{self.low_rank!r}")
+        if not 0.0 < self.energy <= 1.0:
+            raise ValueError(f"energy must be in (0, 1], not {self.energy!r}")
+        if not self.nuclear >= 0.0:
+            raise ValueError(f"nuclear must be >= 0, not {self.nuclear!r}")
+        if isinstance(self.trp_period, bool) or not isinstance(self.trp_period, int) or \
+                self.trp_period < 1:
+            raise ValueError(f"trp_period must be >= 1, not {self.trp_period!r}")
+        if self.low_rank_epochs is not None and self.low_rank_epochs < 0:
+            raise ValueError(f"low_rank_epochs must be >= 0, not {self.low_rank_epochs!r}")
+        for r in self.ranks or ():
+            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+                raise ValueError(f"ranks must be >= 1, not {r!r}")
+        if self.ranks is not None and self.low_rank != "svd":
+            raise ValueError(f"ranks must go with low_rank svd (TRP finds its own ranks); "
+                             f"low_rank is {self.low_rank!r}")
+        if self.low_rank != "none" and self.activation_quantizer != "none":
+            raise ValueError(f"activation_quantizer must be none with a low-rank method: a "
+                             f"learned activation quantizer needs a ReLU after every hidden "
+                             f"layer, and low_rank {self.low_rank} puts a layer with none before "
+                             f"each decomposed one")
 
 
 @dataclass
@@ -144,14 +183,34 @@ class CompressionResult:
     pruned_weights: list[np.ndarray]      # float weights after pruning, before sharing (plots)
     timings: dict = field(default_factory=dict)
     accuracy_int: float | None = None     # the integer reference (sim.run), if quantized
+    low_rank: list | None = None          # compress.lowrank.LayerRank of each original layer
+    accuracy_low_rank: float | None = None    # after TRP or SVD (and its fine-tuning)
 
 
-def _per_layer(values: tuple | None, n: int, name: str) -> list:
+def _per_layer(values: tuple | None, n: int, name: str, *, factored: bool = False):
+    """One value per layer from one value or one per layer. With ``factored`` (a low-rank
+    method), a list of another length is kept as a tuple, for the decomposed chain's layers
+    (:func:`_factor_settings` checks it)."""
     if values is None:
         return [None] * n
     if len(values) not in (1, n):
+        if factored:
+            return tuple(values)
         raise ValueError(per_layer_message(name, len(values), n))
     return [values[min(i, len(values) - 1)] for i in range(n)]
+
+
+def _factor_settings(values, report, name: str) -> list:
+    """A per-layer list for the decomposed chain: one value per layer of that chain as given,
+    or both factors of a decomposed layer take its value."""
+    n = sum(2 if row.decomposed else 1 for row in report)
+    if isinstance(values, tuple):
+        if len(values) != n:
+            raise ValueError(per_layer_message(name, len(values), len(report)) +
+                             f" (or, with the low-rank layers, one per each of the {n} layers "
+                             f"after decomposition)")
+        return list(values)
+    return [v for v, row in zip(values, report) for _ in range(2 if row.decomposed else 1)]
 
 
 def compress_model(config: CompressConfig, *,
@@ -213,13 +272,22 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     finetune_epochs = pick(config.finetune_epochs, recipe.finetune_epochs)
     learned = config.quantizer in WEIGHT_QUANTIZERS or config.activation_quantizer != "none"
     default_bits = (DEFAULT_LEARNED_BITS,) if config.quantizer in WEIGHT_QUANTIZERS else recipe.bits
-    bits = _per_layer(config.bits or default_bits, n_layers, "bits")
+    factored = config.low_rank != "none"
+    bits = _per_layer(config.bits or default_bits, n_layers, "bits", factored=factored)
     # Every per-layer list is checked here, before any training.
     if config.quality is not None:
-        mode, finals = "quality", _per_layer(config.quality, n_layers, "quality")
+        mode, finals = "quality", _per_layer(config.quality, n_layers, "quality",
+                                             factored=factored)
     else:
         mode = "density"
-        finals = _per_layer(config.density or recipe.density, n_layers, "density")
+        finals = _per_layer(config.density or recipe.density, n_layers, "density",
+                            factored=factored)
+    ranks = _per_layer(config.ranks, n_layers, "ranks")
+    for i, (rank, layer) in enumerate(zip(ranks, linears)):
+        if rank is not None and rank > min(layer.weight.shape):
+            raise ValueError(f"ranks must be at most a layer's smaller side: layer {i} "
+                             f"({layer.out_features}x{layer.in_features}) has rank at most "
+                             f"{min(layer.weight.shape)}, not {rank}")
 
     # 1. Dense training (built-in models; a loaded model is taken as trained).
     if epochs:
@@ -229,6 +297,20 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     accuracy_float = accuracy(net, data.x_test, data.y_test)
     log(f"float accuracy: {accuracy_float:.4f}")
     lap("train")
+
+    # 1b. Low rank (TRP, or truncated SVD then fine-tuning): a decomposed layer becomes two,
+    # which inherit its per-layer settings.
+    rank_report = accuracy_low_rank = None
+    if config.low_rank != "none":
+        linears, relus, rank_report = _low_rank(
+            net, linears, relus, ranks, data, config, lr=lr * 0.5, batch_size=batch_size,
+            epochs=pick(config.low_rank_epochs, retrain_epochs), log=log)
+        bits = _factor_settings(bits, rank_report, "bits")
+        finals = _factor_settings(finals, rank_report, mode)
+        net = canonical_sequential(linears, relus)
+        accuracy_low_rank = accuracy(net, data.x_test, data.y_test)
+        log(f"low-rank accuracy: {accuracy_low_rank:.4f}")
+        lap("low_rank")
 
     # 2. Iterative magnitude pruning with retraining under fixed masks.
     masks = _prune(net, linears, data, config, mode=mode, finals=finals, rounds=rounds,
@@ -248,6 +330,10 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
                  seed=config.seed + rounds + 1, log=log)
     quantize = _learn_quantizers if learned else _share_weights
     layers, accuracy_shared, accuracy_compressed, sharing_sse = quantize(**steps, lr=finetune_lr)
+    if config.zero_run_bits == ZERO_RUN_AUTO:
+        layers = [_smallest_stream(layer) for layer in layers]
+        log("relative-index bits b_z per layer (auto): "
+            + ", ".join(str(layer.zero_run_bits) for layer in layers))
     log(f"compressed accuracy: {accuracy_compressed:.4f}")
     lap("share")
 
@@ -266,6 +352,9 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         "accuracy_float": accuracy_float,
         "accuracy_pruned": accuracy_pruned,
         "accuracy_compressed": accuracy_compressed,
+        **({} if rank_report is None else {
+            "low_rank": [row.as_dict() for row in rank_report],
+            "accuracy_low_rank": accuracy_low_rank}),
         "torch_version": torch.__version__,
     })
     lap("code")
@@ -286,7 +375,51 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         lap("integer")
     return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
                              accuracy_compressed, sharing_sse, pruned_weights, timings,
-                             accuracy_int)
+                             accuracy_int, rank_report, accuracy_low_rank)
+
+
+def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epochs, log):
+    """TRP training then factorization at the trained ranks, or truncated SVD at ``ranks`` (or
+    the energy ranks) then fine-tuning (``compress.lowrank``). Returns the new chain's linears
+    and ReLUs and the per-layer report."""
+    common = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.0,
+                  seed=config.seed + 1000, progress=config.progress)
+    if config.low_rank == "trp":
+        log(f"TRP: {epochs} epochs, energy {config.energy}, nuclear {config.nuclear:g}, "
+            f"projection every {config.trp_period} step{'s' if config.trp_period > 1 else ''}")
+        trp = TrainedRankPruning(linears, energy=config.energy, nuclear=config.nuclear,
+                                 period=config.trp_period)
+        train(net, data.x_train, data.y_train, on_step=trp.on_step, regularizer=trp.loss,
+              desc="TRP", **common)
+    with torch.no_grad():
+        found = [energy_rank(torch.linalg.svdvals(layer.weight), config.energy)
+                 for layer in linears]
+    if config.low_rank == "svd":
+        found = [r if r is not None else k for r, k in zip(ranks, found)]
+    linears, relus, report = factorize(linears, relus, found)
+    for i, row in enumerate(report):
+        log(f"  layer {i}: {row.out_features}x{row.in_features} rank {row.rank} "
+            f"({row.energy_kept:.2%} of the energy), "
+            f"{'decomposed' if row.decomposed else 'kept whole'}: "
+            f"{row.macs_before:,} -> {row.macs_after:,} multiply-accumulates")
+    if config.low_rank == "svd" and epochs:
+        train(canonical_sequential(linears, relus), data.x_train, data.y_train,
+              desc="fine-tune factors", **common)
+    return linears, relus, report
+
+
+def _zero_run_bits(config) -> int:
+    """b_z a layer is first coded with (``auto`` starts from Deep Compression's 5)."""
+    return 5 if config.zero_run_bits == ZERO_RUN_AUTO else config.zero_run_bits
+
+
+def _smallest_stream(layer: CompressedLayer) -> CompressedLayer:
+    """``layer`` with the relative-index width b_z (1..8) that stores it in the fewest bits,
+    the narrower on a tie. A wider b_z needs fewer padding entries for long zero runs but
+    has a larger run alphabet (and Huffman table); the best width follows the density."""
+    best = min(range(1, 9), key=lambda b: (
+        replace(layer, zero_run_bits=b).size().compressed_bits, b))
+    return replace(layer, zero_run_bits=best)
 
 
 def _float_linears(chain) -> list[nn.Linear]:
@@ -342,7 +475,7 @@ def _codebook_layer(layer: SharedLinear, relu: bool, bits: int, config,
     codebook, index = _sorted_codebook(layer.centroids.detach().numpy(), layer.index.numpy())
     return CompressedLayer(codebook=codebook, index=index.astype(np.uint8),
                            bias=layer.bias.detach().numpy(), relu=relu, index_bits=bits,
-                           zero_run_bits=config.zero_run_bits,
+                           zero_run_bits=_zero_run_bits(config),
                            activation_levels=activation_levels)
 
 
@@ -400,7 +533,7 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
             layers.append(CompressedLayer(
                 codebook=None, basis=basis, index=index.astype(np.uint8),
                 bias=layer.bias.detach().numpy(), relu=relus[i], index_bits=bits[i] + 1,
-                zero_run_bits=config.zero_run_bits, activation_levels=levels[i]))
+                zero_run_bits=_zero_run_bits(config), activation_levels=levels[i]))
         else:
             layers.append(_codebook_layer(layer, relus[i], bits[i], config, levels[i]))
     # The accuracy of what is stored (the basis in float16, the levels as exported).

@@ -71,6 +71,12 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
         "nonzero_params": sum(layer["nonzero"] + layer["shape"][0] for layer in layers),
         "nonzero_weights": sum(layer["nonzero"] for layer in layers),
         "layers": layers,
+        # Multiply-accumulates per inference of the stored chain: every weight, and the nonzero
+        # ones (what the sparse engine does).
+        "macs": sum(layer["weights"] for layer in layers),
+        "nonzero_macs": sum(layer["nonzero"] for layer in layers),
+        "low_rank": model.metadata.get("low_rank"),
+        "accuracy_low_rank": model.metadata.get("accuracy_low_rank"),
         "settings": model.metadata.get("settings", {}),
         "timings_s": timings or {},
     }
@@ -92,6 +98,18 @@ def format_table(report: dict) -> str:
     rows.append(f"{'total':<6} {'':>11} {density:>8.2%} {'':>4} {'':>8} "
                 f"{report['original_bytes']:>11,} {report['compressed_bytes']:>13,} "
                 f"{report['compression_ratio']:>6.1f}x")
+    if report.get("low_rank"):
+        method = report["settings"].get("low_rank", "low rank")
+        for i, row in enumerate(report["low_rank"]):
+            shape = "x".join(str(s) for s in row["shape"])
+            rows.append(f"{method} layer {i + 1}: {shape} rank {row['rank']} "
+                        f"({row['energy_kept']:.2%} of the energy), "
+                        f"{'decomposed' if row['decomposed'] else 'kept whole'}, "
+                        f"{row['macs_before']:,} -> {row['macs_after']:,} multiply-accumulates")
+        before = sum(row["macs_before"] for row in report["low_rank"])
+        rows.append(f"multiply-accumulates per inference: {before:,} dense -> {report['macs']:,} "
+                    f"after {method} -> {report['nonzero_macs']:,} nonzero "
+                    f"(accuracy after {method}: {report['accuracy_low_rank']:.2%})")
     rows.append(f"accuracy: float {report['accuracy_float']:.2%}, pruned "
                 f"{report['accuracy_pruned']:.2%}, compressed {report['accuracy_compressed']:.2%} "
                 f"(drop {report['accuracy_drop_points']:+.2f} points)")

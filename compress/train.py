@@ -117,6 +117,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
           masks: dict[nn.Parameter, torch.Tensor] | None = None,
           regularizer: Callable[[], torch.Tensor] | None = None,
           on_epoch: Callable[[int], None] | None = None,
+          on_step: Callable[[int], None] | None = None,
           desc: str = "train", progress: bool = True) -> list[float]:
     """Train with SGD (Nesterov momentum 0.9) and a cosine learning-rate schedule.
 
@@ -129,6 +130,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
         Returns an extra loss term, added to the cross entropy (DP-Net's clustering penalty).
     on_epoch : callable, optional
         Called with the epoch number before each epoch (e.g. to re-cluster).
+    on_step : callable, optional
+        Called with the step number (from 0, over all epochs) before each step's forward pass
+        (TRP's low-rank projection).
 
     Returns
     -------
@@ -148,6 +152,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
     loss_fn = nn.CrossEntropyLoss()
     masks = masks or {}
     history = []
+    step = 0
     bar = progress_bar(range(epochs), desc=desc, unit="epoch", enabled=progress)
     for epoch in bar:
         if on_epoch is not None:
@@ -157,6 +162,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
         total = 0.0
         for start in range(0, len(x), batch_size):
             batch = order[start:start + batch_size]
+            if on_step is not None:
+                on_step(step)
+            step += 1
             loss = loss_fn(model(x_t[batch]), y_t[batch])
             if regularizer is not None:
                 loss = loss + regularizer()

@@ -1,5 +1,6 @@
 """``python -m compress`` end to end on digits, a user's model and .npz, and its errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -129,6 +130,24 @@ def test_pipeline_options(options):
     if "quality" in options:
         # Pruning by threshold keeps more weights where the threshold factor is lower.
         assert result.model.layers[0].density > result.model.layers[1].density
+
+
+def test_auto_zero_run_bits_stores_each_layer_in_its_fewest_bits(tmp_path):
+    config = dict(epochs=2, prune_rounds=1, retrain_epochs=1, finetune_epochs=0, bits=(3,),
+                  density=(0.1, 0.3, 0.9), progress=False, integer=False)
+    auto = compress_model(CompressConfig(zero_run_bits="auto", **config), log=lambda _: None)
+    fixed = compress_model(CompressConfig(zero_run_bits=5, **config), log=lambda _: None)
+    for chosen, five in zip(auto.model.layers, fixed.model.layers):
+        np.testing.assert_array_equal(chosen.index, five.index)    # only the coding differs
+        sizes = {b: dataclasses.replace(chosen, zero_run_bits=b).size().compressed_bits
+                 for b in range(1, 9)}
+        assert sizes[chosen.zero_run_bits] == min(sizes.values())
+    # Denser layers need fewer bits to reach their next weight.
+    widths = [layer.zero_run_bits for layer in auto.model.layers]
+    assert widths[0] > widths[2]
+    loaded = compress.load(auto.model.save(tmp_path / "auto.dcz"))
+    assert [layer.zero_run_bits for layer in loaded.layers] == widths
+    assert auto.model.metadata["settings"]["zero_run_bits"] == "auto"
 
 
 def test_dp_sharing_error_is_lowest():

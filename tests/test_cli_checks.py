@@ -228,7 +228,8 @@ def test_run_refuses_bad_arguments_by_their_flags(model_and_scaled_data, capsys)
 @pytest.mark.parametrize("args, message", [
     (["--weight-bits", "1"], "--weight-bits must be 2..16, not 1"),
     (["--activation-bits", "17"], "--activation-bits must be 2..16, not 17"),
-    (["--zero-run-bits", "0"], "--zero-run-bits must be 1..8, not 0"),
+    (["--zero-run-bits", "0"], "--zero-run-bits must be 1..8 or 'auto', not 0"),
+    (["--zero-run-bits", "wide"], "expected 1..8 or 'auto', not 'wide'"),
     (["--prune-rounds", "0"], "--prune-rounds must be >= 1, not 0"),
     (["--calibration-samples", "0"], "--calibration-samples must be >= 1, not 0"),
     (["--bits", "9"], "--bits must be 1..8, not 9"),
