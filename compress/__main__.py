@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli import check_output_path, fail
+from .adversarial import ATTACKS
 from .lowrank import LOW_RANK_METHODS
 from .lq import ACTIVATION_QUANTIZERS
 from .data import DATASETS
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranks", type=_number_list(int),
                         help="with --low-rank svd: the rank of each layer, one value or one "
                              "per layer (default: by --energy)")
+    parser.add_argument("--adversarial", default="none", choices=ATTACKS,
+                        help="adversarial training in every training step (dense training, "
+                             "retraining, fine-tuning): fgsm or pgd (10 steps) examples within "
+                             "--epsilon, half of each batch's loss; the report gives the robust "
+                             "accuracy (same attack) before and after compression, float and "
+                             "integer (default: none)")
+    parser.add_argument("--epsilon", type=float, default=0.1,
+                        help="the attack's L-infinity bound on the features, in (0, 1] "
+                             "(default: 0.1)")
     parser.add_argument("--weight-bits", type=int, default=8,
                         help="width B of the integer codebook values, 2..16 (default: 8; "
                              "docs/arithmetic.md)")
@@ -152,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         activation_grid_bits=args.activation_grid_bits,
         cluster_reg=args.cluster_reg, low_rank=args.low_rank, energy=args.energy,
         nuclear=args.nuclear, trp_period=args.trp_period, low_rank_epochs=args.low_rank_epochs,
-        ranks=args.ranks, integer=not args.no_integer,
+        ranks=args.ranks, adversarial=args.adversarial, epsilon=args.epsilon,
+        integer=not args.no_integer,
         weight_bits=args.weight_bits, activation_bits=args.activation_bits,
         calibration_samples=args.calibration_samples, progress=not args.quiet)
     # Every option is checked before any work (the per-layer lists' lengths, which need the

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adversarial import ATTACKS, Adversary, adversarial_examples, robust_accuracy
 from .artifact import CompressedLayer, CompressedModel
 from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
@@ -28,8 +29,8 @@ from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, expo
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
-from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, torch_threads,
-                    train)
+from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, predict,
+                    torch_threads, train)
 
 __all__ = ["ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
 
@@ -78,6 +79,8 @@ class CompressConfig:
     trp_period: int = 1                 # TRP: steps between low-rank projections
     low_rank_epochs: int | None = None  # TRP training, or fine-tuning after SVD
     ranks: tuple[int, ...] | None = None    # SVD: the rank of every layer (else by energy)
+    adversarial: str = "none"           # or fgsm / pgd: adversarial training in every step
+    epsilon: float = 0.1                # the attack's L-infinity bound
     integer: bool = True                # quantize to integers (docs/arithmetic.md) and check
     weight_bits: int = 8                # B: integer codebook value width
     activation_bits: int = 8            # A; with a learned activation quantizer its code bits K
@@ -139,6 +142,15 @@ class CompressConfig:
             raise ValueError(f"activation_grid_bits must be >= the code bits K "
                              f"({self.activation_bits}), not {self.activation_grid_bits!r}")
         self._check_low_rank()
+        if self.adversarial not in ATTACKS:
+            raise ValueError(f"adversarial must be one of {', '.join(ATTACKS)}, not "
+                             f"{self.adversarial!r}")
+        if not 0.0 < self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in (0, 1], not {self.epsilon!r}")
+        if self.adversarial != "none" and self.activation_quantizer != "none":
+            raise ValueError("activation_quantizer must be none with adversarial training: "
+                             "learned activation levels have no input gradient, so the attack "
+                             "could not measure robustness")
         if self.calibration_samples < 1:
             raise ValueError(f"calibration_samples must be >= 1, not "
                              f"{self.calibration_samples!r}")
@@ -183,6 +195,7 @@ class CompressionResult:
     pruned_weights: list[np.ndarray]      # float weights after pruning, before sharing (plots)
     timings: dict = field(default_factory=dict)
     accuracy_int: float | None = None     # the integer reference (sim.run), if quantized
+    robust: dict | None = None            # robust accuracies (adversarial training)
     low_rank: list | None = None          # compress.lowrank.LayerRank of each original layer
     accuracy_low_rank: float | None = None    # after TRP or SVD (and its fine-tuning)
 
@@ -292,10 +305,16 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     # 1. Dense training (built-in models; a loaded model is taken as trained).
     if epochs:
         log(f"training {config.model} for {epochs} epochs (seed {config.seed})")
-        train(net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+        _fit(net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
               weight_decay=weight_decay, seed=config.seed, desc="train", progress=config.progress)
     accuracy_float = accuracy(net, data.x_test, data.y_test)
     log(f"float accuracy: {accuracy_float:.4f}")
+    robust = None
+    if config.adversarial != "none":
+        robust = {"attack": config.adversarial, "epsilon": config.epsilon,
+                  "float": _robust_accuracy(net, data, config)}
+        log(f"robust accuracy ({config.adversarial}, epsilon {config.epsilon:g}): "
+            f"{robust['float']:.4f}")
     lap("train")
 
     # 1b. Low rank (TRP, or truncated SVD then fine-tuning): a decomposed layer becomes two,
@@ -373,9 +392,16 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         log(f"integer accuracy: {accuracy_int:.4f} ({width}-bit activations{codes}, "
             f"{config.weight_bits}-bit codebooks)")
         lap("integer")
+    if robust is not None:
+        robust.update(_robust_after(compressed, data, config))
+        compressed.metadata["robust"] = robust
+        log("robust accuracy after compression: " + ", ".join(
+            f"{k} {robust[k]:.4f}" for k in ("compressed", "compressed_on_grid", "int")
+            if robust.get(k) is not None))
+        lap("robust")
     return CompressionResult(compressed, data, accuracy_float, accuracy_pruned, accuracy_shared,
                              accuracy_compressed, sharing_sse, pruned_weights, timings,
-                             accuracy_int, rank_report, accuracy_low_rank)
+                             accuracy_int, robust, rank_report, accuracy_low_rank)
 
 
 def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epochs, log):
@@ -389,7 +415,7 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
             f"projection every {config.trp_period} step{'s' if config.trp_period > 1 else ''}")
         trp = TrainedRankPruning(linears, energy=config.energy, nuclear=config.nuclear,
                                  period=config.trp_period)
-        train(net, data.x_train, data.y_train, on_step=trp.on_step, regularizer=trp.loss,
+        _fit(net, data, config, on_step=trp.on_step, regularizer=trp.loss,
               desc="TRP", **common)
     with torch.no_grad():
         found = [energy_rank(torch.linalg.svdvals(layer.weight), config.energy)
@@ -403,9 +429,19 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
             f"{'decomposed' if row.decomposed else 'kept whole'}: "
             f"{row.macs_before:,} -> {row.macs_after:,} multiply-accumulates")
     if config.low_rank == "svd" and epochs:
-        train(canonical_sequential(linears, relus), data.x_train, data.y_train,
+        _fit(canonical_sequential(linears, relus), data, config,
               desc="fine-tune factors", **common)
     return linears, relus, report
+
+
+def _fit(net, data, config, **kwargs):
+    """:func:`compress.train.train` on the training set; adversarially (``compress.adversarial``)
+    when ``config.adversarial`` asks, with examples in the training features' range."""
+    adversary = None
+    if config.adversarial != "none":
+        adversary = Adversary(config.adversarial, config.epsilon, float(data.x_train.min()),
+                              float(data.x_train.max()), seed=kwargs["seed"])
+    return train(net, data.x_train, data.y_train, adversary=adversary, **kwargs)
 
 
 def _zero_run_bits(config) -> int:
@@ -488,7 +524,7 @@ def _share_weights(*, data, config, linears, relus, masks, bits, epochs, lr, bat
     accuracy_shared = accuracy(shared_net, data.x_test, data.y_test)
     log(f"weight sharing ({config.quantizer}): squared error {sharing_sse:.6g}, accuracy "
         f"{accuracy_shared:.4f} before fine-tuning")
-    train(shared_net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+    _fit(shared_net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
           weight_decay=0.0, seed=seed, desc="fine-tune centroids", progress=config.progress)
     layers = [_codebook_layer(layer, relus[i], bits[i], config) for i, layer in enumerate(shared)]
     return layers, accuracy_shared, accuracy(shared_net, data.x_test, data.y_test), sharing_sse
@@ -519,7 +555,7 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
         f"{'' if config.activation_quantizer == 'none' else f' of {config.activation_bits} bits'})"
         f": squared weight error {sharing_sse:.6g}, accuracy {accuracy_shared:.4f} before "
         "fine-tuning")
-    train(net, data.x_train, data.y_train, epochs=epochs, lr=lr, batch_size=batch_size,
+    _fit(net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
           weight_decay=0.0, seed=seed, masks={layer.weight: layer.quantizer.mask
                                               for layer in quantized},
           desc="fine-tune quantizers", progress=config.progress)
@@ -565,12 +601,41 @@ def _prune(net, linears, data, config, *, mode, finals, rounds, bits, retrain, l
         regularizer = on_epoch = None
         if last_round and config.cluster_reg > 0:
             regularizer, on_epoch = _clustering_penalty(linears, masks, bits, config)
-        train(net, data.x_train, data.y_train, **retrain, seed=config.seed + r + 1,
+        _fit(net, data, config, **retrain, seed=config.seed + r + 1,
               masks={layer.weight: torch.from_numpy(m).float() for layer, m in
                      zip(linears, masks)},
               regularizer=regularizer, on_epoch=on_epoch,
               desc=f"retrain {r + 1}/{rounds}", progress=config.progress)
     return masks
+
+
+def _robust_accuracy(net, data: Dataset, config) -> float:
+    return robust_accuracy(net, data.x_test, data.y_test, method=config.adversarial,
+                           epsilon=config.epsilon, low=float(data.x_train.min()),
+                           high=float(data.x_train.max()), seed=config.seed)
+
+
+def _robust_after(model: CompressedModel, data: Dataset, config) -> dict:
+    """Robust accuracy of the stored float weights, and of the integer model on the same
+    adversarial examples (made against those float weights: the integer model has no
+    gradient) quantized to its input grid."""
+    import sim
+
+    surrogate = model.to_torch()
+    x = adversarial_examples(surrogate, data.x_test, data.y_test, method=config.adversarial,
+                             epsilon=config.epsilon, low=float(data.x_train.min()),
+                             high=float(data.x_train.max()), seed=config.seed)
+    found = {"compressed": float((predict(surrogate, x) == data.y_test).mean()),
+             "compressed_on_grid": None, "int": None}
+    if model.has_integer:
+        # The examples rounded to the integer input grid: the float weights on those same
+        # inputs separate the rounding of the inputs (large: an attacked example sits near a
+        # decision boundary) from the integer arithmetic's own effect.
+        q = sim.quantize_input(model, x)
+        on_grid = (q * model.layers[0].integer.input_scale).astype(np.float32)
+        found["compressed_on_grid"] = float((predict(surrogate, on_grid) == data.y_test).mean())
+        found["int"] = float((sim.run(model, q).argmax(axis=1) == data.y_test).mean())
+    return found
 
 
 def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:

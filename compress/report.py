@@ -75,6 +75,7 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
         # ones (what the sparse engine does).
         "macs": sum(layer["weights"] for layer in layers),
         "nonzero_macs": sum(layer["nonzero"] for layer in layers),
+        "robust": model.metadata.get("robust"),
         "low_rank": model.metadata.get("low_rank"),
         "accuracy_low_rank": model.metadata.get("accuracy_low_rank"),
         "settings": model.metadata.get("settings", {}),
@@ -122,6 +123,15 @@ def format_table(report: dict) -> str:
                     f"inputs, {first['activation_bits']}-bit activations, "
                     f"int{first['weight_bits']} codebooks, accumulators {widths} bits; "
                     "docs/arithmetic.md)")
+    robust = report.get("robust")
+    if robust:
+        after = ", ".join(f"{what} {robust[key]:.2%}" for what, key in (
+            ("float", "compressed"), ("float on the input grid", "compressed_on_grid"),
+            ("integer", "int")) if robust.get(key) is not None)
+        rows.append(f"robust accuracy ({robust['attack']}, epsilon {robust['epsilon']:g}): "
+                    f"float {robust['float']:.2%}; after compression: {after} (attacks on the "
+                    "compressed float weights; the integer model gets them rounded to its input "
+                    "grid)")
     return "\n".join(rows)
 
 

@@ -118,7 +118,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
           regularizer: Callable[[], torch.Tensor] | None = None,
           on_epoch: Callable[[int], None] | None = None,
           on_step: Callable[[int], None] | None = None,
-          desc: str = "train", progress: bool = True) -> list[float]:
+          adversary=None, desc: str = "train", progress: bool = True) -> list[float]:
     """Train with SGD (Nesterov momentum 0.9) and a cosine learning-rate schedule.
 
     Parameters
@@ -133,6 +133,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
     on_step : callable, optional
         Called with the step number (from 0, over all epochs) before each step's forward pass
         (TRP's low-rank projection).
+    adversary : compress.adversarial.Adversary, optional
+        Adversarial training: its ``loss(model, x, y)`` replaces the cross entropy.
 
     Returns
     -------
@@ -165,7 +167,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
             if on_step is not None:
                 on_step(step)
             step += 1
-            loss = loss_fn(model(x_t[batch]), y_t[batch])
+            if adversary is None:
+                loss = loss_fn(model(x_t[batch]), y_t[batch])
+            else:
+                loss = adversary.loss(model, x_t[batch], y_t[batch])
             if regularizer is not None:
                 loss = loss + regularizer()
             optimizer.zero_grad(set_to_none=True)

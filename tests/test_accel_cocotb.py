@@ -114,6 +114,28 @@ def test_a_trained_lq_nets_model_matches(tmp_path):
     assert outcome.ok and outcome.samples == 12 and outcome.hidden_checked
 
 
+@needs_verilator
+def test_a_trained_trp_model_matches(tmp_path):
+    """TRP through the whole path: ``compress`` trains the digits MLP towards low rank and
+    factorizes it, so the chain has Linear layers with no ReLU between them (signed hidden
+    activations, no ReLU in the drain); the engine equals ``sim`` on every logit and hidden
+    activation with idle cycles and backpressure."""
+    from compress import CompressConfig, compress_model
+
+    config = CompressConfig(low_rank="trp", energy=0.95, low_rank_epochs=1, epochs=8,
+                            prune_rounds=1, retrain_epochs=1, finetune_epochs=1,
+                            density=(0.5,), progress=False)
+    result = compress_model(config, log=lambda _: None)
+    model = compress.load(result.model.save(tmp_path / "trp.dcz"))
+    assert [layer.relu for layer in model.layers][:4] == [False, True, False, True]
+    assert model.layers[1].integer.input_signed
+    x = sim.quantize_input(model, result.dataset.x_test[:12])
+    plan = EnginePlan.from_model(model, n_pes=4)
+    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=4, idle=0.3,
+                             backpressure=0.3)
+    assert outcome.ok and outcome.samples == 12 and outcome.hidden_checked
+
+
 def test_signed_model_odd_shapes_match(tmp_path):
     """Signed inputs and hidden layers without ReLU (signed activations), 3 PEs that divide no
     layer, an input width that is not a multiple of the input lanes, heavy idle cycles and no
