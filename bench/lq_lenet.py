@@ -13,7 +13,7 @@ path: 55.6x at 1.57%). The best LQ-Nets artifact within the error limit is kept 
 ``out/bench/lenet-300-100-lq-seed{SEED}.dcz`` for the hardware benchmark.
 
     python bench/lq_lenet.py [--data-dir DIR] [--configs dp,lq2,lq3,lq2a2] [--seed 0]
-        [--finetune-epochs 16] [--zero-run-bits auto] [--json PATH]
+        [--finetune-epochs 16] [--retrain-epochs 8] [--zero-run-bits auto] [--json PATH]
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ RATIO_AIM = 60.0
 
 
 def run(path: Path, data_dir, name: str, seed: int, finetune_epochs: int, zero_run_bits,
-        out: Path) -> dict:
+        out: Path, retrain_epochs: int | None = None) -> dict:
     quantizer, bits, activation, activation_bits, density = CONFIGS[name]
     recipe = BUILTIN_MODELS["lenet-300-100"].recipe
     config = CompressConfig(
         model=str(path), dataset="mnist", data_dir=data_dir, seed=seed, lr=recipe.lr,
         batch_size=recipe.batch_size, weight_decay=recipe.weight_decay,
         density=density or recipe.density, zero_run_bits=zero_run_bits,
-        prune_rounds=recipe.prune_rounds, retrain_epochs=recipe.retrain_epochs,
+        prune_rounds=recipe.prune_rounds, retrain_epochs=retrain_epochs or recipe.retrain_epochs,
         finetune_epochs=recipe.finetune_epochs if quantizer == "dp" else finetune_epochs,
         finetune_lr=recipe.finetune_lr if quantizer == "dp" else None, bits=bits,
         quantizer=quantizer, activation_quantizer=activation, activation_bits=activation_bits,
@@ -88,6 +88,9 @@ def main() -> int:
     parser.add_argument("--configs", default="dp,lq2,lq3,lq2a2")
     parser.add_argument("--finetune-epochs", type=int, default=16,
                         help="LQ-Nets fine-tuning epochs (dp keeps the recipe's 6)")
+    parser.add_argument("--retrain-epochs", type=int,
+                        help="retraining epochs of each pruning round, every configuration "
+                             "(default: the recipe's 8)")
     parser.add_argument("--zero-run-bits", default="auto",
                         help="b_z of the stored format for every configuration, 1..8 or auto "
                              "(default: auto, the smallest per layer)")
@@ -111,7 +114,7 @@ def main() -> int:
     for name in names:
         print(f"  {name}: {CONFIGS[name]}", flush=True)
         rows.append(run(path, args.data_dir, name, args.seed, args.finetune_epochs,
-                        zero_run_bits, out))
+                        zero_run_bits, out, args.retrain_epochs))
     print(f"\n{'config':<8} {'weights':>12} {'activations':>12} {'ratio':>7} {'bytes':>7} "
           f"{'codebook B':>10} {'index B':>8} {'runs B':>7} {'err float':>9} "
           f"{'err comp':>8} {'err int':>8}  b_z")

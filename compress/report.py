@@ -53,6 +53,10 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
                 layers[-1]["integer"].update(thresholds=layer.integer.thresholds.tolist(),
                                              levels=layer.integer.levels.tolist())
     original = sum(s.dense_bytes for s in sizes)
+    if model.metadata.get("low_rank"):
+        # Against the network before its low-rank factorization (32-bit weights and biases).
+        original = sum(4 * (row["macs_before"] + row["shape"][0])
+                       for row in model.metadata["low_rank"])
     compressed = sum(s.compressed_bytes for s in sizes)
     return {
         "artifact": str(artifact),
