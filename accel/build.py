@@ -314,6 +314,15 @@ def _synthesize(board, plan, out, *, clock_mhz, baud, nextpnr_seed, router, prog
         return error.result, error
 
 
+def _dense_macs(model, plan) -> int:
+    """Multiply-accumulates of the uncompressed network: before a low-rank factorization
+    (``compress --low-rank``) when there was one, else every weight of the plan's layers."""
+    rows = model.metadata.get("low_rank")
+    if rows:
+        return int(sum(row["macs_before"] for row in rows))
+    return int(sum(layer.in_features * layer.out_features for layer in plan.layers))
+
+
 def _report(model, data, board, plan, estimate, x_all, verified, result, *, out, clock_mhz,
             engine_options, balance, baud, simulator, nextpnr_seed, router, nextpnr_options,
             model_path, started) -> dict:
@@ -341,8 +350,7 @@ def _report(model, data, board, plan, estimate, x_all, verified, result, *, out,
         "cycles_per_inference_test_set_model": steady["cycles_per_inference"],
         "weight_bytes_on_chip": weight_bytes(plan)["total"],
         "weight_bytes_by_memory": weight_bytes(plan)["by_kind"],
-        "dense_macs_per_inference": int(sum(l.in_features * l.out_features
-                                            for l in plan.layers)),
+        "dense_macs_per_inference": _dense_macs(model, plan),
         "useful_macs_per_inference": verified["useful_macs_per_inference"],
     }
     if result is None:

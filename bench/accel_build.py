@@ -20,7 +20,8 @@ thread and all threads, best of ``--repeats``. The block RAM and multiplier
 estimates of the fit check are printed beside what place and route used.
 
     python bench/accel_build.py [--model ARTIFACT] [--data-dir D] [--clock-mhz F]
-                                [--samples 300] [--out out/bench/build-lenet] [--json PATH]
+                                [--samples 300] [--peer-model ARTIFACT]
+                                [--out out/bench/build-lenet] [--json PATH]
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ def main() -> int:
                         help="the second process's cocotb simulator (default verilator)")
     parser.add_argument("--nextpnr-seed", type=int, default=1,
                         help="placement seed (default 1, as python -m accel.build)")
+    parser.add_argument("--peer-model", type=Path,
+                        help="another artifact (e.g. the undecomposed model) verified on the "
+                             "same images in the same run: its cycles per inference and rate "
+                             "at this build's clock are printed beside")
     parser.add_argument("--out", type=Path, default=CACHE / "build-lenet")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -128,6 +133,26 @@ def main() -> int:
     print()
     print(format_table(report))
 
+    peer = None
+    if args.peer_model is not None:
+        peer_json = args.out / "verify-peer.json"
+        peer_json.unlink(missing_ok=True)
+        peer_command = [c if c != str(args.model) else str(args.peer_model) for c in command]
+        peer_command[peer_command.index("--json") + 1] = str(peer_json)
+        peer_command[peer_command.index("--build-dir") + 1] = str(args.out / "verify-peer")
+        print(f"the peer: {' '.join(peer_command[1:])}", flush=True)
+        with open(args.out / "verify-peer.log", "w") as log:
+            code = subprocess.run(peer_command, stdout=log, stderr=subprocess.STDOUT).returncode
+        if code != 0 or not peer_json.exists():
+            print((args.out / "verify-peer.log").read_text())
+            print(f"the peer's verification failed (exit code {code})")
+            return 1
+        peer = json.loads(peer_json.read_text())
+        report["peer"] = {key: peer[key] for key in (
+            "samples", "mismatches", "cycles_per_inference", "predicted_cycles")}
+        report["peer"]["model"] = str(args.peer_model)
+        report["peer"]["inferences_per_second"] = clock_hz / peer["cycles_per_inference"]
+
     x = data.x_test[:2000].astype(np.float32)
     threads = torch.get_num_threads() or 2
     torch_1 = torch_batch1(model, x, args.repeats, 1)
@@ -149,6 +174,12 @@ def main() -> int:
           f"the cycle model predicts "
           f"{verified['predicted_cycles']:.1f}), PE utilization {verified['pe_utilization']:.1%}")
     print(f"  FPGA:                     {board_rate:>12,.0f} inferences/s")
+    if peer is not None:
+        print(f"  peer {args.peer_model.name}: cycles per inference "
+              f"{peer['cycles_per_inference']:.1f} ({peer['samples']} images, "
+              f"{peer['mismatches']} mismatches), {report['peer']['inferences_per_second']:,.0f} "
+              f"inferences/s at this clock (this model / peer "
+              f"{board_rate / report['peer']['inferences_per_second']:.2f}x)")
     print(f"  PyTorch CPU batch 1, 1 thread:   {torch_1:>12,.0f} inferences/s "
           f"(FPGA / PyTorch {board_rate / torch_1:.1f}x)")
     print(f"  PyTorch CPU batch 1, {threads} threads:  {torch_all:>12,.0f} "

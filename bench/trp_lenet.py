@@ -61,7 +61,7 @@ def run(name: str, path: Path, args, out: Path, **settings) -> dict:
     start = time.perf_counter()
     result = compress_model(CompressConfig(**config),
                             log=lambda line: print(f"    {line}", flush=True))
-    artifact = result.model.save(out / f"{name}.dcz")
+    artifact = result.model.save(out / f"{name}-{args.tag}.dcz")
     sizes = result.model.sizes()
     layers = result.model.layers
     dense_macs = sum(row.macs_before for row in result.low_rank) if result.low_rank else \
@@ -94,10 +94,20 @@ def main() -> int:
                         help="DP codebook bits of the unpruned comparison (default 6)")
     parser.add_argument("--compress", help="densities of the pruned TRP model, comma-separated")
     parser.add_argument("--compress-bits", type=int, default=4,
-                        help="DP codebook bits of the pruned TRP model's layers (default 4)")
+                        help="codebook bits of the pruned TRP model's layers (default 4)")
+    parser.add_argument("--compress-quantizer", default="dp",
+                        help="the pruned TRP model's quantizer (default dp; lq: LQ-Nets, "
+                             "--compress-bits the basis bits)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="with --compress, skip Deep Compression's path (a run that "
+                             "already has it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # The artifacts' names carry the settings that change them.
+    args.tag = (f"e{args.epochs}-energy{args.energy:g}-n{args.nuclear:g}-m{args.trp_period}"
+                + (f"-{args.compress_quantizer}{args.compress_bits}-d{args.compress}"
+                   if args.compress else ""))
     if mnist_missing(args.data_dir):
         return 0
     data = load_dataset("mnist", data_dir=args.data_dir, seed=args.seed)
@@ -122,9 +132,13 @@ def main() -> int:
         print(f"  trp, pruned to {densities}, DP, Huffman", flush=True)
         rows.append(run("trp+dc", path, args, out, low_rank="trp", nuclear=args.nuclear,
                         trp_period=args.trp_period, density=densities,
-                        bits=(args.compress_bits,), zero_run_bits="auto", **low_rank))
+                        bits=(args.compress_bits,), quantizer=args.compress_quantizer,
+                        zero_run_bits="auto", **low_rank,
+                        **({} if args.compress_quantizer == "dp" else
+                           dict(finetune_epochs=16, finetune_lr=None))))
         print("  dp: Deep Compression's path (the recipe)", flush=True)
-        rows.append(run("dp", path, args, out, zero_run_bits="auto"))
+        if not args.no_peer:
+            rows.append(run("dp", path, args, out, zero_run_bits="auto"))
 
     dense = rows[0]
     print(f"\n{'config':<7} {'ranks':>12} {'MACs':>8} {'fewer':>6} {'nonzero':>8} "
