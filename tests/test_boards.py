@@ -376,3 +376,18 @@ def test_estimate_drops_the_requantizer_when_no_layer_requantizes():
     assert plain.lutram_cells == learned.lutram_cells and plain.brams == learned.brams
     assert learned.luts - plain.luts == comparators - 2 * resources.LUTS_PER_REQUANTIZER
     assert learned.multipliers < plain.multipliers
+
+
+def test_pointer_memories_one_lut_ram_cell_deep_leave_block_ram():
+    from accel.gateware.primitives import ONE_CELL_DEPTH
+
+    # Layer 1 reads 12 activations (12 pointers a PE: one 16x4 LUT RAM cell deep), layer 0 40.
+    plan = EnginePlan.from_model(random_model(3, [40, 12, 10]), n_pes=2)
+    found = {name: (depth, style) for name, depth, _, _, style in memories(plan)}
+    assert found["engine.pe0.pointer.pointers0"] == (40, "block")
+    assert found["engine.pe0.pointer.pointers1"] == (12, "distributed") and 12 <= ONE_CELL_DEPTH
+    deeper = EnginePlan.from_model(random_model(3, [40, 17, 10]), n_pes=2)
+    assert {name: style for name, _, _, _, style in memories(deeper)}[
+        "engine.pe0.pointer.pointers1"] == "block"
+    board = get_board("ulx3s")
+    assert estimate_resources(plan, board).brams < estimate_resources(deeper, board).brams

@@ -308,6 +308,11 @@ def _check_plan(component, plan):
 #: (about 5.6 ns clock-to-out on the ECP5) would otherwise start the drain's and the decoder's
 #: critical paths, and a few rows of biases or codewords would each hold a whole block RAM.
 SMALL_MEMORY_DEPTH = 64
+#: A memory kept in block RAM for its address path (``block=True``) still goes to LUT RAM when
+#: it is at most this deep: one ECP5 LUT RAM cell (16x4) deep, it has no read mux tree to
+#: lengthen that path, and a whole block RAM per PE for a few rows (the small layers of a
+#: factorized network) would not fit 16 PEs' worth on the ULX3S-85F.
+ONE_CELL_DEPTH = 16
 
 
 def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
@@ -317,14 +322,17 @@ def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
     ``small_in_lutram=False`` keeps a memory in block RAM however shallow: one whose read
     address comes from logic and whose read data is registered anyway, where a block RAM's
     address register ends the address path and LUT RAM's read mux would lengthen it.
-    ``block=True`` keeps it in block RAM however narrow or deep, for the same reason.
+    ``block=True`` keeps it in block RAM however narrow, for the same reason, unless it is at
+    most :data:`ONE_CELL_DEPTH` deep.
     ``strobe_from``: the bus a clock before ``bus`` (``bus`` is its copy, registered); the
     write enable is then decoded from it and registered, so that it comes from a flip-flop of
     its own (timing: the decode of the address, then LUT RAM's decode of its rows, was the
     critical path of 16-PE LeNet-300-100).
     """
     region = plan.region(region_name, layer, pe)
-    if block:
+    if block and region.depth <= ONE_CELL_DEPTH:
+        attrs = _lutram_attrs(platform)
+    elif block:
         attrs = _block_ram_attrs(platform)
     elif region.depth > SMALL_MEMORY_DEPTH:
         attrs = {}

@@ -68,10 +68,10 @@ class PointerStage(wiring.Component):
         layers, w = plan.layers, pe_widths(plan)
         m = Module()
 
-        # Block RAM, however small: the pointer address comes from the queue head's lane
-        # choice, and a block RAM's address register ends that path where LUT RAM's read
-        # and its mux tree would lengthen it (timing: on 16-PE LeNet-300-100 a 100-deep
-        # pointer memory in LUT RAM was the critical path).
+        # Block RAM unless one LUT RAM cell deep: the pointer address comes from the queue
+        # head's lane choice, and a block RAM's address register ends that path where LUT
+        # RAM's read and its mux tree would lengthen it (timing: on 16-PE LeNet-300-100 a
+        # 100-deep pointer memory in LUT RAM was the critical path).
         pointers = [_read_port(m, _memory(m, f"pointers{i}", plan, None, "pointers", i, p,
                                           unsigned(layer.image.pointer_word_bits), platform,
                                           block=True, strobe_from=self.write), f"pointers{i}")
