@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["ATTACKS", "PGD_STEPS", "Adversary", "adversarial_examples", "attack", "robust_accuracy"]
+__all__ = ["ATTACKS", "PGD_STEPS", "Adversary", "adversarial_examples", "attack",
+           "compressed_robustness", "robust_accuracy"]
 
 #: ``--adversarial`` choices.
 ATTACKS = ("none", "fgsm", "pgd")
@@ -114,3 +115,28 @@ def robust_accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, *, method: s
 
     return accuracy(model, adversarial_examples(model, x, y, method=method, epsilon=epsilon,
                                                 low=low, high=high, seed=seed), y)
+
+
+def compressed_robustness(model, data, *, method: str, epsilon: float, seed: int = 0) -> dict:
+    """Robust accuracies of a ``CompressedModel`` on ``data``'s test set: ``compressed`` (its
+    float weights, attacked white-box), and, when it has integer data, ``int`` (the integer
+    model on those examples rounded to its input grid: it has no gradient) and
+    ``compressed_on_grid`` (the float weights on the same rounded examples, which separates
+    the rounding of the inputs, large for an attacked example near a decision boundary, from
+    the integer arithmetic's own effect)."""
+    import sim  # the next stage's public API; imported here so compress loads without it
+
+    from .train import predict
+
+    surrogate = model.to_torch()
+    x = adversarial_examples(surrogate, data.x_test, data.y_test, method=method,
+                             epsilon=epsilon, low=float(data.x_train.min()),
+                             high=float(data.x_train.max()), seed=seed)
+    found = {"compressed": float((predict(surrogate, x) == data.y_test).mean()),
+             "compressed_on_grid": None, "int": None}
+    if model.has_integer:
+        q = sim.quantize_input(model, x)
+        on_grid = (q * model.layers[0].integer.input_scale).astype(np.float32)
+        found["compressed_on_grid"] = float((predict(surrogate, on_grid) == data.y_test).mean())
+        found["int"] = float((sim.run(model, q).argmax(axis=1) == data.y_test).mean())
+    return found

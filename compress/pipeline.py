@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adversarial import ATTACKS, Adversary, adversarial_examples, robust_accuracy
+from .adversarial import ATTACKS, Adversary, compressed_robustness, robust_accuracy
 from .artifact import CompressedLayer, CompressedModel
 from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
@@ -29,7 +29,7 @@ from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, expo
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
-from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, predict,
+from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential,
                     torch_threads, train)
 
 __all__ = ["ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
@@ -393,7 +393,9 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
             f"{config.weight_bits}-bit codebooks)")
         lap("integer")
     if robust is not None:
-        robust.update(_robust_after(compressed, data, config))
+        robust.update(compressed_robustness(
+            compressed, data, method=config.adversarial, epsilon=config.epsilon,
+            seed=config.seed))
         compressed.metadata["robust"] = robust
         log("robust accuracy after compression: " + ", ".join(
             f"{k} {robust[k]:.4f}" for k in ("compressed", "compressed_on_grid", "int")
@@ -613,29 +615,6 @@ def _robust_accuracy(net, data: Dataset, config) -> float:
     return robust_accuracy(net, data.x_test, data.y_test, method=config.adversarial,
                            epsilon=config.epsilon, low=float(data.x_train.min()),
                            high=float(data.x_train.max()), seed=config.seed)
-
-
-def _robust_after(model: CompressedModel, data: Dataset, config) -> dict:
-    """Robust accuracy of the stored float weights, and of the integer model on the same
-    adversarial examples (made against those float weights: the integer model has no
-    gradient) quantized to its input grid."""
-    import sim
-
-    surrogate = model.to_torch()
-    x = adversarial_examples(surrogate, data.x_test, data.y_test, method=config.adversarial,
-                             epsilon=config.epsilon, low=float(data.x_train.min()),
-                             high=float(data.x_train.max()), seed=config.seed)
-    found = {"compressed": float((predict(surrogate, x) == data.y_test).mean()),
-             "compressed_on_grid": None, "int": None}
-    if model.has_integer:
-        # The examples rounded to the integer input grid: the float weights on those same
-        # inputs separate the rounding of the inputs (large: an attacked example sits near a
-        # decision boundary) from the integer arithmetic's own effect.
-        q = sim.quantize_input(model, x)
-        on_grid = (q * model.layers[0].integer.input_scale).astype(np.float32)
-        found["compressed_on_grid"] = float((predict(surrogate, on_grid) == data.y_test).mean())
-        found["int"] = float((sim.run(model, q).argmax(axis=1) == data.y_test).mean())
-    return found
 
 
 def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:
