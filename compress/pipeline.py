@@ -257,20 +257,10 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
     log(f"data: {data.describe()}")
 
     chain = linear_chain(module)
-    if chain[0].linear.in_features != data.n_features:
-        raise ValueError(f"model {config.model!r} takes {chain[0].linear.in_features} inputs but "
-                         f"data set {data.name!r} has {data.n_features} features")
-    if chain[-1].linear.out_features < data.n_classes:
-        raise ValueError(f"model {config.model!r} has {chain[-1].linear.out_features} outputs but "
-                         f"data set {data.name!r} has {data.n_classes} classes")
+    _check_chain(chain, data, config)
     n_layers = len(chain)
     linears = _float_linears(chain)
     relus = [s.relu for s in chain]
-    if config.activation_quantizer != "none" and not all(relus[:-1]):
-        raise ValueError(f"a trained activation quantizer ({config.activation_quantizer}) needs a ReLU after "
-                         f"every hidden layer (its levels start at 0, docs/arithmetic.md A10), "
-                         f"and layer {relus.index(False)} has none: use none (uniform integer "
-                         f"activations) for this model")
     net = canonical_sequential(linears, relus)
 
     def pick(value, default):
@@ -296,25 +286,16 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         finals = _per_layer(config.density or recipe.density, n_layers, "density",
                             factored=factored)
     ranks = _per_layer(config.ranks, n_layers, "ranks")
-    for i, (rank, layer) in enumerate(zip(ranks, linears)):
-        if rank is not None and rank > min(layer.weight.shape):
-            raise ValueError(f"ranks must be at most a layer's smaller side: layer {i} "
-                             f"({layer.out_features}x{layer.in_features}) has rank at most "
-                             f"{min(layer.weight.shape)}, not {rank}")
+    _check_ranks(ranks, linears)
 
     # 1. Dense training (built-in models; a loaded model is taken as trained).
     if epochs:
         log(f"training {config.model} for {epochs} epochs (seed {config.seed})")
         _fit(net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
-              weight_decay=weight_decay, seed=config.seed, desc="train", progress=config.progress)
+             weight_decay=weight_decay, seed=config.seed, desc="train", progress=config.progress)
     accuracy_float = accuracy(net, data.x_test, data.y_test)
     log(f"float accuracy: {accuracy_float:.4f}")
-    robust = None
-    if config.adversarial != "none":
-        robust = {"attack": config.adversarial, "epsilon": config.epsilon,
-                  "float": _robust_accuracy(net, data, config)}
-        log(f"robust accuracy ({config.adversarial}, epsilon {config.epsilon:g}): "
-            f"{robust['float']:.4f}")
+    robust = _robust_before(net, data, config, log)
     lap("train")
 
     # 1b. Low rank (TRP, or truncated SVD then fine-tuning): a decomposed layer becomes two,
@@ -418,7 +399,7 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
         trp = TrainedRankPruning(linears, energy=config.energy, nuclear=config.nuclear,
                                  period=config.trp_period)
         _fit(net, data, config, on_step=trp.on_step, regularizer=trp.loss,
-              desc="TRP", **common)
+             desc="TRP", **common)
     with torch.no_grad():
         found = [energy_rank(torch.linalg.svdvals(layer.weight), config.energy)
                  for layer in linears]
@@ -432,7 +413,7 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
             f"{row.macs_before:,} -> {row.macs_after:,} multiply-accumulates")
     if config.low_rank == "svd" and epochs:
         _fit(canonical_sequential(linears, relus), data, config,
-              desc="fine-tune factors", **common)
+             desc="fine-tune factors", **common)
     return linears, relus, report
 
 
@@ -527,7 +508,7 @@ def _share_weights(*, data, config, linears, relus, masks, bits, epochs, lr, bat
     log(f"weight sharing ({config.quantizer}): squared error {sharing_sse:.6g}, accuracy "
         f"{accuracy_shared:.4f} before fine-tuning")
     _fit(shared_net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
-          weight_decay=0.0, seed=seed, desc="fine-tune centroids", progress=config.progress)
+         weight_decay=0.0, seed=seed, desc="fine-tune centroids", progress=config.progress)
     layers = [_codebook_layer(layer, relus[i], bits[i], config) for i, layer in enumerate(shared)]
     return layers, accuracy_shared, accuracy(shared_net, data.x_test, data.y_test), sharing_sse
 
@@ -558,9 +539,9 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
         f": squared weight error {sharing_sse:.6g}, accuracy {accuracy_shared:.4f} before "
         "fine-tuning")
     _fit(net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
-          weight_decay=0.0, seed=seed, masks={layer.weight: layer.quantizer.mask
-                                              for layer in quantized},
-          desc="fine-tune quantizers", progress=config.progress)
+         weight_decay=0.0, seed=seed, masks={layer.weight: layer.quantizer.mask
+                                             for layer in quantized},
+         desc="fine-tune quantizers", progress=config.progress)
     levels = [unsigned_levels(q.basis.numpy()) for q in activations]
     levels += [None] * (len(relus) - len(levels))        # the logits, or no quantizers
     layers = []
@@ -604,17 +585,47 @@ def _prune(net, linears, data, config, *, mode, finals, rounds, bits, retrain, l
         if last_round and config.cluster_reg > 0:
             regularizer, on_epoch = _clustering_penalty(linears, masks, bits, config)
         _fit(net, data, config, **retrain, seed=config.seed + r + 1,
-              masks={layer.weight: torch.from_numpy(m).float() for layer, m in
-                     zip(linears, masks)},
-              regularizer=regularizer, on_epoch=on_epoch,
-              desc=f"retrain {r + 1}/{rounds}", progress=config.progress)
+             masks={layer.weight: torch.from_numpy(m).float() for layer, m in
+                    zip(linears, masks)},
+             regularizer=regularizer, on_epoch=on_epoch,
+             desc=f"retrain {r + 1}/{rounds}", progress=config.progress)
     return masks
 
 
-def _robust_accuracy(net, data: Dataset, config) -> float:
-    return robust_accuracy(net, data.x_test, data.y_test, method=config.adversarial,
-                           epsilon=config.epsilon, low=float(data.x_train.min()),
-                           high=float(data.x_train.max()), seed=config.seed)
+def _check_chain(chain, data: Dataset, config) -> None:
+    """The model's chain against the data set and the activation quantizer."""
+    if chain[0].linear.in_features != data.n_features:
+        raise ValueError(f"model {config.model!r} takes {chain[0].linear.in_features} inputs but "
+                         f"data set {data.name!r} has {data.n_features} features")
+    if chain[-1].linear.out_features < data.n_classes:
+        raise ValueError(f"model {config.model!r} has {chain[-1].linear.out_features} outputs but "
+                         f"data set {data.name!r} has {data.n_classes} classes")
+    relus = [s.relu for s in chain]
+    if config.activation_quantizer != "none" and not all(relus[:-1]):
+        raise ValueError(f"a trained activation quantizer ({config.activation_quantizer}) needs a "
+                         f"ReLU after every hidden layer (its levels start at 0, "
+                         f"docs/arithmetic.md A10), and layer {relus.index(False)} has none: use "
+                         f"none (uniform integer activations) for this model")
+
+
+def _check_ranks(ranks, linears) -> None:
+    for i, (rank, layer) in enumerate(zip(ranks, linears)):
+        if rank is not None and rank > min(layer.weight.shape):
+            raise ValueError(f"ranks must be at most a layer's smaller side: layer {i} "
+                             f"({layer.out_features}x{layer.in_features}) has rank at most "
+                             f"{min(layer.weight.shape)}, not {rank}")
+
+
+def _robust_before(net, data: Dataset, config, log) -> dict | None:
+    """With adversarial training, the trained float network's robust accuracy (the report's
+    ``robust``, completed after compression), else None."""
+    if config.adversarial == "none":
+        return None
+    found = robust_accuracy(net, data.x_test, data.y_test, method=config.adversarial,
+                            epsilon=config.epsilon, low=float(data.x_train.min()),
+                            high=float(data.x_train.max()), seed=config.seed)
+    log(f"robust accuracy ({config.adversarial}, epsilon {config.epsilon:g}): {found:.4f}")
+    return {"attack": config.adversarial, "epsilon": config.epsilon, "float": found}
 
 
 def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:
