@@ -85,8 +85,10 @@ def main() -> int:
 
     print(f"\nLeNet-300-100, {args.adversarial} at epsilon {args.epsilon:g}: clean / robust "
           "accuracy")
-    print(f"{'training':<10} {'float':>17} {'compressed float':>17} {'integer':>17} "
-          f"{'int, robust on grid':>19} {'ratio':>7}")
+    print(f"{'':<10} {'float':>17} {'compressed float':>17} {'integer':>17} "
+          f"{'compressed float':>19} {'':>7}")
+    print(f"{'training':<10} {'clean':>8} {'robust':>8} {'clean':>8} {'robust':>8} "
+          f"{'clean':>8} {'robust':>8} {'robust, on grid':>19} {'ratio':>7}")
     for r in rows:
         rb = r["robust"]
         print(f"{r['adversarial']:<10} {pct(r['clean_float']):>8} {pct(rb['float']):>8} "
