@@ -187,3 +187,14 @@ def test_per_layer_lists_for_the_decomposed_chain():
 def test_low_rank_settings_are_checked_before_training(kwargs, message):
     with pytest.raises(ValueError, match=message):
         compress_model(CompressConfig(epochs=0, progress=False, **kwargs), log=lambda _: None)
+
+
+def test_low_rank_factors_take_lq_nets_per_row_bases(tmp_path):
+    result = compress_model(CompressConfig(low_rank="svd", ranks=(8, 8, 4), quantizer="lq",
+                                           bits=(2,), density=(0.6,), **_QUICK),
+                            log=lambda _: None)
+    model = compress.load(result.model.save(tmp_path / "lq.dcz"))
+    assert len(model.layers) == 6 and all(layer.integer.per_row for layer in model.layers)
+    x = sim.quantize_input(model, result.dataset.x_test)
+    accuracy = float((sim.run(model, x).argmax(1) == result.dataset.y_test).mean())
+    assert accuracy == pytest.approx(result.accuracy_int)
