@@ -22,8 +22,8 @@ compression ratio (against the original network's 32-bit weights and biases) at 
 of at most 1.6%.
 
     python bench/trp_lenet.py [--data-dir DIR] [--epochs 2] [--energy 0.99] [--nuclear 3e-4]
-        [--trp-period 1] [--bits 6] [--compress 0.3,0.3,...] [--compress-bits 4] [--seed 0]
-        [--json PATH]
+        [--trp-period 1] [--bits 6] [--compress 0.3,0.3,...] [--compress-bits 4]
+        [--compress-quantizer dp|lq] [--no-peer] [--seed 0] [--json PATH]
 """
 
 from __future__ import annotations
