@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 __all__ = ["ATTACKS", "PGD_STEPS", "Adversary", "adversarial_examples", "attack",
-           "compressed_robustness", "robust_accuracy"]
+           "check_attack", "compressed_robustness", "robust_accuracy"]
 
 #: ``--adversarial`` choices.
 ATTACKS = ("none", "fgsm", "pgd")
@@ -35,8 +35,10 @@ ATTACKS = ("none", "fgsm", "pgd")
 PGD_STEPS = 10
 
 
-def _check(method: str, epsilon: float) -> None:
-    if method not in ATTACKS[1:]:
+def check_attack(method: str, epsilon: float, *, allow_none: bool = False) -> None:
+    """``ValueError`` for an unknown attack (``none`` only with ``allow_none``) or an
+    ``epsilon`` outside (0, 1]."""
+    if method not in (ATTACKS if allow_none else ATTACKS[1:]):
         raise ValueError(f"adversarial must be one of {', '.join(ATTACKS)}, not {method!r}")
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or \
             not 0.0 < epsilon <= 1.0:
@@ -54,7 +56,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, method: str, e
            low: float, high: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Adversarial examples for ``x`` (float features) against ``model``, within ``epsilon`` of
     ``x`` in every feature and within ``[low, high]``. ``model``'s mode is left as it was."""
-    _check(method, epsilon)
+    check_attack(method, epsilon)
     training = model.training
     model.eval()
     try:
@@ -85,7 +87,7 @@ class Adversary:
     seed: int = 0
 
     def __post_init__(self):
-        _check(self.method, self.epsilon)
+        check_attack(self.method, self.epsilon)
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

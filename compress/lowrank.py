@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LOW_RANK_METHODS", "LayerRank", "TrainedRankPruning", "energy_rank", "factorize",
-           "truncate"]
+__all__ = ["LOW_RANK_METHODS", "LayerRank", "TrainedRankPruning", "check_settings",
+           "energy_rank", "factorize", "truncate"]
 
 #: ``--low-rank`` choices.
 LOW_RANK_METHODS = ("none", "trp", "svd")
@@ -40,6 +40,15 @@ def _check_energy(energy) -> float:
             not 0.0 < energy <= 1.0:
         raise ValueError(f"energy must be in (0, 1], not {energy!r}")
     return float(energy)
+
+
+def check_settings(*, energy, nuclear, period) -> None:
+    """``ValueError`` naming the first of TRP's settings out of range."""
+    _check_energy(energy)
+    if isinstance(nuclear, bool) or not isinstance(nuclear, (int, float)) or not nuclear >= 0:
+        raise ValueError(f"nuclear must be >= 0, not {nuclear!r}")
+    if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        raise ValueError(f"trp_period must be >= 1, not {period!r}")
 
 
 def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
@@ -84,11 +93,8 @@ class TrainedRankPruning:
 
     def __init__(self, linears: Sequence[nn.Linear], *, energy: float, nuclear: float,
                  period: int, masks: Sequence[torch.Tensor] | None = None):
-        self.energy = _check_energy(energy)
-        if isinstance(nuclear, bool) or not isinstance(nuclear, (int, float)) or nuclear < 0:
-            raise ValueError(f"nuclear must be >= 0, not {nuclear!r}")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ValueError(f"trp_period must be >= 1, not {period!r}")
+        check_settings(energy=energy, nuclear=nuclear, period=period)
+        self.energy = float(energy)
         self.linears, self.nuclear, self.period = list(linears), float(nuclear), period
         self.masks = list(masks) if masks is not None else [None] * len(self.linears)
         self.ranks = [min(layer.weight.shape) for layer in self.linears]

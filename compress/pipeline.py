@@ -17,14 +17,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adversarial import ATTACKS, Adversary, compressed_robustness, robust_accuracy
+from .adversarial import Adversary, check_attack, compressed_robustness, robust_accuracy
 from .artifact import CompressedLayer, CompressedModel
 from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
 from .data import MAX_SEED, Dataset, load_dataset
 from .integer import quantize_model
 from .levels import unsigned_levels
-from .lowrank import LOW_RANK_METHODS, TrainedRankPruning, energy_rank, factorize
+from .lowrank import (LOW_RANK_METHODS, TrainedRankPruning, check_settings, energy_rank,
+                      factorize)
 from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
@@ -142,11 +143,7 @@ class CompressConfig:
             raise ValueError(f"activation_grid_bits must be >= the code bits K "
                              f"({self.activation_bits}), not {self.activation_grid_bits!r}")
         self._check_low_rank()
-        if self.adversarial not in ATTACKS:
-            raise ValueError(f"adversarial must be one of {', '.join(ATTACKS)}, not "
-                             f"{self.adversarial!r}")
-        if not 0.0 < self.epsilon <= 1.0:
-            raise ValueError(f"epsilon must be in (0, 1], not {self.epsilon!r}")
+        check_attack(self.adversarial, self.epsilon, allow_none=True)
         if self.adversarial != "none" and self.activation_quantizer != "none":
             raise ValueError("activation_quantizer must be none with adversarial training: "
                              "learned activation levels have no input gradient, so the attack "
@@ -161,13 +158,7 @@ class CompressConfig:
         if self.low_rank not in LOW_RANK_METHODS:
             raise ValueError(f"low_rank must be one of {', '.join(LOW_RANK_METHODS)}, not "
                              f"{self.low_rank!r}")
-        if not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"energy must be in (0, 1], not {self.energy!r}")
-        if not self.nuclear >= 0.0:
-            raise ValueError(f"nuclear must be >= 0, not {self.nuclear!r}")
-        if isinstance(self.trp_period, bool) or not isinstance(self.trp_period, int) or \
-                self.trp_period < 1:
-            raise ValueError(f"trp_period must be >= 1, not {self.trp_period!r}")
+        check_settings(energy=self.energy, nuclear=self.nuclear, period=self.trp_period)
         if self.low_rank_epochs is not None and self.low_rank_epochs < 0:
             raise ValueError(f"low_rank_epochs must be >= 0, not {self.low_rank_epochs!r}")
         for r in self.ranks or ():
