@@ -281,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-width", type=int, default=MAX_WIDTH,
                         help=f"cap on layer widths (default {MAX_WIDTH}; a case depends on it)")
     parser.add_argument("--max-layers", type=int, default=MAX_LAYERS,
-                        help=f"cap on layers (default {MAX_LAYERS}; a case depends on it)")
+                        help=f"cap on drawn layers (default {MAX_LAYERS}; a case depends on it; "
+                             "a factorized one, a rank layer before it, counts once)")
     parser.add_argument("--max-pes", type=int, default=None,
                         help="cap on the engine's PEs (default none; a case depends on it)")
     parser.add_argument("--no-reload", action="store_true", help="skip the mid-stream reload")

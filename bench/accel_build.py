@@ -75,6 +75,8 @@ def main() -> int:
                         help="the second process's cocotb simulator (default verilator)")
     parser.add_argument("--nextpnr-seed", type=int, default=1,
                         help="placement seed (default 1, as python -m accel.build)")
+    parser.add_argument("--router", choices=["auto", "router1", "router2"], default="auto",
+                        help="nextpnr-ecp5's router (default auto, as python -m accel.build)")
     parser.add_argument("--peer-model", type=Path,
                         help="another artifact (e.g. the undecomposed model) verified on the "
                              "same images in the same run: its cycles per inference and rate "
@@ -104,7 +106,7 @@ def main() -> int:
         try:
             report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz,
                            pes=args.pes, model_path=args.model,
-                           nextpnr_seed=args.nextpnr_seed)
+                           nextpnr_seed=args.nextpnr_seed, router=args.router)
         except TimingError as error:           # the report is written: print its figures
             print(f"\n{error}")
             report = json.loads((args.out / "report.json").read_text())

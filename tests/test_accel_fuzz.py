@@ -40,7 +40,9 @@ def _ends(values, low, high):
 
 
 def test_shapes(cases):
-    _ends((len(c.model.layers) for c in cases), 1, random_cases.MAX_LAYERS)
+    _ends((len(c.profile["factored"]) for c in cases), 1, random_cases.MAX_LAYERS)
+    assert all(len(c.model.layers) == len(c.profile["factored"]) + sum(c.profile["factored"])
+               for c in cases)
     widths = [c.model.in_features for c in cases] + [l.out_features for _, _, l in _layers(cases)]
     assert min(widths) == 1 and max(widths) > 250 and max(widths) <= random_cases.MAX_WIDTH
     assert np.mean(np.array(widths) <= 16) > 0.5          # mostly small
@@ -153,6 +155,29 @@ def test_lq_layers(cases):
         spread += sum(len(np.unique(y)) > 1 for y, layer in zip(outputs, case.model.layers)
                       if layer.integer.code_bits)
     assert spread >= 5
+
+
+def test_factorized_layers(cases):
+    """TRP's export (issue 23): a rank layer (zero bias, no ReLU, at most as wide as the layers
+    around it) before a drawn layer, which then takes signed inputs; chains of several, and
+    the drawn layers of an unfactored case as before this was added."""
+    factors = 0
+    for case in cases:
+        layers, drawn = case.model.layers, iter(case.profile["factored"])
+        i = 0
+        while i < len(layers):
+            if next(drawn):
+                rank, after = layers[i], layers[i + 1]
+                assert not rank.relu and not rank.integer.logits
+                assert not rank.integer.bias.any()
+                assert rank.out_features <= max(1, min(rank.in_features, after.out_features))
+                assert after.in_features == rank.out_features and after.integer.input_signed
+                factors += 1
+                i += 1
+            i += 1
+    assert factors > 0.15 * sum(len(c.profile["factored"]) for c in cases)
+    assert any(sum(c.profile["factored"]) >= 3 for c in cases)
+    assert any(c.profile["factored"][-1] and len(c.model.layers) == 2 for c in cases)
 
 
 def test_engine_options(cases):

@@ -391,3 +391,24 @@ def test_pointer_memories_one_lut_ram_cell_deep_leave_block_ram():
         "engine.pe0.pointer.pointers1"] == "block"
     board = get_board("ulx3s")
     assert estimate_resources(plan, board).brams < estimate_resources(deeper, board).brams
+
+
+def test_memories_of_a_row_or_two_are_flip_flops():
+    """A factorized network's rank layers have a row or two per PE: their accumulators and
+    biases are flip-flops (``ram_style = "logic"``), not whole LUT RAM cells; deeper ones
+    stay LUT RAM. The estimate counts them as flip-flops."""
+    from accel.gateware.primitives import REGISTER_DEPTH
+    from accel.gateware.resources import _mapping
+
+    # 4 PEs: layer 0 has 2 rows a PE, layer 1 3, layer 2 1.
+    plan = EnginePlan.from_model(random_model(3, [20, 8, 12, 3]), n_pes=4)
+    found = {name: (depth, style) for name, depth, _, _, style in memories(plan)}
+    for name in ("accumulate.acc0_0", "accumulate.acc2_1", "sequencer.bias0",
+                 "sequencer.bias2"):
+        depth, style = found[f"engine.pe0.{name}"]
+        assert depth <= REGISTER_DEPTH and style == "logic", name
+    for name in ("accumulate.acc1_0", "sequencer.bias1"):
+        depth, style = found[f"engine.pe0.{name}"]
+        assert depth > REGISTER_DEPTH and style == "distributed", name
+    assert _mapping("ecp5", 2, 24, "logic") == ("ff", 48)
+    assert _mapping("ice40", 1, 7, "logic") == ("ff", 7)

@@ -291,6 +291,16 @@ def _lutram_attrs(platform) -> dict:
     return {} if isinstance(platform, SiliconBluePlatform) else {"ram_style": "distributed"}
 
 
+def _register_attrs() -> dict:
+    """Attributes that put a memory in flip-flops (any device)."""
+    return {"ram_style": "logic"}
+
+
+def _shallow_attrs(platform, depth: int) -> dict:
+    """LUT RAM, or flip-flops when at most :data:`REGISTER_DEPTH` deep."""
+    return _register_attrs() if depth <= REGISTER_DEPTH else _lutram_attrs(platform)
+
+
 def _block_ram_attrs(platform) -> dict:
     """Attributes that keep a memory in block RAM even when Yosys would take LUT RAM."""
     from amaranth.vendor import SiliconBluePlatform
@@ -313,6 +323,12 @@ SMALL_MEMORY_DEPTH = 64
 #: lengthen that path, and a whole block RAM per PE for a few rows (the small layers of a
 #: factorized network) would not fit 16 PEs' worth on the ULX3S-85F.
 ONE_CELL_DEPTH = 16
+#: Memories at most this deep are flip-flops: a row or two (a factorized network's rank-9
+#: layer has one row per PE) would otherwise hold whole ECP5 LUT RAM cells, each of which takes
+#: three of a logic block's four slices (its write port takes one): on the 16-PE TRP
+#: LeNet-300-100 engine 1,544 of 3,634 cells, for 436 bits per PE, and that design did not
+#: route. A 2-row read is one LUT per bit.
+REGISTER_DEPTH = 2
 
 
 def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
@@ -324,13 +340,16 @@ def _memory(m, name, plan, bus, region_name, layer, pe, shape, platform=None, *,
     address register ends the address path and LUT RAM's read mux would lengthen it.
     ``block=True`` keeps it in block RAM however narrow, for the same reason, unless it is at
     most :data:`ONE_CELL_DEPTH` deep.
+    Whatever the flags, a memory at most :data:`REGISTER_DEPTH` deep is flip-flops.
     ``strobe_from``: the bus a clock before ``bus`` (``bus`` is its copy, registered); the
     write enable is then decoded from it and registered, so that it comes from a flip-flop of
     its own (timing: the decode of the address, then LUT RAM's decode of its rows, was the
     critical path of 16-PE LeNet-300-100).
     """
     region = plan.region(region_name, layer, pe)
-    if block and region.depth <= ONE_CELL_DEPTH:
+    if region.depth <= REGISTER_DEPTH:
+        attrs = _register_attrs()
+    elif block and region.depth <= ONE_CELL_DEPTH:
         attrs = _lutram_attrs(platform)
     elif block:
         attrs = _block_ram_attrs(platform)

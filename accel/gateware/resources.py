@@ -6,7 +6,8 @@ Block RAMs are counted memory by memory from the elaborated design, with the rul
 cells, an effective cost of 5.5 each with the read register) or flip-flops (cost 1 per bit); a
 memory with several read ports is replicated once per read port, and one marked
 ``ram_style = "distributed"`` (the small memories and the accumulators) is LUT RAM and one
-marked ``ram_style = "block"`` (the pointers deeper than 16) block RAM. The host link's buffers are
+marked ``ram_style = "block"`` (the pointers deeper than 16) block RAM; one at most two rows
+deep is marked ``ram_style = "logic"``: flip-flops. The host link's buffers are
 counted with the engine's memories. On the 2-PE digits and 16-PE LeNet-300-100 builds this
 reproduces Yosys's block RAM count (``bench/accel_build.py`` prints both side by side).
 
@@ -107,6 +108,8 @@ def _bram_blocks(family, depth, width):
 
 def _mapping(family, depth, width, style=None):
     """``("bram", blocks)``, ``("lutram", cells)`` or ``("ff", bits)`` as Yosys chooses."""
+    if style == "logic":
+        return "ff", depth * width
     if style == "distributed" and family == "ecp5":     # (the iCE40's engine has no style)
         return "lutram", math.ceil(depth / 16) * math.ceil(width / 4)
     blocks = _bram_blocks(family, depth, width)

@@ -8,7 +8,7 @@ random and extreme inputs, and a second model of the same shapes that fits the s
 mid-stream reload through the write port). :func:`shape_string` names a model's shape. Nothing
 is simulated here: ``python -m accel.fuzz`` runs the cases.
 
-Dimensions (over seeds): 1 to 4 layers, widths 1 to 300 (mostly small); signed and unsigned
+Dimensions (over seeds): 1 to 4 drawn layers (up to 8 with factorized ones, below), widths 1 to 300 (mostly small); signed and unsigned
 network inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); index bits
 1 to 8 (``python -m compress --bits``) with full and partial codebooks, single-sign codebooks,
 zero codebook values behind nonzero indices; weight bits 2 to 16 per layer; activation bits 2
@@ -24,7 +24,10 @@ calibrated, all-zero outputs, saturating, shift 0 (A6); engine ``n_pes`` 1 to 16
 draws above stay those of earlier versions: per-row codebooks (about 30 % of the layers), and
 threshold activations of 1 to 4 code bits on about 35 % of the hidden layers with a ReLU
 (thresholds spread over the reachable sums, at the ends of the stored range, or repeated;
-levels anywhere in the output range, repeated ones included).
+levels anywhere in the output range, repeated ones included). TRP's factorized layers
+(issue 23), from a third stream: each drawn layer is, with probability :data:`FACTORED`, preceded
+by a rank layer (1 to ``min(in, out)`` outputs, zero bias, no ReLU, so the drawn layer takes
+signed inputs), up to twice ``MAX_LAYERS`` layers in all.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, 
                               requantization_parameters)
 from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
 
-__all__ = ["ACTIVATION_BITS", "BANKS", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
+__all__ = ["ACTIVATION_BITS", "BANKS", "FACTORED", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
            "MAX_WIDTH", "N_PES", "QUEUE_DEPTH", "RARE_MAX_PES", "RARE_MAX_QUEUE_DEPTH",
            "WEIGHT_BITS", "ZERO_RUN_BITS", "FuzzCase", "random_case", "shape_string"]
 
 #: Ranges fuzzed; the unit tests check that random_case reaches both ends of each.
 MAX_LAYERS = 4
+#: Probability that a drawn layer is factorized as TRP exports it: a rank layer before it.
+FACTORED = 0.2
 MAX_WIDTH = 300
 INDEX_BITS = (1, 8)            # python -m compress --bits 1..8
 WEIGHT_BITS = (2, 16)          # IntegerLayer, --weight-bits
@@ -315,6 +320,20 @@ def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activatio
     return layer, info
 
 
+def _factor(rng, in_features, out_features, *, activation_bits, input_signed, wide_accumulator):
+    """The first factor of a factorized layer (TRP, ``compress/lowrank.py``): ``in_features``
+    to a rank of 1 .. ``min(in_features, out_features)``, a zero bias, no ReLU (its output is
+    signed, A7), any widths and density; the drawn layer follows it from the rank."""
+    rank = _uniform(rng, 1, max(1, min(in_features, out_features)))
+    layer, info = _layer(rng, rank, in_features, index_bits=_uniform(rng, *INDEX_BITS),
+                         weight_bits=_uniform(rng, *WEIGHT_BITS),
+                         activation_bits=activation_bits, input_signed=input_signed,
+                         relu=False, logits=False, wide_accumulator=wide_accumulator,
+                         bias=np.zeros(rank, dtype=np.int64), learned=rng)
+    info["factor"] = True
+    return layer, info
+
+
 def _inputs(rng, n: int, features: int, lo: int, hi: int, extremes_at=()) -> np.ndarray:
     """``n`` rows: random values at random densities, the extremes at each of ``extremes_at``."""
     x = np.zeros((n, features), dtype=np.int64)
@@ -419,7 +438,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
         alternating) start it and start the reloaded part.
     max_width, max_layers, max_pes : int
         Caps on the drawn shapes and PE count (small values keep a pure-Python simulation
-        fast); a case depends on them.
+        fast); a case depends on them. A factorized layer counts once in ``max_layers``.
     check_artifact : bool
         Round-trip both models through the file format (the artifact's own validation runs
         either way).
@@ -437,9 +456,22 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     input_signed = bool(rng.random() < 0.5)
     relus = [bool(rng.random() < 0.65) for _ in range(n_layers - 1)] + [bool(rng.random() < 0.15)]
     wide_accumulator = bool(rng.random() < 0.15)
+    # TRP's factorized layers (issue 23), from a third stream: the draws above and those of an
+    # unfactored layer stay those of earlier versions.
+    low_rank = np.random.default_rng([int(seed), 0x7A9])
+    # (Not in a wide case: its wide layer's sums need its full input width.)
+    factored = [bool(low_rank.random() < FACTORED) and not wide for _ in range(n_layers)]
     layers, infos = [], []
     signed = input_signed
     for i in range(n_layers):
+        in_features = widths[i]
+        if factored[i]:
+            layer, info = _factor(low_rank, widths[i], widths[i + 1],
+                                  activation_bits=activation_bits, input_signed=signed,
+                                  wide_accumulator=wide_accumulator)
+            layers.append(layer)
+            infos.append(info)
+            in_features, signed = layer.out_features, True
         weight_bits = _uniform(rng, 13, 16) if wide else _uniform(rng, *WEIGHT_BITS)
         index_bits = _uniform(rng, *INDEX_BITS)
         codebook = density = bias = None
@@ -447,7 +479,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
             codebook, _ = _codebook(rng, index_bits, weight_bits)
             density = 1.0
             bias = np.full(widths[i + 1], _BIAS_LIMIT, dtype=np.int64)
-        layer, info = _layer(rng, widths[i + 1], widths[i], index_bits=index_bits,
+        layer, info = _layer(rng, widths[i + 1], in_features, index_bits=index_bits,
                              weight_bits=weight_bits, activation_bits=activation_bits,
                              input_signed=signed, relu=relus[i], logits=i == n_layers - 1,
                              wide_accumulator=wide_accumulator, codebook=codebook,
@@ -483,7 +515,8 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
             _check_artifact(reload_model)
     idle = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
     backpressure = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
-    profile = {"wide": wide, "wide_accumulator": wide_accumulator, "layers": infos}
+    profile = {"wide": wide, "wide_accumulator": wide_accumulator, "factored": factored,
+               "layers": infos}
     return FuzzCase(seed=int(seed), model=model, options=options, calibration=calibration,
                     plan=plan, x=x, reload_model=reload_model, reload_at=reload_at, idle=idle,
                     backpressure=backpressure, profile=profile)

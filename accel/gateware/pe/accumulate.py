@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.entry import weighted_entry_layout
 from accel.gateware.pe.stages import entry_layout, pe_widths
-from accel.gateware.primitives import _RegisteredProduct, _check_plan, _lutram_attrs, _switch
+from accel.gateware.primitives import _RegisteredProduct, _check_plan, _shallow_attrs, _switch
 from accel.planning.plan import EnginePlan
 
 __all__ = ["Accumulate", "ReadClearSignature"]
@@ -153,12 +153,13 @@ class Accumulate(wiring.Component):
         for i, layer in enumerate(plan.layers):
             for b in range(plan.banks):
                 # LUT RAM, even when deep: the read-add-write loop has one clock, which block
-                # RAM's slow read data would not leave enough of (timing). The read is not
+                # RAM's slow read data would not leave enough of (timing); flip-flops when a
+                # row or two (``REGISTER_DEPTH``: area). The read is not
                 # transparent to the write (a transparent read would put the write data, after
                 # the adder, on the read path: timing); the MAC forwards the sums its read
                 # misses instead (E4).
                 mem = Memory(shape=signed(layer.accumulator_bits), depth=layer.image.rows_per_pe,
-                             init=[], attrs=_lutram_attrs(platform))
+                             init=[], attrs=_shallow_attrs(platform, layer.image.rows_per_pe))
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport, rport = mem.write_port(), mem.read_port()
                 # Each memory's read address, registered from its next value: the LUT RAM's
