@@ -17,8 +17,8 @@ from .lowrank import LOW_RANK_METHODS
 from .lq import ACTIVATION_QUANTIZERS
 from .data import DATASETS
 from .models import BUILTIN_MODELS
-from .pipeline import (ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, ZERO_RUN_AUTO, CompressConfig,
-                       compress_model)
+from .pipeline import (ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, METHODS, ZERO_RUN_AUTO,
+                       CompressConfig, compress_model)
 from .report import build_report, format_table, write_plots
 
 
@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ranks", type=_number_list(int),
                         help="with --low-rank svd: the rank of each layer, one value or one "
                              "per layer (default: by --energy)")
+    parser.add_argument("--method", default="deep-compression", choices=METHODS,
+                        help="deep-compression (prune, share or learn quantizers, fine-tune, "
+                             "Huffman; the default) or epr (entropy-penalized "
+                             "reparameterization: latents with learned steps and probability "
+                             "models, a rate penalty, range coding; docs/compression.md)")
+    parser.add_argument("--rate-lambda", type=float, default=1.0,
+                        help="with --method epr: weight of the bits per parameter in the loss, "
+                             "a finite number >= 0 (default: 1)")
+    parser.add_argument("--epr-epochs", type=int,
+                        help="with --method epr: training epochs (default: the recipe's "
+                             "retraining epochs)")
+    parser.add_argument("--epr-lr", type=float, default=1e-3,
+                        help="with --method epr: Adam's learning rate for the latents "
+                             "(steps and model scales take 10x; default: 1e-3)")
     parser.add_argument("--adversarial", default="none", choices=ATTACKS,
                         help="adversarial training in every training step (dense training, "
                              "retraining, fine-tuning): fgsm or pgd (10 steps) examples within "
@@ -162,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         activation_grid_bits=args.activation_grid_bits,
         cluster_reg=args.cluster_reg, low_rank=args.low_rank, energy=args.energy,
         nuclear=args.nuclear, trp_period=args.trp_period, low_rank_epochs=args.low_rank_epochs,
-        ranks=args.ranks, adversarial=args.adversarial, epsilon=args.epsilon,
+        ranks=args.ranks, method=args.method, rate_lambda=args.rate_lambda,
+        epr_epochs=args.epr_epochs, epr_lr=args.epr_lr,
+        adversarial=args.adversarial, epsilon=args.epsilon,
         integer=not args.no_integer,
         weight_bits=args.weight_bits, activation_bits=args.activation_bits,
         calibration_samples=args.calibration_samples, progress=not args.quiet)

@@ -14,6 +14,10 @@ without it.
 Format version 3 adds learned quantizers (LQ-Nets): a codebook per row (stored as its binary
 basis, or as its values) and learned activation levels with their integer thresholds
 (``docs/arithmetic.md`` A9-A10). A model that uses neither is still written as version 2.
+
+Format version 4 adds latent layers (EPR, A11): a layer stored as its range-coded integer
+latents with their steps and model scales (:mod:`compress.latents`), from which the codebook,
+indices and biases, and the integer biases, are derived when the file is read.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from .huffman import HuffmanCode
-from .integer import LEVEL_COUNTS, MAX_CODE_BITS, IntegerLayer
+from .integer import LEVEL_COUNTS, MAX_CODE_BITS, IntegerLayer, latent_integer_bias
+from .latents import MODEL_BITS, LatentCode, LayerLatents, latent_codebook
 from .levels import basis_codebook, quantize_to_levels
 from .sparse import RelativeIndexStream, decode_relative, encode_relative
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "CompressedLayer", "CompressedModel", "LayerSize", "load"]
 
 MAGIC = b"DCACCEL\x00"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _DIGEST = 32
 
@@ -52,11 +57,12 @@ class LayerSize:
     bias_bits: int         # fp32 biases
     entries: int           # (index, zero run) pairs, padding included
     padding: int           # padding entries among them
+    integer_bits: int = 0  # a latent layer's integer scalars (the others' are not counted)
 
     @property
     def compressed_bits(self) -> int:
         return (self.index_bits + self.zero_run_bits + self.codebook_bits + self.table_bits
-                + self.bias_bits)
+                + self.bias_bits + self.integer_bits)
 
     @property
     def compressed_bytes(self) -> int:
@@ -95,6 +101,9 @@ class CompressedLayer:
     activation_levels : numpy.ndarray or None
         float32, ``2**K`` ascending levels from 0 (``K = 1..4``) of a learned quantizer of the
         layer's output, after its ReLU (A10); ``None``: the output is not quantized in float.
+    latents : LayerLatents or None
+        A latent layer (EPR, A11): ``codebook``, ``index`` and ``bias`` are then those the
+        latents make (:meth:`from_latents`), and the artifact stores the latents, range-coded.
     """
 
     codebook: np.ndarray | None
@@ -106,6 +115,21 @@ class CompressedLayer:
     integer: IntegerLayer | None = None
     basis: np.ndarray | None = None
     activation_levels: np.ndarray | None = None
+    latents: LayerLatents | None = None
+
+    @classmethod
+    def from_latents(cls, latents: LayerLatents, *, relu: bool, zero_run_bits: int = 4,
+                     integer: IntegerLayer | None = None) -> CompressedLayer:
+        """The layer of a :class:`~compress.latents.LayerLatents` (A11): its codebook (0 then the
+        distinct nonzero latents times the step), indices and index width, and its bias."""
+        if not isinstance(latents, LayerLatents):
+            raise ValueError(f"latents must be a LayerLatents, not {type(latents).__name__}")
+        values, index, index_bits = latent_codebook(latents.weight.values)
+        codebook = (values.astype(np.float32) * np.float32(latents.weight.step)).astype(
+            np.float32)
+        return cls(codebook=codebook, index=index, bias=latents.bias.decoded(), relu=relu,
+                   index_bits=index_bits, zero_run_bits=zero_run_bits, integer=integer,
+                   latents=latents)
 
     def __post_init__(self):
         if self.basis is not None:
@@ -155,6 +179,7 @@ class CompressedLayer:
         if self.bias.shape != (self.out_features,):
             raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
         self._validate_activation_levels()
+        self._validate_latents()
         if self.integer is not None:
             if not isinstance(self.integer, IntegerLayer):
                 raise ValueError(f"integer must be an IntegerLayer or None, not "
@@ -170,6 +195,25 @@ class CompressedLayer:
                 raise ValueError(f"the integer level table has {len(self.integer.levels)} "
                                  f"levels, the float one {len(self.activation_levels)}")
             self.integer.check_against(self.index)
+
+    def _validate_latents(self) -> None:
+        latents = self.latents
+        if latents is None:
+            return
+        if not isinstance(latents, LayerLatents):
+            raise ValueError(f"latents must be a LayerLatents or None, not "
+                             f"{type(latents).__name__}")
+        if self.basis is not None or self.per_row or self.activation_levels is not None:
+            raise ValueError("a latent layer (A11) has one codebook and no learned activation "
+                             "levels")
+        values, index, index_bits = latent_codebook(latents.weight.values)
+        codebook = (values.astype(np.float32) * np.float32(latents.weight.step))
+        if not (np.array_equal(self.index, index) and np.array_equal(self.codebook, codebook)
+                and np.array_equal(self.bias, latents.bias.decoded())
+                and self.index_bits == index_bits):
+            raise ValueError("a latent layer's codebook, index, index_bits and bias must be "
+                             "those its latents make (docs/arithmetic.md A11; use "
+                             "CompressedLayer.from_latents)")
 
     def _validate_activation_levels(self) -> None:
         levels = self.activation_levels
@@ -242,6 +286,8 @@ class CompressedLayer:
                 HuffmanCode.from_symbols(stream.zero_run, 2 ** self.zero_run_bits))
 
     def size(self) -> LayerSize:
+        if self.latents is not None:
+            return self._latent_size()
         stream, index_code, zero_run_code = self.coded()
         return LayerSize(
             dense_bits=32 * (self.index.size + self.out_features),
@@ -254,6 +300,18 @@ class CompressedLayer:
             entries=len(stream.index),
             padding=int(np.count_nonzero(stream.index == 0)),
         )
+
+
+    def _latent_size(self) -> LayerSize:
+        """A latent layer's storage: the range-coded words of its weight and bias latents, each
+        tensor's model (:data:`~compress.latents.MODEL_BITS`), and its integer scalars."""
+        return LayerSize(
+            dense_bits=32 * (self.index.size + self.out_features),
+            index_bits=32 * len(self.latents.weight.encode()), zero_run_bits=0,
+            codebook_bits=2 * MODEL_BITS, table_bits=0,
+            bias_bits=32 * len(self.latents.bias.encode()),
+            entries=self.nonzero, padding=0,
+            integer_bits=0 if self.integer is None else _LATENT_INTEGER_BITS)
 
 
 @dataclass
@@ -347,8 +405,11 @@ class CompressedModel:
 
     @property
     def format_version(self) -> int:
-        """The version :meth:`save` writes: 3 when a layer has a per-row codebook or learned
-        activation levels (A9-A10), else 2, which older readers also read."""
+        """The version :meth:`save` writes: 4 when a layer is a latent layer (A11), 3 when a
+        layer has a per-row codebook or learned activation levels (A9-A10), else 2, which
+        older readers also read."""
+        if any(layer.latents is not None for layer in self.layers):
+            return 4
         learned = any(layer.per_row or layer.activation_levels is not None
                       for layer in self.layers)
         return 3 if learned else 2
@@ -369,6 +430,9 @@ class CompressedModel:
             return entry
 
         for layer in self.layers:
+            if layer.latents is not None:
+                layer_headers.append(_latent_header(layer, put))
+                continue
             stream, index_code, zero_run_code = layer.coded()
             index_data, index_nbits = index_code.encode(stream.index)
             zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
@@ -458,6 +522,10 @@ def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
                              count=nbytes // np.dtype(entry["dtype"]).itemsize, offset=offset)
 
     out_features, in_features = int(header["out_features"]), int(header["in_features"])
+    if "latents" in header:
+        if version < 4:
+            raise ValueError(f"a version-{version} file has a latent layer (version 4)")
+        return _read_latent_layer(header, get, out_features, in_features)
     entries = int(header["entries"])
     index_code = HuffmanCode(get("index_code_lengths").copy())
     zero_run_code = HuffmanCode(get("zero_run_code_lengths").copy())
@@ -557,7 +625,7 @@ def _integer_header(integer: IntegerLayer, put) -> dict:
     return entry
 
 
-def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
+def _integer_values(entry: dict) -> dict:
     values = {}
     for name, kind in _INTEGER_SCALARS.items():
         value = entry[name]
@@ -568,6 +636,11 @@ def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
         if not ok:
             raise ValueError(f"integer field {name!r} must be a {kind.__name__}, not {value!r}")
         values[name] = kind(value)
+    return values
+
+
+def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
+    values = _integer_values(entry)
     codebook = get("codebook", entry).astype(np.int32)
     if "codebook_rows" in entry:                                     # A9, version 3
         rows = int(entry["codebook_rows"])
@@ -580,3 +653,60 @@ def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
                    "levels": get("levels", entry).astype(np.int32)}
     return IntegerLayer(codebook=codebook, bias=get("bias", entry).astype(np.int32), **values,
                         **learned)
+
+
+#: A latent layer's stored integer scalars (its integer codebook and biases are derived):
+#: input and output scales (float64), multiplier (16), shift, accumulator, weight and
+#: activation widths (8 each), input sign and logits (1 each).
+_LATENT_INTEGER_BITS = 64 + 64 + 16 + 8 + 8 + 8 + 8 + 1 + 1
+
+
+def _latent_header(layer: CompressedLayer, put) -> dict:
+    """A latent layer's header entry and payload: each tensor's words and its model."""
+    latents = {}
+    arrays = {}
+    for name in ("weight", "bias"):
+        code = getattr(layer.latents, name)
+        latents[name] = {"low": code.low, "high": code.high}
+        arrays[f"{name}_words"] = put(code.encode(), "uint32")
+        arrays[f"{name}_model"] = put(np.array([code.step, code.log_scale]), "float32")
+    entry = {"in_features": layer.in_features, "out_features": layer.out_features,
+             "relu": bool(layer.relu), "zero_run_bits": int(layer.zero_run_bits),
+             "latents": latents, "arrays": arrays}
+    if layer.integer is not None:
+        integer = layer.integer
+        entry["integer"] = {name: kind(getattr(integer, name))
+                            for name, kind in _INTEGER_SCALARS.items()}
+    return entry
+
+
+def _read_latent_layer(header: dict, get, out_features: int, in_features: int):
+    """The layer of :func:`_latent_header`'s entry; the integer codebook is the latents (A11)
+    and the integer biases A4 of the decoded ones."""
+    codes = {}
+    for name, shape in (("weight", (out_features, in_features)), ("bias", (out_features,))):
+        model = get(f"{name}_model")
+        if model.size != 2:
+            raise ValueError(f"the {name} latents' model must be 2 float32 values")
+        where = header["latents"][name]
+        low, high = where["low"], where["high"]
+        if not (isinstance(low, int) and isinstance(high, int)):
+            raise ValueError(f"the {name} latents' range must be integers")
+        try:
+            codes[name] = LatentCode.decode(get(f"{name}_words").copy(), shape, float(model[0]),
+                                            float(model[1]), low, high)
+        except ValueError as error:
+            raise ValueError(f"the {name} latents: {error}") from None
+    latents = LayerLatents(weight=codes["weight"], bias=codes["bias"])
+    integer = None
+    if "integer" in header:
+        values = _integer_values(header["integer"])
+        if values["weight_scale"] != latents.weight.step:
+            raise ValueError("a latent layer's weight scale must be its step (A11)")
+        codebook, _, _ = latent_codebook(latents.weight.values)
+        bias = latent_integer_bias(latents.bias.decoded(), values["input_scale"],
+                                   values["weight_scale"])
+        integer = IntegerLayer(codebook=codebook, bias=bias, **values)
+    return CompressedLayer.from_latents(latents, relu=bool(header["relu"]),
+                                        zero_run_bits=int(header["zero_run_bits"]),
+                                        integer=integer)

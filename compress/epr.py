@@ -25,21 +25,24 @@ together.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["LATENT_LIMIT", "EntropyPenalizedReparameterization", "LatentTensor",
-           "LayerLatents", "check_rate_lambda", "logistic_bits"]
+from .latents import LATENT_LIMIT, LatentCode, LayerLatents
 
-#: Largest latent magnitude (A11): 2 * 127 nonzero values and zero are 255 codebook entries.
-LATENT_LIMIT = 127
+__all__ = ["MODEL_LR_SCALE", "EntropyPenalizedReparameterization", "LatentTensor", "check_rate_lambda",
+           "logistic_bits"]
+
 #: Smallest probability the rate term takes (the public code's likelihood bound, 1e-9): a
 #: latent far in the tail costs about 30 bits, not infinity.
 _LIKELIHOOD_BOUND = 1e-9
+#: Factor of the learning rate for the steps' and the models' logarithms: they must move by
+#: units where a weight moves by hundredths (with the weights' rate they barely leave their
+#: initial values in a few epochs, and the model then prices a zero latent at 5 bits).
+MODEL_LR_SCALE = 10.0
 #: Initial ``log_step`` and ``log_scale`` (the public code's -4 and 2.5).
 LOG_STEP_INIT = -4.0
 LOG_SCALE_INIT = 2.5
@@ -49,7 +52,7 @@ def check_rate_lambda(value) -> float:
     """``rate_lambda`` as a float; ``ValueError`` unless a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value) or value < 0:
-        raise ValueError(f"rate lambda must be a finite number >= 0, not {value!r}")
+        raise ValueError(f"rate_lambda must be a finite number >= 0, not {value!r}")
     return float(value)
 
 
@@ -95,6 +98,7 @@ class LatentTensor(nn.Module):
         return torch.clamp(y, -LATENT_LIMIT, LATENT_LIMIT)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        # The step in float32 as stored, so the weights are exactly the artifact's q * step.
         return _RoundStraightThrough.apply(self.scaled(latent)) * torch.exp(self.log_step)
 
     def bits(self, latent: torch.Tensor, *, noisy: bool) -> torch.Tensor:
@@ -111,23 +115,6 @@ class LatentTensor(nn.Module):
         """The rounded latents ``q`` (int64)."""
         with torch.no_grad():
             return torch.round(self.scaled(latent)).to(torch.int64).numpy()
-
-
-@dataclass(frozen=True)
-class LayerLatents:
-    """One layer's integer latents and its two tensors' step and model scale (float32, as
-    stored)."""
-
-    weight: np.ndarray          # int64 (out, in), |q| <= LATENT_LIMIT
-    bias: np.ndarray            # int64 (out,)
-    weight_step: float
-    bias_step: float
-    weight_log_scale: float
-    bias_log_scale: float
-
-    @property
-    def parameters(self) -> int:
-        return self.weight.size + self.bias.size
 
 
 class EntropyPenalizedReparameterization:
@@ -166,21 +153,27 @@ class EntropyPenalizedReparameterization:
         return sum(t.bits(latent, noisy=noisy) for m in self.linears
                    for t, latent in self._parts(m))
 
+    def lr_scales(self, scale: float = MODEL_LR_SCALE) -> dict:
+        """Learning-rate factors for :func:`compress.train.train`: ``scale`` for every
+        ``log_step`` and ``log_scale``."""
+        return {p: scale for m in self.linears for t, _ in self._parts(m)
+                for p in (t.log_step, t.log_scale)}
+
     def regularizer(self) -> torch.Tensor:
         """The loss term: ``rate_lambda * bits / parameters`` (noisy latents)."""
         return self.rate_lambda * self.rate_bits(noisy=True) / self.parameter_count
 
     def latents(self) -> list[LayerLatents]:
-        """Each layer's integer latents, steps and model scales."""
+        """Each layer's integer latents with their steps and model scales (float32, as
+        stored)."""
+        def code(t, latent):
+            return LatentCode(t.integers(latent), float(np.float32(torch.exp(t.log_step).item())),
+                              float(np.float32(t.log_scale.item())))
+
         out = []
         for m in self.linears:
             (wt, w), (bt, b) = self._parts(m)
-            out.append(LayerLatents(
-                weight=wt.integers(w), bias=bt.integers(b),
-                weight_step=float(np.float32(torch.exp(wt.log_step).item())),
-                bias_step=float(np.float32(torch.exp(bt.log_step).item())),
-                weight_log_scale=float(np.float32(wt.log_scale.item())),
-                bias_log_scale=float(np.float32(bt.log_scale.item()))))
+            out.append(LayerLatents(weight=code(wt, w), bias=code(bt, b)))
         return out
 
     def layer_bits(self) -> list[float]:

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_SHIFT",
     "MULTIPLIER_BITS",
     "IntegerLayer",
+    "latent_integer_bias",
     "accumulator_bound",
     "accumulator_width",
     "activation_range",
@@ -338,6 +339,19 @@ def _input_scale(x: np.ndarray, levels: int) -> float:
     return _scale(magnitude.max(), levels)
 
 
+def latent_integer_bias(bias: np.ndarray, input_scale: float, weight_scale: float) -> np.ndarray:
+    """A4: ``rint(b / (s_in * s_w))`` (int64) of float biases; ``ValueError`` beyond int32.
+    Calibration uses it, and the artifact reader for a latent layer (A11), which stores no
+    integer bias: the same expression on the same float64 values gives the same integers."""
+    accumulator_scale = input_scale * weight_scale
+    values = np.rint(np.asarray(bias).astype(np.float64) / accumulator_scale)
+    if np.abs(values).max(initial=0) > (1 << (_BIAS_BITS - 1)) - 1:
+        raise ValueError(f"a bias of {np.abs(bias).max():.6g} is {np.abs(values).max():.4g} at "
+                         f"the accumulator's scale {accumulator_scale:.4g}, beyond int32 "
+                         "(docs/arithmetic.md A4)")
+    return values.astype(np.int64)
+
+
 def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
                    activation_bits: int = 8, input_signed: bool | None = None):
     """Put a :class:`~compress.artifact.CompressedModel` on the integer grid.
@@ -393,21 +407,30 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
     for i, layer in enumerate(model.layers):
         where = f"layer {i} ({layer.out_features}x{layer.in_features})"
         last = i == len(model.layers) - 1
-        centroids = layer.codebook.astype(np.float64)        # (K,), or (rows, K): A9
-        scale_w = _scale(np.abs(centroids).max(), weight_levels)
-        codebook = np.rint(centroids / scale_w).astype(np.int64)
-        codebook[..., 0] = 0
+        latents = getattr(layer, "latents", None)
+        if latents is not None:                     # A11: s_w is the step, the codebook the latents
+            from .latents import latent_codebook
+
+            scale_w = latents.weight.step
+            codebook = latent_codebook(latents.weight.values)[0]
+            if np.abs(codebook).max() > weight_levels:
+                raise ValueError(f"{where}: its latents reach {np.abs(codebook).max()}, beyond "
+                                 f"weight_bits={weight_bits} (at most {weight_levels}; "
+                                 "docs/arithmetic.md A11)")
+        else:
+            centroids = layer.codebook.astype(np.float64)        # (K,), or (rows, K): A9
+            scale_w = _scale(np.abs(centroids).max(), weight_levels)
+            codebook = np.rint(centroids / scale_w).astype(np.int64)
+            codebook[..., 0] = 0
         learned = getattr(layer, "activation_levels", None)
         if learned is not None and (last or not layer.relu):
             raise ValueError(f"{where}: a learned activation quantizer needs a hidden layer "
                              "followed by a ReLU (docs/arithmetic.md A10)")
         accumulator_scale = scale_in * scale_w
-        bias = np.rint(layer.bias.astype(np.float64) / accumulator_scale)
-        if np.abs(bias).max(initial=0) > (1 << (_BIAS_BITS - 1)) - 1:
-            raise ValueError(f"{where}: a bias of {np.abs(layer.bias).max():.6g} is "
-                             f"{np.abs(bias).max():.4g} at the accumulator's scale "
-                             f"{accumulator_scale:.4g}, beyond int32 (docs/arithmetic.md A4)")
-        bias = bias.astype(np.int64)
+        try:
+            bias = latent_integer_bias(layer.bias, scale_in, scale_w)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         width = accumulator_width(accumulator_bound(codebook, layer.index, bias,
                                                     activation_bits, signed))
         if width > MAX_ACCUMULATOR_BITS:

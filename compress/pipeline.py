@@ -22,6 +22,7 @@ from .artifact import CompressedLayer, CompressedModel
 from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
 from .data import MAX_SEED, Dataset, load_dataset
+from .epr import EntropyPenalizedReparameterization, check_rate_lambda
 from .integer import quantize_model
 from .levels import unsigned_levels
 from .lowrank import (LOW_RANK_METHODS, TrainedRankPruning, check_settings, energy_rank,
@@ -33,7 +34,7 @@ from .prune import magnitude_mask, round_targets
 from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential,
                     torch_threads, train)
 
-__all__ = ["ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
+__all__ = ["METHODS", "ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
 
 #: ``zero_run_bits`` value asking for the smallest stored format, b_z chosen per layer.
 ZERO_RUN_AUTO = "auto"
@@ -41,6 +42,9 @@ ZERO_RUN_AUTO = "auto"
 #: Every ``quantizer``: the per-layer codebooks of weight sharing, then LQ-Nets' learned per-row
 #: bases and their uniform baseline (``compress.lq``).
 ALL_QUANTIZERS = QUANTIZERS + WEIGHT_QUANTIZERS
+#: ``method``: Deep Compression's path (prune, share or learn quantizers, fine-tune, Huffman),
+#: or entropy-penalized reparameterization (``compress.epr``: latents, range coding).
+METHODS = ("deep-compression", "epr")
 #: ``bits`` of a per-row quantizer when none is given (the recipes' are for codebooks).
 DEFAULT_LEARNED_BITS = 2
 
@@ -80,6 +84,10 @@ class CompressConfig:
     trp_period: int = 1                 # TRP: steps between low-rank projections
     low_rank_epochs: int | None = None  # TRP training, or fine-tuning after SVD
     ranks: tuple[int, ...] | None = None    # SVD: the rank of every layer (else by energy)
+    method: str = "deep-compression"    # or epr: entropy-penalized reparameterization (A11)
+    rate_lambda: float = 1.0            # EPR: weight of the bits per parameter in the loss
+    epr_epochs: int | None = None       # EPR training epochs (default: the recipe's retraining)
+    epr_lr: float = 1e-3                # EPR's Adam rate (steps and model scales: 10x)
     adversarial: str = "none"           # or fgsm / pgd: adversarial training in every step
     epsilon: float = 0.1                # the attack's L-infinity bound
     integer: bool = True                # quantize to integers (docs/arithmetic.md) and check
@@ -143,6 +151,7 @@ class CompressConfig:
             raise ValueError(f"activation_grid_bits must be >= the code bits K "
                              f"({self.activation_bits}), not {self.activation_grid_bits!r}")
         self._check_low_rank()
+        self._check_method()
         check_attack(self.adversarial, self.epsilon, allow_none=True)
         if self.adversarial != "none" and self.activation_quantizer != "none":
             raise ValueError("activation_quantizer must be none with adversarial training: "
@@ -153,6 +162,33 @@ class CompressConfig:
                              f"{self.calibration_samples!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size!r}")
+
+    def _check_method(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        check_rate_lambda(self.rate_lambda)
+        if self.epr_epochs is not None and self.epr_epochs < 0:
+            raise ValueError(f"epr_epochs must be >= 0, not {self.epr_epochs!r}")
+        if not (isinstance(self.epr_lr, (int, float)) and self.epr_lr > 0):
+            raise ValueError(f"epr_lr must be > 0, not {self.epr_lr!r}")
+        if self.method != "epr":
+            return
+        # EPR prunes and quantizes by itself: the other methods' settings would be ignored.
+        given = [name for name, unset in (("density", self.density is None),
+                                          ("quality", self.quality is None),
+                                          ("bits", self.bits is None),
+                                          ("quantizer", self.quantizer == "dp"),
+                                          ("activation_quantizer",
+                                           self.activation_quantizer == "none"),
+                                          ("cluster_reg", self.cluster_reg == 0.0),
+                                          ("prune_rounds", self.prune_rounds is None))
+                 if not unset]
+        if given:
+            raise ValueError(f"method epr prunes and quantizes by itself: {', '.join(given)} "
+                             "cannot be set with it")
+        if self.weight_bits < 8:
+            raise ValueError(f"weight_bits must be >= 8 with method epr (its latents reach "
+                             f"+-127, docs/arithmetic.md A11), not {self.weight_bits!r}")
 
     def _check_low_rank(self) -> None:
         if self.low_rank not in LOW_RANK_METHODS:
@@ -303,30 +339,42 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         log(f"low-rank accuracy: {accuracy_low_rank:.4f}")
         lap("low_rank")
 
-    # 2. Iterative magnitude pruning with retraining under fixed masks.
-    masks = _prune(net, linears, data, config, mode=mode, finals=finals, rounds=rounds,
-                   bits=bits, retrain=dict(epochs=retrain_epochs, lr=lr * 0.5,
-                                           batch_size=batch_size, weight_decay=weight_decay),
-                   log=log)
-    accuracy_pruned = accuracy(net, data.x_test, data.y_test)
-    log(f"pruned accuracy: {accuracy_pruned:.4f}")
-    lap("prune")
+    if config.method == "epr":
+        # 2-4 by EPR: latents, learned steps and models, an entropy penalty (compress/epr.py).
+        layers, accuracy_compressed, epr_report = _entropy_penalized(
+            net, linears, relus, data, config, batch_size=batch_size,
+            epochs=pick(config.epr_epochs, retrain_epochs), log=log)
+        accuracy_pruned = accuracy_shared = accuracy_compressed
+        sharing_sse, finetune_lr = 0.0, config.epr_lr
+        masks = [layer.index != 0 for layer in layers]
+        pruned_weights = [layer.weight.copy() for layer in layers]
+        lap("epr")
+    else:
+        # 2. Iterative magnitude pruning with retraining under fixed masks.
+        masks = _prune(net, linears, data, config, mode=mode, finals=finals, rounds=rounds,
+                       bits=bits, retrain=dict(epochs=retrain_epochs, lr=lr * 0.5,
+                                               batch_size=batch_size, weight_decay=weight_decay),
+                       log=log)
+        accuracy_pruned = accuracy(net, data.x_test, data.y_test)
+        log(f"pruned accuracy: {accuracy_pruned:.4f}")
+        lap("prune")
 
-    # 3-4. Quantization: weight sharing then trained quantization of the centroids (Deep
-    # Compression §3), or LQ-Nets' learned quantizers (per-row bases, activation levels).
-    finetune_lr = pick(config.finetune_lr, _finetune_lr(config, recipe, lr, masks, bits))
-    pruned_weights = [layer.weight.detach().numpy().copy() for layer in linears]
-    steps = dict(data=data, config=config, linears=linears, relus=relus, masks=masks,
-                 bits=bits, epochs=finetune_epochs, batch_size=batch_size,
-                 seed=config.seed + rounds + 1, log=log)
-    quantize = _learn_quantizers if learned else _share_weights
-    layers, accuracy_shared, accuracy_compressed, sharing_sse = quantize(**steps, lr=finetune_lr)
-    if config.zero_run_bits == ZERO_RUN_AUTO:
-        layers = [_smallest_stream(layer) for layer in layers]
-        log("relative-index bits b_z per layer (auto): "
-            + ", ".join(str(layer.zero_run_bits) for layer in layers))
+        # 3-4. Quantization: weight sharing then trained quantization of the centroids (Deep
+        # Compression §3), or LQ-Nets' learned quantizers (per-row bases, activation levels).
+        finetune_lr = pick(config.finetune_lr, _finetune_lr(config, recipe, lr, masks, bits))
+        pruned_weights = [layer.weight.detach().numpy().copy() for layer in linears]
+        steps = dict(data=data, config=config, linears=linears, relus=relus, masks=masks,
+                     bits=bits, epochs=finetune_epochs, batch_size=batch_size,
+                     seed=config.seed + rounds + 1, log=log)
+        quantize = _learn_quantizers if learned else _share_weights
+        layers, accuracy_shared, accuracy_compressed, sharing_sse = quantize(
+            **steps, lr=finetune_lr)
+        if config.zero_run_bits == ZERO_RUN_AUTO:
+            layers = [_smallest_stream(layer) for layer in layers]
+            log("relative-index bits b_z per layer (auto): "
+                + ", ".join(str(layer.zero_run_bits) for layer in layers))
+        lap("share")
     log(f"compressed accuracy: {accuracy_compressed:.4f}")
-    lap("share")
 
     settings = {k: v for k, v in asdict(config).items() if k != "progress"}
     settings.update(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
@@ -346,6 +394,7 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         **({} if rank_report is None else {
             "low_rank": [row.as_dict() for row in rank_report],
             "accuracy_low_rank": accuracy_low_rank}),
+        **({"epr": epr_report} if config.method == "epr" else {}),
         "torch_version": torch.__version__,
     })
     lap("code")
@@ -406,6 +455,35 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
         _fit(canonical_sequential(linears, relus), data, config,
              desc="fine-tune factors", **common)
     return linears, relus, report
+
+
+def _entropy_penalized(net, linears, relus, data, config, *, batch_size, epochs, log):
+    """EPR (``compress/epr.py``) on the network's Linear layers: ``epochs`` of Adam on the task
+    loss plus ``rate_lambda`` bits per parameter; returns the latent layers (A11), their float
+    accuracy and the per-layer report (parameters, nonzero latents, bits under the learned
+    models, bits per parameter)."""
+    log(f"EPR: rate lambda {config.rate_lambda:g}, {epochs} epochs of Adam at "
+        f"{config.epr_lr:g}")
+    reparam = EntropyPenalizedReparameterization(net, rate_lambda=config.rate_lambda)
+    _fit(net, data, config, epochs=epochs, lr=config.epr_lr, batch_size=batch_size,
+         seed=config.seed + 1, regularizer=reparam.regularizer, optimizer="adam",
+         lr_scales=reparam.lr_scales(), desc="EPR", progress=config.progress)
+    latents, bits = reparam.latents(), reparam.layer_bits()
+    reparam.remove()
+    layers = [CompressedLayer.from_latents(code, relu=relu, zero_run_bits=_zero_run_bits(config))
+              for code, relu in zip(latents, relus)]
+    accuracy_epr = accuracy(canonical_sequential(linears, relus), data.x_test, data.y_test)
+    report = [{"parameters": code.parameters,
+               "nonzero_weights": int(np.count_nonzero(code.weight.values)),
+               "codebook_entries": int(len(layer.codebook)),
+               "weight_step": code.weight.step, "model_bits": round(b, 1),
+               "bits_per_parameter": round(b / code.parameters, 4)}
+              for code, layer, b in zip(latents, layers, bits)]
+    for i, row in enumerate(report):
+        log(f"  layer {i}: {row['nonzero_weights']} nonzero latents, "
+            f"{row['codebook_entries']} codebook entries, "
+            f"{row['bits_per_parameter']:.3f} bits per parameter")
+    return layers, accuracy_epr, report
 
 
 def _fit(net, data, config, **kwargs):

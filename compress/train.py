@@ -118,8 +118,9 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
           regularizer: Callable[[], torch.Tensor] | None = None,
           on_epoch: Callable[[int], None] | None = None,
           on_step: Callable[[int], None] | None = None,
-          adversary=None, desc: str = "train", progress: bool = True) -> list[float]:
-    """Train with SGD (Nesterov momentum 0.9) and a cosine learning-rate schedule.
+          adversary=None, optimizer: str = "sgd", lr_scales: dict | None = None,
+          desc: str = "train", progress: bool = True) -> list[float]:
+    """Train with SGD (Nesterov momentum 0.9), or Adam, and a cosine learning-rate schedule.
 
     Parameters
     ----------
@@ -135,6 +136,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
         (TRP's low-rank projection).
     adversary : compress.adversarial.Adversary, optional
         Adversarial training: its ``loss(model, x, y)`` replaces the cross entropy.
+    optimizer : str
+        ``"sgd"`` (the default) or ``"adam"`` (EPR; ``weight_decay`` then as Adam's).
+    lr_scales : dict, optional
+        Parameter to a factor of ``lr`` for it (EPR's steps and model scales).
 
     Returns
     -------
@@ -146,9 +151,19 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, lr: fl
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be sgd or adam, not {optimizer!r}")
+    lr_scales = lr_scales or {}
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True,
-                                weight_decay=weight_decay)
+    groups = {}
+    for p in params:
+        groups.setdefault(float(lr_scales.get(p, 1.0)), []).append(p)
+    groups = [{"params": ps, "lr": lr * scale} for scale, ps in groups.items()]
+    if optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True,
+                                    weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, -(-len(x) // batch_size))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss()

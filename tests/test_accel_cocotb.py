@@ -136,6 +136,26 @@ def test_a_trained_trp_model_matches(tmp_path):
     assert outcome.ok and outcome.samples == 10 and outcome.hidden_checked
 
 
+@needs_verilator
+def test_a_trained_epr_model_matches(tmp_path):
+    """EPR through the whole path (issue 24): ``compress`` trains the digits MLP's latents, the
+    artifact stores them range-coded (format version 4), and the engine, which sees the codebook
+    and indices of A11, equals ``sim`` on every logit and hidden activation."""
+    from compress import CompressConfig, compress_model
+
+    config = CompressConfig(method="epr", rate_lambda=0.5, epochs=8, epr_epochs=1,
+                            progress=False)
+    result = compress_model(config, log=lambda _: None)
+    model = compress.load(result.model.save(tmp_path / "epr.dcz"))
+    assert all(layer.latents is not None for layer in model.layers)
+    assert max(layer.index_bits for layer in model.layers) > 4       # wider than DP's codebooks
+    x = sim.quantize_input(model, result.dataset.x_test[:10])
+    plan = EnginePlan.from_model(model, n_pes=2)
+    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=6, idle=0.3,
+                             backpressure=0.3)
+    assert outcome.ok and outcome.samples == 10 and outcome.hidden_checked
+
+
 def test_signed_model_odd_shapes_match(tmp_path):
     """Signed inputs and hidden layers without ReLU (signed activations), 3 PEs that divide no
     layer, an input width that is not a multiple of the input lanes, heavy idle cycles and no

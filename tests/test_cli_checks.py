@@ -239,6 +239,17 @@ def test_run_refuses_bad_arguments_by_their_flags(model_and_scaled_data, capsys)
     (["--calibration-samples", "0"], "--calibration-samples must be >= 1, not 0"),
     (["--bits", "9"], "--bits must be 1..8, not 9"),
     (["--seed", "-2"], "--seed must be 0..4294967295, not -2"),
+    (["--method", "epr", "--rate-lambda", "-1"], "--rate-lambda must be a finite number >= 0, "
+                                                 "not -1.0"),
+    (["--method", "epr", "--rate-lambda", "nan"], "--rate-lambda must be a finite number >= 0, "
+                                                  "not nan"),
+    (["--method", "epr", "--rate-lambda", "inf"], "--rate-lambda must be a finite number >= 0, "
+                                                  "not inf"),
+    (["--method", "epr", "--epr-epochs", "-1"], "--epr-epochs must be >= 0, not -1"),
+    (["--method", "epr", "--epr-lr", "0"], "--epr-lr must be > 0, not 0.0"),
+    (["--method", "epr", "--density", "0.1"], "method epr prunes and quantizes by itself: "
+                                               "--density cannot be set with it"),
+    (["--method", "epr", "--weight-bits", "6"], "--weight-bits must be >= 8 with method epr"),
 ])
 def test_compress_names_its_flags(args, message, capsys):
     from compress.__main__ import main

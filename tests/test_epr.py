@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from compress import epr, range_coding
+from compress.latents import LATENT_LIMIT
 
 
 # -- the rate lambda ----------------------------------------------------------------------------
@@ -21,7 +22,7 @@ from compress import epr, range_coding
 @pytest.mark.parametrize("bad", [-1e-3, float("nan"), float("inf"), -float("inf"), True, "1",
                                  None])
 def test_rate_lambda_is_refused_unless_finite_and_non_negative(bad):
-    with pytest.raises(ValueError, match="rate lambda must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="rate_lambda must be a finite number >= 0"):
         epr.check_rate_lambda(bad)
 
 
@@ -149,11 +150,10 @@ def test_forward_uses_the_rounded_latents():
     before = [m.weight.detach().clone() for m in net if isinstance(m, nn.Linear)]
     reparam = epr.EntropyPenalizedReparameterization(net, rate_lambda=1.0)
     for m, latents, w in zip(reparam.linears, reparam.latents(), before):
-        assert np.array_equal(m.weight.detach().numpy(),
-                              (latents.weight * np.float32(latents.weight_step)).astype(np.float32))
+        assert np.array_equal(m.weight.detach().numpy(), latents.weight.decoded())
         # The step starts at exp(-4): rounding moves a weight by at most half of it.
         assert float((m.weight.detach() - w).abs().max()) <= 0.5 * math.exp(-4) + 1e-7
-        assert np.abs(latents.weight).max() <= epr.LATENT_LIMIT
+        assert np.abs(latents.weight.values).max() <= LATENT_LIMIT
 
 
 def test_latents_are_clamped_to_the_limit():
@@ -161,7 +161,7 @@ def test_latents_are_clamped_to_the_limit():
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[100.0, -0.01]]))
     reparam = epr.EntropyPenalizedReparameterization(net, rate_lambda=0.0)
-    assert reparam.latents()[0].weight.tolist() == [[epr.LATENT_LIMIT, -1]]
+    assert reparam.latents()[0].weight.values.tolist() == [[LATENT_LIMIT, -1]]
 
 
 def test_the_rate_term_trains_steps_scales_and_latents():
@@ -187,8 +187,7 @@ def test_remove_leaves_the_rounded_weights():
     reparam.remove()
     for m, lat in zip([m for m in net if isinstance(m, nn.Linear)], latents):
         assert not hasattr(m, "parametrizations")
-        assert np.array_equal(m.bias.detach().numpy(),
-                              (lat.bias * np.float32(lat.bias_step)).astype(np.float32))
+        assert np.array_equal(m.bias.detach().numpy(), lat.bias.decoded())
 
 
 def test_a_model_without_linear_layers_or_biases_is_refused():
@@ -197,3 +196,53 @@ def test_a_model_without_linear_layers_or_biases_is_refused():
     with pytest.raises(ValueError, match="needs a bias"):
         epr.EntropyPenalizedReparameterization(nn.Sequential(nn.Linear(3, 2, bias=False)),
                                                rate_lambda=1.0)
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+
+_QUICK = dict(method="epr", epochs=6, epr_epochs=20, progress=False)
+
+
+@pytest.fixture(scope="module")
+def epr_result():
+    from compress import CompressConfig, compress_model
+
+    return compress_model(CompressConfig(rate_lambda=2.0, **_QUICK), log=lambda _: None)
+
+
+def test_the_pipeline_stores_latent_layers_that_run_on_the_integer_path(epr_result, tmp_path):
+    import compress
+    import sim
+
+    model = compress.load(epr_result.model.save(tmp_path / "epr.dcz"))
+    assert model.format_version == 4
+    assert all(layer.latents is not None for layer in model.layers)
+    assert [row["parameters"] for row in model.metadata["epr"]] == \
+        [layer.index.size + layer.out_features for layer in model.layers]
+    data = epr_result.dataset
+    x = sim.quantize_input(model, data.x_test)
+    accuracy = float(np.mean(sim.run(model, x).argmax(1) == data.y_test))
+    assert accuracy == pytest.approx(epr_result.accuracy_int) and accuracy > 0.9
+    # Most latents are zero: pruned weights the engine skips.
+    assert sum(layer.nonzero for layer in model.layers) < 0.5 * sum(
+        layer.index.size for layer in model.layers)
+
+
+def test_a_larger_rate_lambda_gives_a_smaller_model(epr_result):
+    from compress import CompressConfig, compress_model
+
+    larger = compress_model(CompressConfig(rate_lambda=8.0, **_QUICK), log=lambda _: None)
+
+    def size(result):
+        return sum(s.compressed_bytes for s in result.model.sizes())
+
+    assert size(larger) < size(epr_result)
+
+
+def test_same_seed_same_epr_artifact(epr_result, tmp_path):
+    from compress import CompressConfig, compress_model
+
+    again = compress_model(CompressConfig(rate_lambda=2.0, **_QUICK), log=lambda _: None)
+    a = epr_result.model.save(tmp_path / "a.dcz").read_bytes()
+    b = again.model.save(tmp_path / "b.dcz").read_bytes()
+    assert a == b

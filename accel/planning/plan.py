@@ -213,7 +213,8 @@ def _pack(layer, n_pes, zero_run_bits, order):
     permuted = replace(layer, index=layer.index[order],
                        bias=None if layer.bias is None else layer.bias[order],
                        codebook=layer.codebook[order] if layer.per_row else layer.codebook,
-                       basis=None, integer=replace(integer, **rows))
+                       basis=None, latents=None,         # A11: a codebook and indices
+                       integer=replace(integer, **rows))
     image = pack_layer(permuted, n_pes, zero_run_bits=zero_run_bits)
     ids = np.zeros(image.rows_per_pe * n_pes, dtype=np.int64)
     ids[:len(order)] = order
