@@ -82,6 +82,7 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
         "robust": model.metadata.get("robust"),
         "low_rank": model.metadata.get("low_rank"),
         "accuracy_low_rank": model.metadata.get("accuracy_low_rank"),
+        "epr": model.metadata.get("epr"),
         "settings": model.metadata.get("settings", {}),
         "timings_s": timings or {},
     }
@@ -115,9 +116,20 @@ def format_table(report: dict) -> str:
         rows.append(f"multiply-accumulates per inference: {before:,} dense -> {report['macs']:,} "
                     f"after {method} -> {report['nonzero_macs']:,} nonzero "
                     f"(accuracy after {method}: {report['accuracy_low_rank']:.2%})")
-    rows.append(f"accuracy: float {report['accuracy_float']:.2%}, pruned "
-                f"{report['accuracy_pruned']:.2%}, compressed {report['accuracy_compressed']:.2%} "
-                f"(drop {report['accuracy_drop_points']:+.2f} points)")
+    if report.get("epr"):
+        for i, row in enumerate(report["epr"]):
+            rows.append(f"EPR layer {i + 1}: {row['nonzero_weights']:,} nonzero latents, "
+                        f"{row['codebook_entries']} codebook entries, step "
+                        f"{row['weight_step']:.4g}, {row['bits_per_parameter']:.3f} bits per "
+                        "parameter under the learned model")
+        rows.append(f"accuracy: float {report['accuracy_float']:.2%}, after EPR "
+                    f"{report['accuracy_compressed']:.2%} "
+                    f"(drop {report['accuracy_drop_points']:+.2f} points)")
+    else:
+        rows.append(f"accuracy: float {report['accuracy_float']:.2%}, pruned "
+                    f"{report['accuracy_pruned']:.2%}, compressed "
+                    f"{report['accuracy_compressed']:.2%} "
+                    f"(drop {report['accuracy_drop_points']:+.2f} points)")
     if report.get("accuracy_int") is not None:
         widths = ", ".join(str(layer["integer"]["accumulator_bits"])
                            for layer in report["layers"])
