@@ -170,3 +170,27 @@ def test_a_latent_layer_in_an_older_version_is_refused(tmp_path):
     path.write_bytes(body + hashlib.sha256(body).digest())
     with pytest.raises(ValueError, match="has a latent layer"):
         compress.load(path)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.lists(st.integers(1, 40), min_size=2, max_size=4),
+       st.sampled_from([0.0, 0.5, 0.95, 1.0]), st.sampled_from([1, 3, 40, LATENT_LIMIT]))
+def test_random_latent_models_round_trip_and_run_alike(tmp_path_factory, seed, widths, zeros,
+                                                       limit):
+    """Any shapes (width 1 included), all-zero layers (a one-symbol alphabet: no words), any
+    latent range: the file reads back to the same layers and the same integer outputs."""
+    rng = np.random.default_rng(seed)
+    relus = [bool(rng.random() < 0.5) for _ in widths[1:]]
+    layers = [CompressedLayer.from_latents(_latents(rng, o, i, zeros=zeros, limit=limit),
+                                           relu=r)
+              for i, o, r in zip(widths[:-1], widths[1:], relus)]
+    x = rng.random((16, widths[0]))
+    model = quantize_model(CompressedModel(layers), x)
+    path = model.save(tmp_path_factory.mktemp("latents") / "m.dcz")
+    loaded = compress.load(path)
+    for a, b in zip(model.layers, loaded.layers):
+        assert np.array_equal(a.latents.weight.values, b.latents.weight.values)
+        assert np.array_equal(a.latents.bias.values, b.latents.bias.values)
+        assert np.array_equal(a.integer.bias, b.integer.bias)
+    xq = sim.quantize_input(model, x)
+    assert np.array_equal(sim.trace(model, xq)[-1], sim.trace(loaded, xq)[-1])
