@@ -54,6 +54,7 @@ def describe(case: FuzzCase) -> dict:
                     for layer in model.layers[:-1]],
         "per_row": [layer.integer.per_row for layer in model.layers],
         "code_bits": [layer.integer.code_bits for layer in model.layers],
+        "latent": [layer.latents is not None for layer in model.layers],
         **o,
         "balanced": case.calibration is not None,
         "inputs": len(case.x),
@@ -79,7 +80,8 @@ def _options_string(d: dict) -> str:
             f"dens{'/'.join(f'{v:.2f}' for v in d['density'])} "
             f"pe{d['n_pes']} l{d['lanes']} il{d['input_lanes']} bk{d['banks']} "
             f"q{d['queue_depth']} zr{d['zero_run_bits']} {'bal' if d['balanced'] else 'rr'}"
-            f"{_learned_string(d)}")
+            f"{_learned_string(d)}"
+            + (f" epr{'/'.join(str(int(v)) for v in d['latent'])}" if any(d["latent"]) else ""))
 
 
 # -- running ------------------------------------------------------------------------------------

@@ -180,6 +180,25 @@ def test_factorized_layers(cases):
     assert any(c.profile["factored"][-1] and len(c.model.layers) == 2 for c in cases)
 
 
+def test_latent_layers(cases):
+    """EPR's latent layers (issue 24, A11): a fifth of the eligible layers (a tenth of all), codebooks of
+    the latents themselves up to 255 entries (8 index bits), the weight scale the step, and the
+    integer biases those the artifact's reader derives."""
+    from compress.integer import latent_integer_bias
+    from compress.latents import latent_codebook
+
+    latent = [l for _, _, l in _layers(cases) if l.latents is not None]
+    assert 0.05 < len(latent) / sum(1 for _ in _layers(cases)) < 0.3
+    assert max(len(l.codebook) for l in latent) == 255 and min(len(l.codebook) for l in latent) <= 3
+    assert max(l.index_bits for l in latent) == 8
+    for layer in latent:
+        assert np.array_equal(layer.integer.codebook, latent_codebook(layer.latents.weight.values)[0])
+        assert layer.integer.weight_scale == layer.latents.weight.step
+        assert np.array_equal(layer.integer.bias, latent_integer_bias(
+            layer.latents.bias.decoded(), layer.integer.input_scale, layer.integer.weight_scale))
+    assert any(c.model.format_version == 4 for c in cases)
+
+
 def test_engine_options(cases):
     options = [c.options for c in cases]
     _ends((o["n_pes"] for o in options if o["n_pes"] <= random_cases.N_PES[1]),

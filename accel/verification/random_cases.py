@@ -27,7 +27,11 @@ threshold activations of 1 to 4 code bits on about 35 % of the hidden layers wit
 levels anywhere in the output range, repeated ones included). TRP's factorized layers
 (issue 23), from a third stream: each drawn layer is, with probability :data:`FACTORED`, preceded
 by a rank layer (1 to ``min(in, out)`` outputs, zero bias, no ReLU, so the drawn layer takes
-signed inputs), up to twice ``MAX_LAYERS`` layers in all.
+signed inputs), up to twice ``MAX_LAYERS`` layers in all. EPR's latent layers (issue 24, A11),
+from a fourth stream: a drawn layer (not a wide, per-row or threshold one) is, with probability
+:data:`LATENT`, made a latent layer: latents of any spread up to the ±127 clamp on its index
+pattern, any step and bias step, its integer data derived as A11 says, and its artifact in
+format version 4.
 """
 
 from __future__ import annotations
@@ -39,12 +43,13 @@ from pathlib import Path
 import numpy as np
 
 from compress.artifact import CompressedLayer, CompressedModel, load
+from compress.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
-                              requantization_parameters)
+                              latent_integer_bias, requantization_parameters)
 from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
 
-__all__ = ["ACTIVATION_BITS", "BANKS", "FACTORED", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
+__all__ = ["ACTIVATION_BITS", "BANKS", "FACTORED", "LATENT", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
            "MAX_WIDTH", "N_PES", "QUEUE_DEPTH", "RARE_MAX_PES", "RARE_MAX_QUEUE_DEPTH",
            "WEIGHT_BITS", "ZERO_RUN_BITS", "FuzzCase", "random_case", "shape_string"]
 
@@ -52,6 +57,8 @@ __all__ = ["ACTIVATION_BITS", "BANKS", "FACTORED", "INDEX_BITS", "INPUT_LANES", 
 MAX_LAYERS = 4
 #: Probability that a drawn layer is factorized as TRP exports it: a rank layer before it.
 FACTORED = 0.2
+#: Probability that a drawn layer is an EPR latent layer (A11).
+LATENT = 0.2
 MAX_WIDTH = 300
 INDEX_BITS = (1, 8)            # python -m compress --bits 1..8
 WEIGHT_BITS = (2, 16)          # IntegerLayer, --weight-bits
@@ -334,6 +341,49 @@ def _factor(rng, in_features, out_features, *, activation_bits, input_signed, wi
     return layer, info
 
 
+def _latent(rng, layer, info, *, wide_accumulator):
+    """The drawn layer as an EPR latent layer (A11, ``compress/latents.py``): latents from a
+    discretized logistic of any spread (up to the ±127 clamp, sometimes only its ends) where the
+    drawn index is nonzero, so its sparsity (empty rows and columns) stays; a random step;
+    bias latents on a bias step of any size. Its integer data is what A11 and A4 make of
+    them (the integer codebook is the latents, ``s_w`` the step, the integer biases derived as
+    the artifact's reader derives them), with a new accumulator width and requantization."""
+    integer = layer.integer
+    spread = float(np.exp(rng.uniform(np.log(0.3), np.log(80.0))))
+    q = np.clip(np.rint(rng.logistic(0.0, spread, layer.index.shape)), -LATENT_LIMIT,
+                LATENT_LIMIT).astype(np.int64)
+    if rng.random() < 0.1:                        # only the clamp's ends
+        q = np.where(q < 0, -LATENT_LIMIT, LATENT_LIMIT)
+    q[layer.index == 0] = 0
+    step = float(np.float32(np.exp(rng.uniform(np.log(1e-4), np.log(0.5)))))
+    q_bias = np.clip(np.rint(rng.normal(0.0, spread, layer.out_features)), -LATENT_LIMIT,
+                     LATENT_LIMIT).astype(np.int64)
+    bias_step = float(np.float32(step * np.exp(rng.uniform(np.log(1e-3), np.log(1e3)))))
+    latents = LayerLatents(LatentCode(q, step, float(rng.uniform(-3, 4))),
+                           LatentCode(q_bias, bias_step, float(rng.uniform(-3, 4))))
+    codebook = latent_codebook(q)[0]
+    weight_bits = max(2, int(np.abs(codebook).max()).bit_length() + 1, integer.weight_bits)
+    weight_bits = min(weight_bits, 16)
+    bias = latent_integer_bias(latents.bias.decoded(), 1.0, step)
+    bound = accumulator_bound(codebook, latent_codebook(q)[1], bias, integer.activation_bits,
+                              integer.input_signed)
+    accumulator_bits = accumulator_width(bound)
+    if wide_accumulator:
+        accumulator_bits = _uniform(rng, accumulator_bits, MAX_ACCUMULATOR_BITS)
+    multiplier = shift = 0
+    if not integer.logits:
+        out_hi = activation_range(integer.activation_bits, not layer.relu)[1]
+        multiplier, shift, info["requant"] = _requantization(rng, bound, out_hi)
+    new = IntegerLayer(codebook=codebook, bias=bias, weight_bits=weight_bits,
+                       activation_bits=integer.activation_bits,
+                       input_signed=integer.input_signed, accumulator_bits=accumulator_bits,
+                       multiplier=multiplier, shift=shift, logits=integer.logits,
+                       weight_scale=step)
+    info = {**info, "latent": True, "needed_accumulator_bits": accumulator_width(bound)}
+    return CompressedLayer.from_latents(latents, relu=layer.relu,
+                                        zero_run_bits=layer.zero_run_bits, integer=new), info
+
+
 def _inputs(rng, n: int, features: int, lo: int, hi: int, extremes_at=()) -> np.ndarray:
     """``n`` rows: random values at random densities, the extremes at each of ``extremes_at``."""
     x = np.zeros((n, features), dtype=np.int64)
@@ -459,6 +509,7 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     # TRP's factorized layers (issue 23), from a third stream: the draws above and those of an
     # unfactored layer stay those of earlier versions.
     low_rank = np.random.default_rng([int(seed), 0x7A9])
+    latent = np.random.default_rng([int(seed), 0xE9])           # EPR's latent layers (issue 24)
     # (Not in a wide case: its wide layer's sums need its full input width.)
     factored = [bool(low_rank.random() < FACTORED) and not wide for _ in range(n_layers)]
     layers, infos = [], []
@@ -484,6 +535,9 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
                              input_signed=signed, relu=relus[i], logits=i == n_layers - 1,
                              wide_accumulator=wide_accumulator, codebook=codebook,
                              density=density, bias=bias, learned=learned)
+        if latent.random() < LATENT and not wide and not layer.per_row \
+                and not layer.integer.code_bits:
+            layer, info = _latent(latent, layer, info, wide_accumulator=wide_accumulator)
         layers.append(layer)
         infos.append(info)
         signed = not relus[i]
