@@ -155,7 +155,7 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
     when timing is not met.
     """
     import sim
-    from accel.gateware.resources import check_fit, estimate_resources
+    from accel.gateware.resources import check_fit, dense_warning, estimate_resources
     from accel.verify import verify
 
     started = time.perf_counter()
@@ -180,6 +180,9 @@ def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lan
           f"multipliers (available {board.capacity.luts:,}, {board.capacity.brams}, "
           f"{board.capacity.multipliers})", flush=True)
     check_fit(plan, board, estimate)
+    warning = dense_warning(estimate, board)
+    if warning and synthesis:
+        print(f"      warning: {warning}", flush=True)
     if router == "auto":
         router = choose_router(estimate.luts, board.capacity.luts)
 

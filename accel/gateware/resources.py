@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 from compress.integer import MULTIPLIER_BITS
 
-__all__ = ["FitError", "ResourceEstimate", "check_fit", "estimate_resources", "memories"]
+__all__ = ["DENSE_LUT_SHARE", "FitError", "ResourceEstimate", "check_fit", "dense_warning",
+           "estimate_resources", "memories"]
 
 #: (width, depth) configurations of one block RAM, per family.
 _BRAM_SHAPES = {
@@ -48,6 +49,17 @@ _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (
 LUTS_PER_PE = 2524
 LUTS_FIXED = 3842
 LUTS_PER_LUTRAM = 4
+#: LUT4s of one PE per layer beyond the three of the fitted engines (each layer has its own
+#: memories' write decoders and registers, and wider muxes in every stage): fitted to the
+#: 16-PE TRP LeNet-300-100 engine (six layers; 2026-12-05, commit f4878b6): Yosys's 47,543 LUT4,
+#: 3,784 carry cells and 2,116 LUT RAM cells, about 63,600 LUT4 in nextpnr's count, against
+#: 52,670 estimated without this term. Not subtracted below three layers: the 2-layer engine
+#: that did not place on the UP5K (docs/boards.md) was measured with the 3-layer constant.
+LUTS_PER_LAYER = 227
+#: Share of the device's LUTs above which the build warns that place and route may not converge
+#: in reasonable time: the 16-PE TRP engine (76% of the LFE5U-85F's LUTs, its flip-flops 80%)
+#: had not finished nextpnr's first placement iteration after an hour.
+DENSE_LUT_SHARE = 0.7
 #: LUT4s of a threshold activation (A10) per PE and layer: one per bit of each comparator (an
 #: ECP5 carry chain), one per two bits of the level table's mux (structural, not fitted).
 LUTS_PER_THRESHOLD_BIT = 1
@@ -162,7 +174,8 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
                      + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT
                      for layer in plan.layers if layer.levels is not None)
-    per_pe = LUTS_PER_PE - (LUTS_PER_REQUANTIZER if requant == 0 else 0)
+    per_pe = LUTS_PER_PE - (LUTS_PER_REQUANTIZER if requant == 0 else 0) \
+        + LUTS_PER_LAYER * max(0, len(plan.layers) - 3)
     luts = LUTS_FIXED + per_pe * plan.n_pes + LUTS_PER_LUTRAM * lutram + \
         math.ceil(thresholds * plan.n_pes)
     if family == "ice40":
@@ -170,6 +183,17 @@ def estimate_resources(plan, board) -> ResourceEstimate:
         luts += ff_bits
     return ResourceEstimate(luts=luts, brams=brams, multipliers=multipliers,
                             lutram_cells=lutram, memories=len(found))
+
+
+def dense_warning(estimate: ResourceEstimate, board) -> str | None:
+    """A warning when the estimate fills more than :data:`DENSE_LUT_SHARE` of ``board``'s
+    LUTs (the design may fit and still not place and route in hours), else None."""
+    share = estimate.luts / board.capacity.luts
+    if share <= DENSE_LUT_SHARE:
+        return None
+    return (f"the engine fills about {share:.0%} of {board.name}'s LUTs: place and route may "
+            "take hours or not converge (the 16-PE six-layer TRP engine, at 76%, did not place "
+            "in an hour); fewer PEs (--pes) build much faster")
 
 
 def check_fit(plan, board, estimate: ResourceEstimate | None = None) -> ResourceEstimate:
