@@ -97,8 +97,9 @@ def main() -> int:
               f"{pct(rb['compressed_on_grid']):>19} {r['ratio']:>6.1f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
+        # (default=str: the settings hold paths)
         args.json.write_text(json.dumps({"rows": rows, "settings": vars(args) | {
-            "json": str(args.json)}}, indent=2))
+            "json": str(args.json)}}, indent=2, default=str))
     return 0
 
 
