@@ -17,6 +17,7 @@ from amaranth.sim import Simulator
 
 from accel.gateware.engine import Engine
 from accel.planning.plan import EnginePlan
+from accel.verification import budget
 
 __all__ = ["EngineRun", "run_engine"]
 
@@ -95,10 +96,9 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
         if not 0 <= k < max(n, 1):
             raise ValueError(f"reloads must be keyed by image indices 0..{n - 1}, not {k!r}")
     if max_cycles is None:
-        per_image = sum(layer.image.entry_counts.max() + layer.in_features
-                        for layer in plan.layers) + plan.beats_per_image + 200
-        max_cycles = int((n + 2 + len(reloads)) * per_image * (1 + 4 * max(idle, backpressure))
-                         + 2 * sum(len(words) for words in reloads.values())) + 1000
+        max_cycles = budget.max_cycles(
+            plan, n, idle=idle, backpressure=backpressure, reloads=len(reloads),
+            reload_words=sum(len(words) for words in reloads.values()))
     engine = Engine(plan)
     top = _Clocked(engine)
     rng = random.Random(seed)

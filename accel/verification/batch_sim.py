@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.verification import budget
 from accel.verification.amaranth_sim import EngineRun
 from accel.verification.batch_driver import _driver_source, _words, _wrapper_source
 
@@ -397,11 +398,9 @@ def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: i
             raise ValueError(f"reloads must be keyed by image indices 0..{n - 1}, not {k!r}")
     writes = list(writes)
     if max_cycles is None:
-        per_image = sum(int(layer.image.entry_counts.max()) + layer.in_features
-                        for layer in plan.layers) + plan.beats_per_image + 200
-        max_cycles = int((n + 2 + len(reloads)) * per_image * (1 + 4 * max(idle, backpressure))
-                         + 2 * sum(len(words) for words in reloads.values())
-                         + 2 * len(writes)) + 1000
+        max_cycles = budget.max_cycles(
+            plan, n, idle=idle, backpressure=backpressure, reloads=len(reloads),
+            reload_words=sum(len(words) for words in reloads.values()), writes=len(writes))
     groups = []
     if writes:
         groups.append((0, writes))
