@@ -415,8 +415,8 @@ def test_memories_of_a_row_or_two_are_flip_flops():
 
 
 def test_layers_beyond_three_add_luts_and_a_dense_engine_is_warned_about():
-    """Each layer beyond the fitted engines' three adds LUTS_PER_LAYER per PE (the 16-PE TRP
-    engine's six layers); an estimate above DENSE_LUT_SHARE of the board gets a warning."""
+    """Each layer beyond the fitted engines' three adds LUTS_PER_LAYER (the TRP engines' six
+    layers); an estimate above DENSE_LUT_SHARE of the board gets a warning."""
     from accel.gateware.resources import DENSE_LUT_SHARE, LUTS_PER_LAYER, dense_warning
 
     board = get_board("ulx3s")
@@ -424,7 +424,7 @@ def test_layers_beyond_three_add_luts_and_a_dense_engine_is_warned_about():
                                board)
     four = estimate_resources(EnginePlan.from_model(random_model(3, [20, 12, 12, 12, 5]),
                                                     n_pes=2), board)
-    assert four.luts - three.luts >= 2 * LUTS_PER_LAYER
+    assert four.luts - three.luts >= LUTS_PER_LAYER
     assert dense_warning(three, board) is None
     dense = type(three)(luts=int(board.capacity.luts * (DENSE_LUT_SHARE + 0.05)), brams=1,
                         multipliers=1, lutram_cells=0, memories=1)

@@ -49,16 +49,15 @@ _LUTRAM_COST = 5.5          # per 16x4 TRELLIS_DPR16X4, read register included (
 LUTS_PER_PE = 2524
 LUTS_FIXED = 3842
 LUTS_PER_LUTRAM = 4
-#: LUT4s of one PE per layer beyond the three of the fitted engines (each layer has its own
-#: memories' write decoders and registers, and wider muxes in every stage): fitted to the
-#: 16-PE TRP LeNet-300-100 engine (six layers; 2026-12-05, commit f4878b6): Yosys's 47,543 LUT4,
-#: 3,784 carry cells and 2,116 LUT RAM cells, about 63,600 LUT4 in nextpnr's count, against
-#: 52,670 estimated without this term. Not subtracted below three layers: the 2-layer engine
-#: that did not place on the UP5K (docs/boards.md) was measured with the 3-layer constant.
-LUTS_PER_LAYER = 227
+#: LUT4s per layer beyond the three of the engines fitted above, once for the engine (not per
+#: PE: the two TRP builds below have the per-PE slope of the 3-layer fit, 2,548): fitted to the
+#: six-layer TRP LeNet-300-100 engine (2026-12-05, commits f4878b6 and fc73483): 46,412 LUT4
+#: with 8 PEs (nextpnr's count; 30,726 estimated without this term) and, from Yosys's cells,
+#: about 68,500 with 16 (52,670 without it).
+LUTS_PER_LAYER = 5250
 #: Share of the device's LUTs above which the build warns that place and route may not converge
-#: in reasonable time: the 16-PE TRP engine (76% of the LFE5U-85F's LUTs, its flip-flops 80%)
-#: had not finished nextpnr's first placement iteration after an hour.
+#: in reasonable time: the 16-PE TRP engine (about 82% of the LFE5U-85F's LUTs, its flip-flops
+#: 80%) had not finished nextpnr's first placement iteration after an hour.
 DENSE_LUT_SHARE = 0.7
 #: LUT4s of a threshold activation (A10) per PE and layer: one per bit of each comparator (an
 #: ECP5 carry chain), one per two bits of the level table's mux (structural, not fitted).
@@ -174,10 +173,9 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
                      + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT
                      for layer in plan.layers if layer.levels is not None)
-    per_pe = LUTS_PER_PE - (LUTS_PER_REQUANTIZER if requant == 0 else 0) \
-        + LUTS_PER_LAYER * max(0, len(plan.layers) - 3)
+    per_pe = LUTS_PER_PE - (LUTS_PER_REQUANTIZER if requant == 0 else 0)
     luts = LUTS_FIXED + per_pe * plan.n_pes + LUTS_PER_LUTRAM * lutram + \
-        math.ceil(thresholds * plan.n_pes)
+        math.ceil(thresholds * plan.n_pes) + LUTS_PER_LAYER * max(0, len(plan.layers) - 3)
     if family == "ice40":
         # An iCE40 logic cell is a LUT and a flip-flop: memories in flip-flops take cells too.
         luts += ff_bits
@@ -192,8 +190,8 @@ def dense_warning(estimate: ResourceEstimate, board) -> str | None:
     if share <= DENSE_LUT_SHARE:
         return None
     return (f"the engine fills about {share:.0%} of {board.name}'s LUTs: place and route may "
-            "take hours or not converge (the 16-PE six-layer TRP engine, at 76%, did not place "
-            "in an hour); fewer PEs (--pes) build much faster")
+            "take hours or not converge (the 16-PE six-layer TRP engine, at about 82%, did not "
+            "place in an hour); fewer PEs (--pes) build much faster")
 
 
 def check_fit(plan, board, estimate: ResourceEstimate | None = None) -> ResourceEstimate:
