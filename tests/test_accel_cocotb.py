@@ -138,13 +138,14 @@ def test_a_trained_trp_model_matches(tmp_path):
 
 @needs_verilator
 def test_a_trained_epr_model_matches(tmp_path):
-    """EPR through the whole path (issue 24): ``compress`` trains the digits MLP's latents, the
+    """EPR through the whole path (issue 24): ``compress`` trains a small MLP's latents, the
     artifact stores them range-coded (format version 4), and the engine, which sees the codebook
     and indices of A11, equals ``sim`` on every logit and hidden activation."""
     from compress import CompressConfig, compress_model
 
-    config = CompressConfig(method="epr", rate_lambda=0.5, epochs=8, epr_epochs=1,
-                            progress=False)
+    # (cancer-mlp, 30-32-16-2 on signed features: a small engine, a quick compile)
+    config = CompressConfig(model="cancer-mlp", method="epr", rate_lambda=0.5, epochs=8,
+                            epr_epochs=1, progress=False)
     result = compress_model(config, log=lambda _: None)
     model = compress.load(result.model.save(tmp_path / "epr.dcz"))
     assert all(layer.latents is not None for layer in model.layers)
