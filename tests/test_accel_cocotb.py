@@ -115,44 +115,26 @@ def test_a_trained_lq_nets_model_matches(tmp_path):
 
 
 @needs_verilator
-def test_a_trained_trp_model_matches(tmp_path):
-    """TRP through the whole path: ``compress`` trains the digits MLP towards low rank and
-    factorizes it, so the chain has Linear layers with no ReLU between them (signed hidden
-    activations, no ReLU in the drain); the engine equals ``sim`` on every logit and hidden
-    activation with idle cycles and backpressure."""
+def test_trained_trp_and_epr_models_match(tmp_path):
+    """TRP and EPR through the whole path, in one engine (issues 23 and 24): ``compress`` trains
+    a small MLP towards low rank and factorizes it (Linear layers with no ReLU between them:
+    signed hidden activations, no ReLU in the drain), then trains the factors' latents (EPR),
+    which the artifact stores range-coded (format version 4); the engine, which sees the
+    codebooks and indices of A11, equals ``sim`` on every logit and hidden activation with idle
+    cycles and backpressure. (cancer-mlp, 30-32-16-2 on signed features: a quick compile.)"""
     from compress import CompressConfig, compress_model
 
-    config = CompressConfig(low_rank="trp", energy=0.95, low_rank_epochs=1, epochs=8,
-                            prune_rounds=1, retrain_epochs=1, finetune_epochs=1,
-                            density=(0.5,), progress=False)
+    config = CompressConfig(model="cancer-mlp", low_rank="trp", energy=0.9, low_rank_epochs=2,
+                            epochs=8, method="epr", rate_lambda=0.5, epr_epochs=1,
+                            progress=False)
     result = compress_model(config, log=lambda _: None)
-    model = compress.load(result.model.save(tmp_path / "trp.dcz"))
-    assert [layer.relu for layer in model.layers][:4] == [False, True, False, True]
-    assert model.layers[1].integer.input_signed
-    x = sim.quantize_input(model, result.dataset.x_test[:10])
-    plan = EnginePlan.from_model(model, n_pes=2)          # (few PEs: a quicker compile)
-    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=4, idle=0.3,
-                             backpressure=0.3)
-    assert outcome.ok and outcome.samples == 10 and outcome.hidden_checked
-
-
-@needs_verilator
-def test_a_trained_epr_model_matches(tmp_path):
-    """EPR through the whole path (issue 24): ``compress`` trains a small MLP's latents, the
-    artifact stores them range-coded (format version 4), and the engine, which sees the codebook
-    and indices of A11, equals ``sim`` on every logit and hidden activation."""
-    from compress import CompressConfig, compress_model
-
-    # (cancer-mlp, 30-32-16-2 on signed features: a small engine, a quick compile)
-    config = CompressConfig(model="cancer-mlp", method="epr", rate_lambda=0.5, epochs=8,
-                            epr_epochs=1, progress=False)
-    result = compress_model(config, log=lambda _: None)
-    model = compress.load(result.model.save(tmp_path / "epr.dcz"))
+    model = compress.load(result.model.save(tmp_path / "trp-epr.dcz"))
+    assert not model.layers[0].relu and model.layers[1].integer.input_signed     # a factor pair
     assert all(layer.latents is not None for layer in model.layers)
     assert max(layer.index_bits for layer in model.layers) > 4       # wider than DP's codebooks
     x = sim.quantize_input(model, result.dataset.x_test[:10])
-    plan = EnginePlan.from_model(model, n_pes=2)
-    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=6, idle=0.3,
+    plan = EnginePlan.from_model(model, n_pes=2)          # (few PEs: a quicker compile)
+    outcome = cosim.simulate(model, plan, x, build_dir=tmp_path, seed=4, idle=0.3,
                              backpressure=0.3)
     assert outcome.ok and outcome.samples == 10 and outcome.hidden_checked
 

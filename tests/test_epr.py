@@ -200,7 +200,7 @@ def test_a_model_without_linear_layers_or_biases_is_refused():
 
 # -- the pipeline ----------------------------------------------------------------------------------
 
-_QUICK = dict(method="epr", epochs=6, epr_epochs=20, progress=False)
+_QUICK = dict(model="cancer-mlp", method="epr", epochs=6, epr_epochs=60, progress=False)
 
 
 @pytest.fixture(scope="module")
