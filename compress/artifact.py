@@ -124,9 +124,7 @@ class CompressedLayer:
         distinct nonzero latents times the step), indices and index width, and its bias."""
         if not isinstance(latents, LayerLatents):
             raise ValueError(f"latents must be a LayerLatents, not {type(latents).__name__}")
-        values, index, index_bits = latent_codebook(latents.weight.values)
-        codebook = (values.astype(np.float32) * np.float32(latents.weight.step)).astype(
-            np.float32)
+        codebook, index, index_bits = _latent_layer_fields(latents)
         return cls(codebook=codebook, index=index, bias=latents.bias.decoded(), relu=relu,
                    index_bits=index_bits, zero_run_bits=zero_run_bits, integer=integer,
                    latents=latents)
@@ -206,8 +204,7 @@ class CompressedLayer:
         if self.basis is not None or self.per_row or self.activation_levels is not None:
             raise ValueError("a latent layer (A11) has one codebook and no learned activation "
                              "levels")
-        values, index, index_bits = latent_codebook(latents.weight.values)
-        codebook = (values.astype(np.float32) * np.float32(latents.weight.step))
+        codebook, index, index_bits = _latent_layer_fields(latents)
         if not (np.array_equal(self.index, index) and np.array_equal(self.codebook, codebook)
                 and np.array_equal(self.bias, latents.bias.decoded())
                 and self.index_bits == index_bits):
@@ -312,6 +309,14 @@ class CompressedLayer:
             bias_bits=32 * len(self.latents.bias.encode()),
             entries=self.nonzero, padding=0,
             integer_bits=0 if self.integer is None else _LATENT_INTEGER_BITS)
+
+
+def _latent_layer_fields(latents: LayerLatents) -> tuple[np.ndarray, np.ndarray, int]:
+    """A11: the float codebook (0, then the distinct nonzero latents ascending, times the
+    step), the indices and the index width a layer's latents make."""
+    values, index, index_bits = latent_codebook(latents.weight.values)
+    codebook = (values.astype(np.float32) * np.float32(latents.weight.step)).astype(np.float32)
+    return codebook, index, index_bits
 
 
 @dataclass

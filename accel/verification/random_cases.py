@@ -361,11 +361,11 @@ def _latent(rng, layer, info, *, wide_accumulator):
     bias_step = float(np.float32(step * np.exp(rng.uniform(np.log(1e-3), np.log(1e3)))))
     latents = LayerLatents(LatentCode(q, step, float(rng.uniform(-3, 4))),
                            LatentCode(q_bias, bias_step, float(rng.uniform(-3, 4))))
-    codebook = latent_codebook(q)[0]
+    codebook, index, _ = latent_codebook(q)
     weight_bits = max(2, int(np.abs(codebook).max()).bit_length() + 1, integer.weight_bits)
     weight_bits = min(weight_bits, 16)
     bias = latent_integer_bias(latents.bias.decoded(), 1.0, step)
-    bound = accumulator_bound(codebook, latent_codebook(q)[1], bias, integer.activation_bits,
+    bound = accumulator_bound(codebook, index, bias, integer.activation_bits,
                               integer.input_signed)
     accumulator_bits = accumulator_width(bound)
     if wide_accumulator:
