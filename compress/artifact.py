@@ -18,6 +18,10 @@ basis, or as its values) and learned activation levels with their integer thresh
 Format version 4 adds latent layers (EPR, A11): a layer stored as its range-coded integer
 latents with their steps and model scales (:mod:`compress.latents`), from which the codebook,
 indices and biases, and the integer biases, are derived when the file is read.
+
+Format version 5 adds convolution layers (A12-A13): a layer's weight matrix is then its kernels,
+``out_channels x (in_channels x kh x kw)``, and its header holds its
+:class:`~compress.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ import hashlib
 import json
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from .geometry import ConvGeometry, im2col, max_pool, mean_pool, patch_batch
 from .huffman import HuffmanCode
 from .integer import LEVEL_COUNTS, MAX_CODE_BITS, IntegerLayer, latent_integer_bias
 from .latents import MODEL_BITS, LatentCode, LayerLatents, latent_codebook
@@ -40,7 +45,7 @@ from .sparse import RelativeIndexStream, decode_relative, encode_relative
 __all__ = ["FORMAT_VERSION", "MAGIC", "CompressedLayer", "CompressedModel", "LayerSize", "load"]
 
 MAGIC = b"DCACCEL\x00"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _DIGEST = 32
 
@@ -104,6 +109,10 @@ class CompressedLayer:
     latents : LayerLatents or None
         A latent layer (EPR, A11): ``codebook``, ``index`` and ``bias`` are then those the
         latents make (:meth:`from_latents`), and the artifact stores the latents, range-coded.
+    geometry : ConvGeometry or None
+        A convolution (A12-A13): ``index`` is then ``out_channels x (in_channels x kh x kw)``,
+        and the layer reads ``geometry.input_size`` activations and gives
+        ``geometry.output_size(out_channels)``.
     """
 
     codebook: np.ndarray | None
@@ -116,10 +125,12 @@ class CompressedLayer:
     basis: np.ndarray | None = None
     activation_levels: np.ndarray | None = None
     latents: LayerLatents | None = None
+    geometry: ConvGeometry | None = None
 
     @classmethod
     def from_latents(cls, latents: LayerLatents, *, relu: bool, zero_run_bits: int = 4,
-                     integer: IntegerLayer | None = None) -> CompressedLayer:
+                     integer: IntegerLayer | None = None,
+                     geometry: ConvGeometry | None = None) -> CompressedLayer:
         """The layer of a :class:`~compress.latents.LayerLatents` (A11): its codebook (0 then the
         distinct nonzero latents times the step), indices and index width, and its bias."""
         if not isinstance(latents, LayerLatents):
@@ -127,7 +138,7 @@ class CompressedLayer:
         codebook, index, index_bits = _latent_layer_fields(latents)
         return cls(codebook=codebook, index=index, bias=latents.bias.decoded(), relu=relu,
                    index_bits=index_bits, zero_run_bits=zero_run_bits, integer=integer,
-                   latents=latents)
+                   latents=latents, geometry=geometry)
 
     def __post_init__(self):
         if self.basis is not None:
@@ -178,6 +189,15 @@ class CompressedLayer:
             raise ValueError(f"bias must have shape ({self.out_features},), not {self.bias.shape}")
         self._validate_activation_levels()
         self._validate_latents()
+        if self.geometry is not None:
+            if not isinstance(self.geometry, ConvGeometry):
+                raise ValueError(f"geometry must be a ConvGeometry or None, not "
+                                 f"{type(self.geometry).__name__}")
+            if self.in_features != self.geometry.columns:
+                raise ValueError(f"a convolution with {self.geometry.in_channels} input channels "
+                                 f"and a {self.geometry.kernel_height}x"
+                                 f"{self.geometry.kernel_width} kernel has "
+                                 f"{self.geometry.columns} weight columns, not {self.in_features}")
         if self.integer is not None:
             if not isinstance(self.integer, IntegerLayer):
                 raise ValueError(f"integer must be an IntegerLayer or None, not "
@@ -232,7 +252,33 @@ class CompressedLayer:
 
     @property
     def in_features(self) -> int:
+        """Columns of the weight matrix (inputs of a Linear layer; ``C x kh x kw`` of a
+        convolution: see :attr:`input_size`)."""
         return self.index.shape[1]
+
+    @property
+    def kind(self) -> str:
+        """``"conv"`` or ``"fc"``: the prefix of the layer's name in reports (``conv1``, ``fc3``)."""
+        return "fc" if self.geometry is None else "conv"
+
+    @property
+    def shape(self) -> list[int]:
+        """``[out, in]``, or a convolution's kernel shape ``[O, C, kh, kw]``."""
+        g = self.geometry
+        if g is None:
+            return [self.out_features, self.in_features]
+        return [self.out_features, g.in_channels, g.kernel_height, g.kernel_width]
+
+    @property
+    def input_size(self) -> int:
+        """Activations the layer reads (``C x H x W`` for a convolution)."""
+        return self.geometry.input_size if self.geometry else self.in_features
+
+    @property
+    def output_size(self) -> int:
+        """Activations the layer gives, after pooling."""
+        return self.geometry.output_size(self.out_features) if self.geometry else \
+            self.out_features
 
     @property
     def weight(self) -> np.ndarray:
@@ -255,14 +301,43 @@ class CompressedLayer:
             return 16 * int(self.basis.size)
         return 32 * int(self.codebook[..., 1:].size)
 
+    def affine(self, x: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """``W x + b`` in ``dtype``: shape ``(n, out_features)``, or the convolution's maps
+        ``(n, O, H_c, W_c)`` before pooling (A12)."""
+        x = np.asarray(x, dtype=dtype)
+        weight, bias = self.weight.astype(dtype), self.bias.astype(dtype)
+        g = self.geometry
+        if g is None:
+            return x @ weight.T + bias
+        positions = g.conv_height * g.conv_width
+        maps = np.empty((len(x), self.out_features, positions), dtype=dtype)
+        step = patch_batch(g)
+        for start in range(0, len(x), step):
+            patches = im2col(x[start:start + step], g)
+            maps[start:start + step] = (patches @ weight.T).transpose(0, 2, 1)
+        maps += bias[:, None]
+        return maps.reshape(len(x), self.out_features, g.conv_height, g.conv_width)
+
+    def pool(self, y: np.ndarray) -> np.ndarray:
+        """A convolution's maps pooled (A13, in float) and flattened channel-major; a Linear
+        layer's output unchanged."""
+        if self.geometry is None:
+            return y
+        if self.geometry.pool == "max":
+            y = max_pool(y)
+        elif self.geometry.pool == "avg":
+            y = mean_pool(y)
+        return y.reshape(len(y), -1)
+
     def output(self, x: np.ndarray) -> np.ndarray:
-        """The layer's float32 output: ``W x + b``, ReLU, then the learned levels if any."""
-        y = x @ self.weight.T + self.bias
+        """The layer's float32 output: ``W x + b``, ReLU, the learned levels if any, then the
+        pooling (flattened)."""
+        y = self.affine(x)
         if self.relu:
             y = np.maximum(y, 0, dtype=np.float32)
         if self.activation_levels is not None:
             y = quantize_to_levels(y, self.activation_levels)
-        return y
+        return self.pool(y)
 
     @property
     def nonzero(self) -> int:
@@ -330,9 +405,15 @@ class CompressedModel:
         if not self.layers:
             raise ValueError("a compressed model needs at least one layer")
         for i, (a, b) in enumerate(zip(self.layers[:-1], self.layers[1:])):
-            if a.out_features != b.in_features:
-                raise ValueError(f"layer {i} gives {a.out_features} outputs but layer {i + 1} "
-                                 f"takes {b.in_features} inputs")
+            if a.output_size != b.input_size:
+                raise ValueError(f"layer {i} gives {a.output_size} outputs but layer {i + 1} "
+                                 f"takes {b.input_size} inputs")
+            if b.geometry is not None and (a.geometry is None or (
+                    a.out_features, a.geometry.out_height, a.geometry.out_width) != (
+                    b.geometry.in_channels, b.geometry.in_height, b.geometry.in_width)):
+                raise ValueError(f"layer {i + 1} is a convolution over "
+                                 f"{b.geometry.in_channels}x{b.geometry.in_height}x"
+                                 f"{b.geometry.in_width} maps; layer {i} does not give them")
         quantized = [layer.integer is not None for layer in self.layers]
         if any(quantized):
             if not all(quantized):
@@ -363,11 +444,16 @@ class CompressedModel:
 
     @property
     def in_features(self) -> int:
-        return self.layers[0].in_features
+        """Network inputs (flattened channel-major for a convolution)."""
+        return self.layers[0].input_size
 
     @property
     def out_features(self) -> int:
-        return self.layers[-1].out_features
+        return self.layers[-1].output_size
+
+    @property
+    def has_convolution(self) -> bool:
+        return any(layer.geometry is not None for layer in self.layers)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Float32 logits of the shared-weight network (numpy; the float reference)."""
@@ -390,9 +476,16 @@ class CompressedModel:
 
         linears = []
         for layer in self.layers:
-            linear = nn.Linear(layer.in_features, layer.out_features)
+            g = layer.geometry
+            if g is None:
+                linear = nn.Linear(layer.in_features, layer.out_features)
+            else:
+                linear = nn.Conv2d(g.in_channels, layer.out_features,
+                                   (g.kernel_height, g.kernel_width), stride=g.stride,
+                                   padding=g.padding)
+                linear.geometry = g
             with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(layer.weight))
+                linear.weight.copy_(torch.from_numpy(layer.weight).reshape(linear.weight.shape))
                 linear.bias.copy_(torch.from_numpy(layer.bias))
             linears.append(linear)
         net = canonical_sequential(linears, [layer.relu for layer in self.layers])
@@ -400,7 +493,8 @@ class CompressedModel:
         for module in net:
             modules.append(module)
             if isinstance(module, nn.ReLU):
-                layer = self.layers[sum(isinstance(m, nn.Linear) for m in modules) - 1]
+                layer = self.layers[sum(isinstance(m, (nn.Linear, nn.Conv2d))
+                                        for m in modules) - 1]
                 if layer.activation_levels is not None:
                     modules.append(FixedLevels(layer.activation_levels))
         return nn.Sequential(*modules)
@@ -410,9 +504,11 @@ class CompressedModel:
 
     @property
     def format_version(self) -> int:
-        """The version :meth:`save` writes: 4 when a layer is a latent layer (A11), 3 when a
-        layer has a per-row codebook or learned activation levels (A9-A10), else 2, which
-        older readers also read."""
+        """The version :meth:`save` writes: 5 when a layer is a convolution (A12-A13), 4 when a
+        layer is a latent layer (A11), 3 when a layer has a per-row codebook or learned
+        activation levels (A9-A10), else 2, which older readers also read."""
+        if self.has_convolution:
+            return 5
         if any(layer.latents is not None for layer in self.layers):
             return 4
         learned = any(layer.per_row or layer.activation_levels is not None
@@ -436,7 +532,10 @@ class CompressedModel:
 
         for layer in self.layers:
             if layer.latents is not None:
-                layer_headers.append(_latent_header(layer, put))
+                entry = _latent_header(layer, put)
+                if layer.geometry is not None:
+                    entry["geometry"] = layer.geometry.as_dict()
+                layer_headers.append(entry)
                 continue
             stream, index_code, zero_run_code = layer.coded()
             index_data, index_nbits = index_code.encode(stream.index)
@@ -464,6 +563,8 @@ class CompressedModel:
             header_entry.update(learned)
             if layer.integer is not None:
                 header_entry["integer"] = _integer_header(layer.integer, put)
+            if layer.geometry is not None:
+                header_entry["geometry"] = layer.geometry.as_dict()
             layer_headers.append(header_entry)
         version = self.format_version
         header = json.dumps({
@@ -527,10 +628,16 @@ def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
                              count=nbytes // np.dtype(entry["dtype"]).itemsize, offset=offset)
 
     out_features, in_features = int(header["out_features"]), int(header["in_features"])
+    geometry = None
+    if "geometry" in header:
+        if version < 5:
+            raise ValueError(f"a version-{version} file has a convolution layer (version 5)")
+        geometry = ConvGeometry.from_dict(header["geometry"])
     if "latents" in header:
         if version < 4:
             raise ValueError(f"a version-{version} file has a latent layer (version 4)")
-        return _read_latent_layer(header, get, out_features, in_features)
+        layer = _read_latent_layer(header, get, out_features, in_features)
+        return layer if geometry is None else replace(layer, geometry=geometry)
     entries = int(header["entries"])
     index_code = HuffmanCode(get("index_code_lengths").copy())
     zero_run_code = HuffmanCode(get("zero_run_code_lengths").copy())
@@ -559,7 +666,7 @@ def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
                            relu=bool(header["relu"]),
                            index_bits=index_bits,
                            zero_run_bits=int(header["zero_run_bits"]),
-                           integer=integer)
+                           integer=integer, geometry=geometry)
 
 
 def _codebook_arrays(layer: CompressedLayer, put, learned: dict) -> dict:

@@ -52,6 +52,9 @@ class Dataset:
     signed : bool
         Whether any feature is negative. Image pixels are unsigned; standardized tabular data is
         signed. The integer reference (``docs/arithmetic.md``) picks uint8 or int8 inputs from it.
+    shape : tuple of int
+        One sample's shape before flattening: ``(1, H, W)`` for the image sets (a convolution
+        reads it), an ``.npz``'s own (``(C, H, W)`` or ``(H, W)``), ``()`` for tabular data.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     signed: bool
+    shape: tuple[int, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -111,10 +115,10 @@ def load_dataset(name: str | os.PathLike, *, data_dir: str | os.PathLike | None 
                      f"not {name_str!r}")
 
 
-def _finish(name: str, x_train, y_train, x_test, y_test) -> Dataset:
+def _finish(name: str, x_train, y_train, x_test, y_test, shape=()) -> Dataset:
     n_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
     signed = bool(min(x_train.min(initial=0.0), x_test.min(initial=0.0)) < 0)
-    return Dataset(name, x_train, y_train, x_test, y_test, n_classes, signed)
+    return Dataset(name, x_train, y_train, x_test, y_test, n_classes, signed, tuple(shape))
 
 
 def _load_digits(seed: int) -> Dataset:
@@ -126,7 +130,7 @@ def _load_digits(seed: int) -> Dataset:
     y = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, random_state=seed, stratify=y)
-    return _finish("digits", x_train, y_train, x_test, y_test)
+    return _finish("digits", x_train, y_train, x_test, y_test, (1, 8, 8))
 
 
 def _load_breast_cancer(seed: int) -> Dataset:
@@ -191,7 +195,7 @@ def _load_mnist(folder: Path) -> Dataset:
         arrays["x_train"].reshape(len(arrays["x_train"]), -1).astype(np.float32) * scale,
         arrays["y_train"].astype(np.int64),
         arrays["x_test"].reshape(len(arrays["x_test"]), -1).astype(np.float32) * scale,
-        arrays["y_test"].astype(np.int64))
+        arrays["y_test"].astype(np.int64), (1,) + arrays["x_test"].shape[1:])
 
 
 def _load_npz(path: Path) -> Dataset:
@@ -207,6 +211,8 @@ def _load_npz(path: Path) -> Dataset:
     except (OSError, EOFError) as error:
         raise ValueError(f"{path} is not a readable .npz file: {error}") from None
     out = {}
+    shape = arrays["x_train"].shape[1:]
+    shape = (1,) + shape if len(shape) == 2 else shape if len(shape) == 3 else ()
     for part in ("train", "test"):
         x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
         if x.ndim < 2 or len(x) == 0:
@@ -227,4 +233,5 @@ def _load_npz(path: Path) -> Dataset:
     if out["x_train"].shape[1] != out["x_test"].shape[1]:
         raise ValueError(f"x_train has {out['x_train'].shape[1]} features, "
                          f"x_test {out['x_test'].shape[1]}")
-    return _finish(str(path), out["x_train"], out["y_train"], out["x_test"], out["y_test"])
+    return _finish(str(path), out["x_train"], out["y_train"], out["x_test"], out["y_test"],
+                   shape)

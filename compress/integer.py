@@ -437,7 +437,8 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
             raise ValueError(f"{where} needs a {width}-bit accumulator; at most "
                              f"{MAX_ACCUMULATOR_BITS} bits are supported (docs/arithmetic.md "
                              "A5): use fewer weight_bits or activation_bits")
-        activations = activations @ layer.weight.astype(np.float64).T + layer.bias
+        # A12: a convolution's maps, (n, O, H_c, W_c); scales are taken before pooling (A13).
+        activations = layer.affine(activations, np.float64)
         if layer.relu:
             activations = np.maximum(activations, 0.0)
         thresholds = integer_levels = None
@@ -465,6 +466,7 @@ def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
             weight_scale=scale_w, output_scale=scale_out, thresholds=thresholds,
             levels=integer_levels)
         layers.append(replace(layer, integer=integer))
+        activations = layer.pool(activations)
         signed, scale_in = out_signed, scale_out
     # type(model): the artifact module sits above this one and imports it, not the reverse
     return type(model)(layers, dict(model.metadata))

@@ -31,7 +31,7 @@ from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, expo
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
-from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential,
+from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, geometry_of,
                     torch_threads, train)
 
 __all__ = ["METHODS", "ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
@@ -276,14 +276,15 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         timings[name] = round(now - clock, 3)
         clock = now
 
-    module, builtin = load_model(config.model, seed=config.seed)
+    builtin = config.model in BUILTIN_MODELS
     recipe = BUILTIN_MODELS[config.model].recipe if builtin else Recipe()
     dataset_name = config.dataset or (BUILTIN_MODELS[config.model].dataset if builtin
                                       else "digits")
     data = load_dataset(dataset_name, data_dir=config.data_dir, seed=config.seed)
     log(f"data: {data.describe()}")
+    module, builtin = load_model(config.model, seed=config.seed, input_shape=data.shape or None)
 
-    chain = linear_chain(module)
+    chain = linear_chain(module, data.shape or None)
     _check_chain(chain, data, config)
     n_layers = len(chain)
     linears = _float_linears(chain)
@@ -362,7 +363,8 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         # 3-4. Quantization: weight sharing then trained quantization of the centroids (Deep
         # Compression §3), or LQ-Nets' learned quantizers (per-row bases, activation levels).
         finetune_lr = pick(config.finetune_lr, _finetune_lr(config, recipe, lr, masks, bits))
-        pruned_weights = [layer.weight.detach().numpy().copy() for layer in linears]
+        pruned_weights = [layer.weight.detach().numpy().reshape(len(layer.weight), -1).copy()
+                          for layer in linears]
         steps = dict(data=data, config=config, linears=linears, relus=relus, masks=masks,
                      bits=bits, epochs=finetune_epochs, batch_size=batch_size,
                      seed=config.seed + rounds + 1, log=log)
@@ -510,9 +512,10 @@ def _smallest_stream(layer: CompressedLayer) -> CompressedLayer:
     return replace(layer, zero_run_bits=best)
 
 
-def _float_linears(chain) -> list[nn.Linear]:
-    """Float32 copies of the chain's Linear layers, each with a bias (zero if it had none)."""
-    linears = [nn.Linear(s.linear.in_features, s.linear.out_features) for s in chain]
+def _float_linears(chain) -> list[nn.Module]:
+    """Float32 copies of the chain's weighted layers, each with a bias (zero if it had none);
+    a convolution as an ``nn.Conv2d`` carrying its geometry (``.geometry``, A12-A13)."""
+    linears = [_float_layer(s) for s in chain]
     with torch.no_grad():
         for new, spec in zip(linears, chain):
             new.weight.copy_(spec.linear.weight.detach().float())
@@ -521,6 +524,16 @@ def _float_linears(chain) -> list[nn.Linear]:
             else:
                 new.bias.zero_()
     return linears
+
+
+def _float_layer(spec) -> nn.Module:
+    g = spec.geometry
+    if g is None:
+        return nn.Linear(spec.linear.in_features, spec.linear.out_features)
+    conv = nn.Conv2d(g.in_channels, spec.linear.out_channels,
+                     (g.kernel_height, g.kernel_width), stride=g.stride, padding=g.padding)
+    conv.geometry = g
+    return conv
 
 
 #: Weights a shared centroid may gather at the recipe's fine-tuning rate (see _finetune_lr).
@@ -554,17 +567,19 @@ def _shared_layers(linears, masks, bits, config):
         index = np.zeros(weight.shape, dtype=np.int64)
         index[masks[i]] = assignment + 1
         shared.append(SharedLinear(torch.from_numpy(index), torch.from_numpy(centroids).float(),
-                                   layer.bias.detach()))
+                                   layer.bias.detach(), geometry_of(layer)))
     return shared, total
 
 
 def _codebook_layer(layer: SharedLinear, relu: bool, bits: int, config,
                     activation_levels=None) -> CompressedLayer:
     codebook, index = _sorted_codebook(layer.centroids.detach().numpy(), layer.index.numpy())
+    # A12: a kernel (O, C, kh, kw) is stored as the matrix (O, C kh kw).
+    index = index.reshape(len(index), -1)
     return CompressedLayer(codebook=codebook, index=index.astype(np.uint8),
                            bias=layer.bias.detach().numpy(), relu=relu, index_bits=bits,
                            zero_run_bits=_zero_run_bits(config),
-                           activation_levels=activation_levels)
+                           activation_levels=activation_levels, geometry=layer.geometry)
 
 
 def _share_weights(*, data, config, linears, relus, masks, bits, epochs, lr, batch_size, seed,
@@ -663,12 +678,26 @@ def _prune(net, linears, data, config, *, mode, finals, rounds, bits, retrain, l
 
 def _check_chain(chain, data: Dataset, config) -> None:
     """The model's chain against the data set and the activation quantizer."""
-    if chain[0].linear.in_features != data.n_features:
-        raise ValueError(f"model {config.model!r} takes {chain[0].linear.in_features} inputs but "
+    if chain[0].in_size != data.n_features:
+        raise ValueError(f"model {config.model!r} takes {chain[0].in_size} inputs but "
                          f"data set {data.name!r} has {data.n_features} features")
-    if chain[-1].linear.out_features < data.n_classes:
-        raise ValueError(f"model {config.model!r} has {chain[-1].linear.out_features} outputs but "
+    if chain[-1].out_size < data.n_classes:
+        raise ValueError(f"model {config.model!r} has {chain[-1].out_size} outputs but "
                          f"data set {data.name!r} has {data.n_classes} classes")
+    convs = [s.name for s in chain if s.geometry is not None]
+    if convs:
+        # Issue 25 brings these to convolutions one at a time; until then, a clear refusal.
+        unsupported = [(config.method == "epr", "--method epr"),
+                       (config.low_rank != "none", f"--low-rank {config.low_rank}"),
+                       (config.quantizer in WEIGHT_QUANTIZERS, f"--quantizer {config.quantizer}"),
+                       (config.activation_quantizer != "none",
+                        f"--activation-quantizer {config.activation_quantizer}")]
+        named = [name for bad, name in unsupported if bad]
+        if named:
+            raise ValueError(f"{', '.join(named)} does not support convolution layers yet "
+                             f"(the model has {', '.join(map(repr, convs))}); convolutions take "
+                             "the Deep Compression path: pruning, kmeans/dp/linear sharing, "
+                             "trained quantization, Huffman coding")
     relus = [s.relu for s in chain]
     if config.activation_quantizer != "none" and not all(relus[:-1]):
         raise ValueError(f"a trained activation quantizer ({config.activation_quantizer}) needs a "

@@ -19,8 +19,9 @@ def build_report(model: CompressedModel, *, artifact: Path, accuracy_float: floa
     sizes = model.sizes()
     for i, (layer, size) in enumerate(zip(model.layers, sizes)):
         layers.append({
-            "name": f"fc{i + 1}",
-            "shape": [layer.out_features, layer.in_features],
+            "name": f"{layer.kind}{i + 1}",
+            "shape": layer.shape,
+            **({} if layer.geometry is None else {"geometry": layer.geometry.as_dict()}),
             "relu": layer.relu,
             "params": layer.index.size + layer.out_features,
             "weights": layer.index.size,
@@ -173,7 +174,7 @@ def write_plots(model: CompressedModel, pruned_weights: list[np.ndarray] | None,
             codebook, what = codebook[row], f"levels of row {row}"
         for c in codebook[1:]:
             ax.axvline(c, color="#c44e52", linewidth=0.9)
-        ax.set_title(f"fc{i + 1} {layer.out_features}x{layer.in_features}: "
+        ax.set_title(f"{layer.kind}{i + 1} {'x'.join(map(str, layer.shape))}: "
                      f"{len(codebook) - 1} {what}")
         ax.set_xlabel("weight (nonzero, before sharing)")
         ax.set_ylabel("count")
@@ -184,7 +185,7 @@ def write_plots(model: CompressedModel, pruned_weights: list[np.ndarray] | None,
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(1.4 * n + 2.5, 3.2))
-    names = [f"fc{i + 1}" for i in range(n)]
+    names = [f"{layer.kind}{i + 1}" for i, layer in enumerate(model.layers)]
     densities = [layer.density * 100 for layer in model.layers]
     bars = ax.bar(names, densities, color="#55a868")
     ax.bar_label(bars, labels=[f"{d:.1f}%" for d in densities])

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from .progress import progress_bar
 
-__all__ = ["TRAINING_THREADS", "SharedLinear", "accuracy", "canonical_sequential", "predict",
-           "torch_threads", "train"]
+__all__ = ["TRAINING_THREADS", "SharedLinear", "accuracy", "canonical_sequential", "conv_forward",
+           "geometry_of", "predict", "torch_threads", "train"]
 
 #: Threads of torch's CPU kernels while compressing. PyTorch's reductions (the matrix
 #: products' sums, the loss's mean) add in an order that depends on how the work is split
@@ -61,19 +61,24 @@ class _CodebookLookup(torch.autograd.Function):
 
 
 class SharedLinear(nn.Module):
-    """A Linear layer whose weights are ``codebook[index]`` with ``codebook[0] == 0`` fixed.
+    """A Linear (or Conv2d) layer whose weights are ``codebook[index]`` with ``codebook[0] == 0``
+    fixed.
 
     Only the nonzero centroids (``centroids``) and the bias are trainable. Because the weight is
     gathered from the centroids, autograd sums the gradients of every weight of a cluster into its
     centroid: exactly the update of Deep Compression §3.3 (Han et al. 2016, Fig. 3). Masks and
-    assignments stay fixed, so a pruned weight (index 0) stays exactly zero.
+    assignments stay fixed, so a pruned weight (index 0) stays exactly zero. With a
+    :class:`~compress.geometry.ConvGeometry` the layer is a convolution (``index`` of shape
+    ``(O, C, kh, kw)``; A12).
     """
 
-    def __init__(self, index: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor):
+    def __init__(self, index: torch.Tensor, centroids: torch.Tensor, bias: torch.Tensor,
+                 geometry=None):
         super().__init__()
         self.register_buffer("index", index.to(torch.long))
         self.centroids = nn.Parameter(centroids.detach().clone().to(torch.float32))
         self.bias = nn.Parameter(bias.detach().clone().to(torch.float32))
+        self.geometry = geometry
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -84,16 +89,44 @@ class SharedLinear(nn.Module):
         return _CodebookLookup.apply(self.codebook, self.index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.geometry is not None:
+            return conv_forward(x, self.weight, self.bias, self.geometry)
         return nn.functional.linear(x, self.weight, self.bias)
 
 
+def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 geometry) -> torch.Tensor:
+    """A12 in float: ``conv2d`` of the ``(n, C, H, W)`` maps with the geometry's stride and
+    zero padding; ``weight`` of shape ``(O, C, kh, kw)`` or ``(O, C kh kw)``."""
+    g = geometry
+    weight = weight.reshape(weight.shape[0], g.in_channels, g.kernel_height, g.kernel_width)
+    return nn.functional.conv2d(x, weight, bias, stride=g.stride, padding=g.padding)
+
+
+def geometry_of(layer: nn.Module):
+    """The :class:`~compress.geometry.ConvGeometry` of a weighted layer, ``None`` for a Linear
+    one (an ``nn.Conv2d`` carries it as ``.geometry``, set by the pipeline)."""
+    return getattr(layer, "geometry", None)
+
+
 def canonical_sequential(linears: Sequence[nn.Module], relus: Sequence[bool]) -> nn.Sequential:
-    """``Flatten`` then each layer, with a ``ReLU`` after those flagged."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    for layer, relu in zip(linears, relus):
+    """Each layer, with a ``ReLU`` after those flagged and its pooling (A13) after a
+    convolution; an ``Unflatten`` to the first convolution's input maps and a ``Flatten`` after
+    the last, so the network takes and gives 2-D feature matrices."""
+    geometries = [geometry_of(layer) for layer in linears]
+    first = geometries[0] if geometries else None
+    layers: list[nn.Module] = [
+        nn.Flatten() if first is None else
+        nn.Unflatten(1, (first.in_channels, first.in_height, first.in_width))]
+    last_conv = max((i for i, g in enumerate(geometries) if g is not None), default=-1)
+    for i, (layer, relu, geometry) in enumerate(zip(linears, relus, geometries)):
         layers.append(layer)
         if relu:
             layers.append(nn.ReLU())
+        if geometry is not None and geometry.pool is not None:
+            layers.append(nn.MaxPool2d(2) if geometry.pool == "max" else nn.AvgPool2d(2))
+        if i == last_conv:
+            layers.append(nn.Flatten())
     return nn.Sequential(*layers)
 
 

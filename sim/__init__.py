@@ -1,6 +1,6 @@
 """Bit-exact integer reference of compressed inference: the golden model.
 
-It implements ``docs/arithmetic.md`` (rules A1-A10) in vectorized numpy with no floating point on
+It implements ``docs/arithmetic.md`` (rules A1-A13) in vectorized numpy with no floating point on
 the integer path; the hardware (``accel``) must equal it bit for bit. The public API::
 
     import compress, sim
@@ -14,9 +14,9 @@ the integer path; the hardware (``accel``) must equal it bit for bit. The public
 """
 
 from .evaluate import add_model_arguments, check_model_arguments, evaluate, load_model_and_data
-from .reference import (SATURATION_WARNING_FRACTION, quantize_input, requantize, run, run_layer,
-                        saturation_warning, threshold_activation, trace)
+from .reference import (SATURATION_WARNING_FRACTION, pool, quantize_input, requantize, run,
+                        run_layer, saturation_warning, threshold_activation, trace)
 
 __all__ = ["SATURATION_WARNING_FRACTION", "add_model_arguments", "check_model_arguments",
-           "evaluate", "load_model_and_data", "quantize_input", "requantize", "run", "run_layer",
+           "evaluate", "load_model_and_data", "pool", "quantize_input", "requantize", "run", "run_layer",
            "saturation_warning", "threshold_activation", "trace"]

@@ -29,9 +29,12 @@ def _layer_rows(model) -> list[dict]:
     rows = []
     for i, layer in enumerate(model.layers):
         integer = layer.integer
+        g = layer.geometry
         rows.append({
-            "name": f"fc{i + 1}",
-            "shape": [layer.out_features, layer.in_features],
+            "name": f"{layer.kind}{i + 1}",
+            "shape": layer.shape,
+            **({} if g is None else {"geometry": g.as_dict(), "maps": [
+                layer.out_features, g.out_height, g.out_width]}),
             "input": f"{'int' if integer.input_signed else 'uint'}{integer.activation_bits}",
             "weight_bits": integer.weight_bits,
             "codebook": integer.codebook.tolist(),
@@ -43,7 +46,8 @@ def _layer_rows(model) -> list[dict]:
                 f"{'uint' if layer.relu else 'int'}{integer.activation_bits}"),
             "drain": "logits (A8)" if integer.logits else (
                 "requantize (A6-A7)" if integer.levels is None else
-                f"{len(integer.levels)} levels (A10)"),
+                f"{len(integer.levels)} levels (A10)")
+            + (f", {g.pool} pool (A13)" if g is not None and g.pool else ""),
         })
         if integer.levels is not None:
             rows[-1].update(thresholds=integer.thresholds.tolist(), levels=integer.levels.tolist())
@@ -62,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     figures = evaluate(model, data.x_test, data.y_test)
     report = {"model": str(args.model), "dataset": data.name, **figures,
               "layers": _layer_rows(model)}
-    print(f"{'layer':<6} {'shape':>9} {'codebook':>14} {'input':>6} {'acc bits':>8} "
+    print(f"{'layer':<6} {'shape':>11} {'codebook':>14} {'input':>6} {'acc bits':>8} "
           f"{'multiplier':>10} {'shift':>5} {'output':>7}  drain")
     for row in report["layers"]:
         shape = "x".join(map(str, row["shape"]))
-        print(f"{row['name']:<6} {shape:>9} {row['codebook_kind']:>14} {row['input']:>6} "
+        print(f"{row['name']:<6} {shape:>11} {row['codebook_kind']:>14} {row['input']:>6} "
               f"{row['accumulator_bits']:>8} {row['multiplier']:>10} {row['shift']:>5} "
               f"{row['output']:>7}  {row['drain']}")
     print(f"{data.name}: {figures['samples']} test samples; integer accuracy "

@@ -2,9 +2,11 @@
 
 Every function on the integer path takes and returns integer arrays and uses no floating point:
 the accumulation (A5) is an integer sparse-matrix product (scipy.sparse, which keeps integer
-dtypes and skips the pruned weights), requantization (A6) an int64 multiply, add and arithmetic
-shift, the activation function and clamp (A7) integer comparisons. Only
-:func:`quantize_input` (A1, the host's conversion of float features) touches floats.
+dtypes and skips the pruned weights), a convolution's (A12) the same product with its input
+patches (an integer im2col), requantization (A6) an int64 multiply, add and arithmetic shift, the
+activation function and clamp (A7) integer comparisons, pooling (A13) an integer maximum or a
+rounded shift of a sum. Only :func:`quantize_input` (A1, the host's conversion of float features)
+touches floats.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from compress.geometry import im2col, max_pool, patch_batch, sum_pool
 from compress.integer import activation_range
 
-__all__ = ["SATURATION_WARNING_FRACTION", "quantize_input", "requantize", "run", "run_layer",
-           "saturation_warning", "threshold_activation", "trace"]
+__all__ = ["SATURATION_WARNING_FRACTION", "pool", "quantize_input", "requantize", "run",
+           "run_layer", "saturation_warning", "threshold_activation", "trace"]
 
 
 # -- edge checks -----------------------------------------------------------------------------
@@ -97,39 +100,76 @@ def _weights(layer) -> scipy.sparse.csr_array:
     return scipy.sparse.csr_array(dense)
 
 
+def _product(weights: scipy.sparse.csr_array, x: np.ndarray) -> np.ndarray:
+    """``x W^T`` for rows ``x``, exactly: ``W @ x.T`` walks each nonzero once and adds a whole
+    row of the batch, integer throughout."""
+    columns = np.ascontiguousarray(x.T, dtype=weights.dtype)
+    return np.asarray(weights @ columns, dtype=weights.dtype).T
+
+
 def _accumulate(layer, x: np.ndarray) -> np.ndarray:
-    """A5: ``bias + W x`` for a batch, exactly, in int32 when the derived width allows."""
+    """A5: ``bias + W x`` for a batch, exactly, in int32 when the derived width allows; for a
+    convolution (A12) the maps ``(n, O, H_c, W_c)``, the same product with each output
+    position's input patch (zero padding is 0, A1)."""
     integer = layer.integer
     weights = _weights(layer)
     dtype = weights.dtype
-    # W @ x.T walks each nonzero once and adds a whole row of the batch: integer throughout.
-    columns = np.ascontiguousarray(x.T, dtype=dtype)
-    acc = weights @ columns
-    acc = np.asarray(acc, dtype=dtype).T + integer.bias.astype(dtype)
-    return acc.astype(np.int64)
+    bias = integer.bias.astype(dtype)
+    g = layer.geometry
+    if g is None:
+        return (_product(weights, x) + bias).astype(np.int64)
+    positions = g.conv_height * g.conv_width
+    maps = np.empty((len(x), layer.out_features, positions), dtype=np.int64)
+    step = patch_batch(g)
+    for start in range(0, len(x), step):
+        patches = im2col(x[start:start + step], g)          # (n, positions, columns)
+        acc = _product(weights, patches.reshape(-1, g.columns)) + bias
+        maps[start:start + step] = acc.reshape(-1, positions, layer.out_features).transpose(
+            0, 2, 1)
+    return maps.reshape(len(x), layer.out_features, g.conv_height, g.conv_width)
+
+
+def pool(maps: np.ndarray, kind: str | None) -> np.ndarray:
+    """A13 on a layer's output maps ``(n, O, H_c, W_c)``: ``"max"``, the maximum of each 2 x 2
+    window; ``"avg"``, ``(sum + 2) >> 2``; ``None``, the maps unchanged. int64."""
+    maps = np.asarray(maps)
+    if not np.issubdtype(maps.dtype, np.integer) or maps.ndim != 4:
+        raise ValueError(f"maps must be a 4-D integer array, not {maps.dtype} {maps.shape}")
+    if kind is None:
+        return maps.astype(np.int64)
+    if kind == "max":
+        return max_pool(maps).astype(np.int64)
+    if kind == "avg":
+        return (sum_pool(maps) + 2) >> 2
+    raise ValueError(f"kind must be max, avg or None, not {kind!r}")
 
 
 def _layer(layer, x: np.ndarray) -> np.ndarray:
     integer = layer.integer
     acc = _accumulate(layer, x)
     if integer.logits:                              # A8
-        return np.maximum(acc, 0) if layer.relu else acc
-    if integer.levels is not None:                  # A10
-        return threshold_activation(acc, integer.thresholds, integer.levels)
-    return requantize(acc, integer.multiplier, integer.shift, relu=layer.relu,
-                      bits=integer.activation_bits)
+        out = np.maximum(acc, 0) if layer.relu else acc
+    elif integer.levels is not None:                # A10
+        out = threshold_activation(acc, integer.thresholds, integer.levels)
+    else:
+        out = requantize(acc, integer.multiplier, integer.shift, relu=layer.relu,
+                         bits=integer.activation_bits)
+    if layer.geometry is not None:                  # A13, then flattened channel-major
+        out = pool(out, layer.geometry.pool).reshape(len(out), -1)
+    return out
 
 
 def run_layer(model, i: int, x) -> np.ndarray:
-    """Layer ``i``'s integer output for its integer input ``x``, shape ``(n, in_features)``.
+    """Layer ``i``'s integer output for its integer input ``x``, shape ``(n, input_size)``
+    (a convolution's ``C x H x W`` maps flattened channel-major).
 
-    Hidden layers return their requantized activations (A6-A7), the last layer its logits (A8);
-    always as int64, shape ``(n, out_features)``.
+    Hidden layers return their requantized activations (A6-A7), the last layer its logits (A8),
+    a convolution's pooled (A13) and flattened; always as int64, shape ``(n, output_size)``.
     """
     i = _layer_index(model, i)
     layer = model.layers[i]
     lo, hi = layer.integer.input_range()
-    x = _check_input(x, layer.in_features, lo, hi, f"layer {i}'s input")
+    x = _check_input(x, layer.input_size, lo, hi, f"layer {i}'s input")
     return _layer(layer, x)
 
 

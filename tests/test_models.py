@@ -1,4 +1,5 @@
-"""Only chains of Linear, ReLU and Flatten are accepted, with errors naming the layer."""
+"""Only chains of the supported layers are accepted, with errors naming the layer (the
+convolution chains are in test_conv.py)."""
 
 import pytest
 import torch
@@ -9,9 +10,11 @@ from compress.models import BUILTIN_MODELS, build_builtin, linear_chain, load_mo
 
 def test_builtins_are_chains():
     for name, builtin in BUILTIN_MODELS.items():
-        specs = linear_chain(build_builtin(name))
-        assert [s.linear.in_features for s in specs] == list(builtin.sizes[:-1])
-        assert [s.relu for s in specs] == [True] * (len(specs) - 1) + [False]
+        specs = linear_chain(build_builtin(name), builtin.in_shape or None)
+        linears = [s for s in specs if s.geometry is None]
+        assert len(specs) - len(linears) == len(builtin.convs)
+        assert [s.linear.in_features for s in linears] == list(builtin.sizes[:-1])
+        assert [s.relu for s in linears] == [True] * (len(linears) - 1) + [False]
 
 
 def test_builtin_init_is_deterministic_and_keeps_global_rng():
@@ -40,12 +43,12 @@ def test_nested_sequential_and_traced_module():
 
 @pytest.mark.parametrize("model, message", [
     (nn.Sequential(nn.Linear(4, 3), nn.Tanh()), r"layer '1' \(Tanh\) is not supported; "
-                                                 "supported layers: Linear, ReLU, Flatten"),
-    (nn.Sequential(nn.Conv2d(1, 2, 3)), r"layer '0' \(Conv2d\) is not supported"),
+                                                 "supported layers: Linear, Conv2d"),
+    (nn.Sequential(nn.Conv2d(1, 2, 3)), r"layer '0' \(Conv2d\) needs the input's shape"),
     (nn.Sequential(nn.ReLU(), nn.Linear(4, 3)), "comes before the first Linear"),
     (nn.Sequential(nn.Linear(4, 3), nn.Linear(5, 2)), "takes 5 inputs but the layer before it "
                                                       "gives 3"),
-    (nn.Sequential(nn.Flatten()), "has no Linear layer"),
+    (nn.Sequential(nn.Flatten()), "has no Linear or Conv2d layer"),
 ])
 def test_unsupported(model, message):
     with pytest.raises(ValueError, match=message):

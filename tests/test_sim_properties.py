@@ -11,7 +11,9 @@ ints only:
 - A7: ReLU, then clamp to the output tensor's A1 range;
 - A8: the last layer emits ``acc`` (or ``max(acc, 0)`` after a ReLU), unrequantized;
 - A9: a per-row codebook, ``w[r, c] = codebook[r][index[r, c]]``;
-- A10: a threshold activation, ``levels[#{j : acc >= thresholds[j]}]``.
+- A10: a threshold activation, ``levels[#{j : acc >= thresholds[j]}]``;
+- A12: a convolution, each output position's accumulator over its kernel window, padding 0;
+- A13: 2 x 2 pooling of the output maps, the maximum or ``(sum + 2) >> 2``.
 
 Random models are built directly (no calibration): 1-3 layers, shapes 1x1 .. 40x40, random
 index matrices (empty and dense ones, zero rows and columns), codebooks of 2..16-bit values
@@ -34,6 +36,7 @@ from hypothesis import strategies as st
 import compress
 import sim
 from compress.artifact import CompressedLayer, CompressedModel
+from compress.geometry import ConvGeometry
 from compress.integer import (
     MAX_ACCUMULATOR_BITS,
     MAX_SHIFT,
@@ -669,3 +672,166 @@ def test_save_and_load_keep_the_integer_model(case):
             np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(sim.run(loaded, x), sim.run(model, x))
     assert sim.run(loaded, x).tolist() == _loop_trace(model, x)[-1]
+
+
+# -- 7. convolution and pooling (A12-A13) -------------------------------------------------------
+
+def _loop_conv_layer(p: dict, g: ConvGeometry, x: list[int]) -> list[int]:
+    """A12-A13 for one sample: the output maps from each position's window (padding 0), the
+    drain of A6-A8/A10 on each, then the pooling, flattened channel-major."""
+    def value(c, row, column):
+        if 0 <= row < g.in_height and 0 <= column < g.in_width:
+            return x[(c * g.in_height + row) * g.in_width + column]
+        return 0                                                       # zero padding
+
+    maps = []
+    for o in range(len(p["index"])):
+        codebook = _row_codebook(p, o)
+        plane = []
+        for y in range(g.conv_height):
+            line = []
+            for xx in range(g.conv_width):
+                acc = p["bias"][o]
+                for c in range(g.in_channels):
+                    for dy in range(g.kernel_height):
+                        for dx in range(g.kernel_width):
+                            column = (c * g.kernel_height + dy) * g.kernel_width + dx
+                            acc += int(codebook[p["index"][o][column]]) * value(
+                                c, y * g.stride + dy - g.padding, xx * g.stride + dx - g.padding)
+                if p["logits"]:
+                    line.append(max(acc, 0) if p["relu"] else acc)
+                elif p["levels"] is not None:
+                    line.append(p["levels"][sum(1 for t in p["thresholds"] if acc >= t)])
+                else:
+                    line.append(_loop_requantize(acc, p["multiplier"], p["shift"], p["relu"],
+                                                 p["bits"]))
+            plane.append(line)
+        maps.append(plane)
+    out = []
+    for plane in maps:
+        if g.pool is None:
+            out += [v for line in plane for v in line]
+            continue
+        for y in range(g.conv_height // 2):
+            for xx in range(g.conv_width // 2):
+                window = [plane[2 * y + i][2 * xx + j] for i in (0, 1) for j in (0, 1)]
+                out.append(max(window) if g.pool == "max" else (sum(window) + 2) >> 2)
+    return out
+
+
+def _loop_trace_any(model: CompressedModel, x: np.ndarray) -> list[list[list[int]]]:
+    """:func:`_loop_trace` with convolution layers."""
+    outputs = []
+    activations = [[int(v) for v in row] for row in x.tolist()]
+    for layer in model.layers:
+        p = _plain(layer)
+        if layer.geometry is None:
+            activations = [_loop_layer(p, row) for row in activations]
+        else:
+            activations = [_loop_conv_layer(p, layer.geometry, row) for row in activations]
+        outputs.append(activations)
+    return outputs
+
+
+@st.composite
+def _geometries(draw, channels: int | None = None, height: int | None = None,
+                width: int | None = None) -> ConvGeometry:
+    """A valid geometry: kernel 1..5, stride 1 or 2, padding, 1..9-wide maps, any pooling."""
+    channels = channels or draw(st.integers(1, 4))
+    height = height or draw(st.integers(1, 9))
+    width = width or draw(st.integers(1, 9))
+    kh = draw(st.integers(1, min(5, height + 2 * 2)))
+    kw = draw(st.integers(1, min(5, width + 2 * 2)))
+    padding = draw(st.integers(0, min(kh, kw) - 1))
+    padding = max(padding, (kh - height + 1) // 2, (kw - width + 1) // 2)   # the kernel fits
+    padding = min(padding, min(kh, kw) - 1)
+    stride = draw(st.sampled_from([1, 2]))
+    geometry = ConvGeometry(channels, height, width, kh, kw, stride=stride, padding=padding) \
+        if padding >= (kh - height + 1) / 2 and padding >= (kw - width + 1) / 2 else None
+    if geometry is None:                                   # a kernel too large: shrink it
+        geometry = ConvGeometry(channels, height, width, min(kh, height), min(kw, width),
+                                stride=stride, padding=0)
+    pools = [None] + (["max", "avg"] if geometry.conv_height >= 2 and geometry.conv_width >= 2
+                      else [])
+    return replace(geometry, pool=draw(st.sampled_from(pools)))
+
+
+@st.composite
+def _conv_models_and_inputs(draw):
+    """One or two convolutions, then maybe a Linear layer; random integer data (A1-A10)."""
+    activation_bits = draw(st.integers(2, 16))
+    signed = draw(st.booleans())
+    first = draw(_geometries())
+    geometries = [first]
+    if draw(st.booleans()):
+        out_channels = draw(st.integers(1, 4))
+        geometries.append((out_channels, None))
+    linear = draw(st.booleans())
+    layers = []
+    shape = None
+    n_layers = len(geometries) + linear
+    for i in range(n_layers):
+        last = i == n_layers - 1
+        relu = draw(st.booleans())
+        if i < len(geometries):
+            geometry = geometries[i] if i == 0 else draw(_geometries(*shape))
+            out_channels = draw(st.integers(1, 5))
+            if i + 1 < len(geometries):
+                out_channels = geometries[i + 1][0]
+            layer = draw(_layers(out_channels, geometry.columns, activation_bits, signed, relu,
+                                 logits=last))
+            layer = replace(layer, geometry=geometry)
+            shape = (out_channels, geometry.out_height, geometry.out_width)
+        else:
+            layer = draw(_layers(draw(st.integers(1, 6)), layers[-1].output_size,
+                                 activation_bits, signed, relu, logits=True))
+        layers.append(layer)
+        signed = not relu
+    model = CompressedModel(layers, {"test": "conv properties"})
+    x0 = model.layers[0].integer
+    x = draw(_inputs(model.in_features, x0.activation_bits, x0.input_signed))
+    return model, x
+
+
+@settings(max_examples=150, **_SETTINGS)
+@given(_conv_models_and_inputs())
+def test_convolution_and_pooling_equal_the_loop_reference(case):
+    model, x = case
+    expected = _loop_trace_any(model, x)
+    outputs = sim.trace(model, x)
+    for i, (got, want) in enumerate(zip(outputs, expected, strict=True)):
+        assert got.dtype == np.int64, f"layer {i}"
+        assert got.shape == (len(x), model.layers[i].output_size)
+        assert got.tolist() == want, f"layer {i}"
+    previous = x
+    for i, want in enumerate(expected):
+        assert sim.run_layer(model, i, previous).tolist() == want, f"layer {i}"
+        previous = np.array(want, dtype=np.int64).reshape(len(x), -1)
+    with tempfile.TemporaryDirectory() as directory:
+        loaded = compress.load(model.save(Path(directory) / "m.dcz"))
+    assert loaded.format_version == 5
+    assert [layer.geometry for layer in loaded.layers] == [layer.geometry for layer in
+                                                            model.layers]
+    assert sim.run(loaded, x).tolist() == expected[-1]
+
+
+@pytest.mark.parametrize("kind, window, want", [
+    ("max", [3, -7, 2, 0], 3), ("max", [-5, -7, -6, -8], -5),
+    ("avg", [1, 2, 3, 4], 3), ("avg", [1, 1, 1, 0], 1), ("avg", [1, 0, 0, 0], 0),
+    ("avg", [1, 1, 0, 0], 1), ("avg", [-1, -1, 0, 0], 0), ("avg", [-1, -1, -1, 0], -1),
+    ("avg", [-2, -1, 0, 0], -1), ("avg", [255, 255, 255, 255], 255),
+    ("avg", [-128, -128, -128, -128], -128),
+])
+def test_pool_by_hand(kind, window, want):
+    """A13: the maximum, or round half up of the mean: (sum + 2) >> 2."""
+    maps = np.array(window, dtype=np.int64).reshape(1, 1, 2, 2)
+    assert sim.pool(maps, kind).tolist() == [[[[want]]]]
+    odd = np.pad(maps, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=99)
+    assert sim.pool(odd, kind).tolist() == [[[[want]]]]             # floor mode drops the edge
+
+
+def test_pool_refuses_bad_input():
+    with pytest.raises(ValueError, match="4-D integer"):
+        sim.pool(np.zeros((1, 1, 2, 2)), "max")
+    with pytest.raises(ValueError, match="max, avg or None"):
+        sim.pool(np.zeros((1, 1, 2, 2), dtype=np.int64), "min")

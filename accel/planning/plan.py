@@ -69,6 +69,16 @@ MIN_QUEUE_DEPTH = GROUP_QUEUE_SLACK
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
 
 
+def _check_linear(model: CompressedModel) -> None:
+    """The engine runs Linear layers; a convolution (A12-A13) is refused by name."""
+    for i, layer in enumerate(model.layers):
+        if layer.geometry is not None:
+            raise ValueError(f"layer {i} is a convolution "
+                             f"({layer.geometry.describe(layer.out_features)}); the engine runs "
+                             "Linear layers only so far (convolutions are coming, issue 25): "
+                             "python -m sim runs this model bit-exactly")
+
+
 def _bits(count: int) -> int:
     """Width of an index ``0 .. count - 1``, at least 1."""
     return max(1, (count - 1).bit_length())
@@ -304,6 +314,7 @@ class EnginePlan:
             raise ValueError("the model has no integer data: quantize it with "
                              "compress.integer.quantize_model (python -m compress does by "
                              "default)")
+        _check_linear(model)
         n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)
         zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
         lanes = _check_int("lanes", lanes, 1, 4)
