@@ -61,7 +61,10 @@ def float_model(name: str, dataset, seed: int) -> tuple[Path, float]:
         net = torch.load(path, weights_only=False)
     else:
         module, _ = load_model(name, seed=seed)
-        chain = linear_chain(module)
+        chain = linear_chain(module, dataset.shape or None)
+        for spec in chain:
+            if spec.geometry is not None:           # canonical_sequential reads it (A12-A13)
+                spec.linear.geometry = spec.geometry
         net = canonical_sequential([s.linear for s in chain], [s.relu for s in chain])
         recipe = BUILTIN_MODELS[name].recipe
         with torch_threads(TRAINING_THREADS):

@@ -1,6 +1,6 @@
 """Entropy-penalized reparameterization (EPR, Oktay, Ballé, Singh & Shrivastava, ICLR 2020).
 
-Each Linear layer's weight and bias are represented by latents: a float tensor in the layer's
+Each Linear (and Conv2d) layer's weight and bias are represented by latents: a float tensor in the layer's
 own units and a learned step size per tensor (``log_step``); the forward pass uses
 ``round(latent / step) * step`` with a straight-through gradient, the integer
 ``round(latent / step)`` clamped to ``±LATENT_LIMIT`` (``docs/arithmetic.md`` A11: at most 254
@@ -17,8 +17,10 @@ together.
 - :func:`logistic_bits`: ``-log2`` of the discretized logistic's probability;
 - :class:`LatentTensor`: the parametrization of one tensor (``torch.nn.utils.parametrize``),
   with its step and its probability model;
-- :class:`EntropyPenalizedReparameterization`: attaches them to every Linear layer of a
-  network, gives the loss term for :func:`compress.train.train`, the per-layer bits and the
+- :class:`EntropyPenalizedReparameterization`: attaches them to every Linear and Conv2d layer
+  of a network (a kernel's latents in the same scalar latent space as a matrix's: the paper's
+  DFT of conv kernels is not used, so every latent is a weight and a zero latent a pruned one,
+  A11-A12), gives the loss term for :func:`compress.train.train`, the per-layer bits and the
   integer latents, and removes itself (the rounded weights stay).
 """
 
@@ -118,12 +120,12 @@ class LatentTensor(nn.Module):
 
 
 class EntropyPenalizedReparameterization:
-    """EPR on every ``nn.Linear`` of ``model`` (in place).
+    """EPR on every ``nn.Linear`` and ``nn.Conv2d`` of ``model`` (in place).
 
     Parameters
     ----------
     model : nn.Module
-        Its Linear layers get a :class:`LatentTensor` on ``weight`` and ``bias`` (the latents
+        Its Linear and Conv2d layers get a :class:`LatentTensor` on ``weight`` and ``bias`` (the latents
         start at the trained weights); the new parameters are the model's, so an optimizer
         built from ``model.parameters()`` trains them.
     rate_lambda : float
@@ -133,11 +135,12 @@ class EntropyPenalizedReparameterization:
     def __init__(self, model: nn.Module, *, rate_lambda: float):
         self.rate_lambda = check_rate_lambda(rate_lambda)
         self.model = model
-        self.linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.linears = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
         if not self.linears:
-            raise ValueError("the model has no Linear layer for EPR")
+            raise ValueError("the model has no Linear or Conv2d layer for EPR")
         if any(m.bias is None for m in self.linears):
-            raise ValueError("EPR needs a bias on every Linear layer (a zero one will do)")
+            raise ValueError("EPR needs a bias on every Linear and Conv2d layer (a zero one "
+                             "will do)")
         self.parameter_count = sum(m.weight.numel() + m.bias.numel() for m in self.linears)
         for m in self.linears:
             for name in ("weight", "bias"):
@@ -165,9 +168,12 @@ class EntropyPenalizedReparameterization:
 
     def latents(self) -> list[LayerLatents]:
         """Each layer's integer latents with their steps and model scales (float32, as
-        stored)."""
+        stored); a kernel's as its matrix ``(O, C kh kw)`` (A12)."""
         def code(t, latent):
-            return LatentCode(t.integers(latent), float(np.float32(torch.exp(t.log_step).item())),
+            values = t.integers(latent)
+            if values.ndim > 2:
+                values = values.reshape(len(values), -1)
+            return LatentCode(values, float(np.float32(torch.exp(t.log_step).item())),
                               float(np.float32(t.log_scale.item())))
 
         out = []

@@ -460,7 +460,7 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
 
 
 def _entropy_penalized(net, linears, relus, data, config, *, batch_size, epochs, log):
-    """EPR (``compress/epr.py``) on the network's Linear layers: ``epochs`` of Adam on the task
+    """EPR (``compress/epr.py``) on the network's Linear and Conv2d layers: ``epochs`` of Adam on the task
     loss plus ``rate_lambda`` bits per parameter; returns the latent layers (A11), their float
     accuracy and the per-layer report (parameters, nonzero latents, bits under the learned
     models, bits per parameter)."""
@@ -472,8 +472,9 @@ def _entropy_penalized(net, linears, relus, data, config, *, batch_size, epochs,
          lr_scales=reparam.lr_scales(), desc="EPR", progress=config.progress)
     latents, bits = reparam.latents(), reparam.layer_bits()
     reparam.remove()
-    layers = [CompressedLayer.from_latents(code, relu=relu, zero_run_bits=_zero_run_bits(config))
-              for code, relu in zip(latents, relus)]
+    layers = [CompressedLayer.from_latents(code, relu=relu, zero_run_bits=_zero_run_bits(config),
+                                           geometry=geometry_of(linear))
+              for code, relu, linear in zip(latents, relus, linears)]
     accuracy_epr = accuracy(canonical_sequential(linears, relus), data.x_test, data.y_test)
     report = [{"parameters": code.parameters,
                "nonzero_weights": int(np.count_nonzero(code.weight.values)),
@@ -687,8 +688,7 @@ def _check_chain(chain, data: Dataset, config) -> None:
     convs = [s.name for s in chain if s.geometry is not None]
     if convs:
         # Issue 25 brings these to convolutions one at a time; until then, a clear refusal.
-        unsupported = [(config.method == "epr", "--method epr"),
-                       (config.low_rank != "none", f"--low-rank {config.low_rank}"),
+        unsupported = [(config.low_rank != "none", f"--low-rank {config.low_rank}"),
                        (config.quantizer in WEIGHT_QUANTIZERS, f"--quantizer {config.quantizer}"),
                        (config.activation_quantizer != "none",
                         f"--activation-quantizer {config.activation_quantizer}")]
