@@ -170,7 +170,8 @@ def test_float_layer_equals_torch(channels, height, width, kernel, stride, paddi
     net = CompressedModel([layer]).to_torch()
     want = net(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(layer.output(x), want, atol=1e-5, rtol=1e-5)
-    patches = im2col(x.astype(np.int64) if False else x, geometry)
+    patches = im2col(np.rint(x * 100).astype(np.int64), geometry)        # integers stay integers
+    assert patches.dtype == np.int64
     assert patches.shape == (3, geometry.conv_height * geometry.conv_width, geometry.columns)
 
 

@@ -736,21 +736,18 @@ def _loop_trace_any(model: CompressedModel, x: np.ndarray) -> list[list[list[int
 @st.composite
 def _geometries(draw, channels: int | None = None, height: int | None = None,
                 width: int | None = None) -> ConvGeometry:
-    """A valid geometry: kernel 1..5, stride 1 or 2, padding, 1..9-wide maps, any pooling."""
+    """A valid geometry: kernel 1..5 (at most the padded map), stride 1 or 2, padding
+    0..k-1, 1..9-wide maps, any pooling the convolution's map allows."""
     channels = channels or draw(st.integers(1, 4))
     height = height or draw(st.integers(1, 9))
     width = width or draw(st.integers(1, 9))
-    kh = draw(st.integers(1, min(5, height + 2 * 2)))
-    kw = draw(st.integers(1, min(5, width + 2 * 2)))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     padding = draw(st.integers(0, min(kh, kw) - 1))
-    padding = max(padding, (kh - height + 1) // 2, (kw - width + 1) // 2)   # the kernel fits
+    # A kernel larger than the padded map does not fit: shrink it to the map.
+    kh, kw = min(kh, height + 2 * padding), min(kw, width + 2 * padding)
     padding = min(padding, min(kh, kw) - 1)
-    stride = draw(st.sampled_from([1, 2]))
-    geometry = ConvGeometry(channels, height, width, kh, kw, stride=stride, padding=padding) \
-        if padding >= (kh - height + 1) / 2 and padding >= (kw - width + 1) / 2 else None
-    if geometry is None:                                   # a kernel too large: shrink it
-        geometry = ConvGeometry(channels, height, width, min(kh, height), min(kw, width),
-                                stride=stride, padding=0)
+    geometry = ConvGeometry(channels, height, width, kh, kw,
+                            stride=draw(st.sampled_from([1, 2])), padding=padding)
     pools = [None] + (["max", "avg"] if geometry.conv_height >= 2 and geometry.conv_width >= 2
                       else [])
     return replace(geometry, pool=draw(st.sampled_from(pools)))
