@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +26,8 @@ from .geometry import POOLS, STRIDES, ConvGeometry
 __all__ = ["BUILTIN_MODELS", "LinearSpec", "Recipe", "build_builtin", "linear_chain", "load_model"]
 
 _SUPPORTED = ("Linear, Conv2d (groups 1, dilation 1, zero padding), MaxPool2d and AvgPool2d "
-              "(2x2, stride 2), ReLU, Flatten, BatchNorm1d/2d directly after a Linear or Conv2d")
+              "(2x2, stride 2), ReLU, Flatten, Unflatten first, BatchNorm1d/2d directly after a "
+              "Linear or Conv2d, Dropout and Identity (no-ops)")
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,8 @@ class _Chain:
             self._pool(name, item)
         elif isinstance(item, (nn.BatchNorm1d, nn.BatchNorm2d)):
             self._batch_norm(name, item)
+        elif isinstance(item, nn.Unflatten):
+            self._unflatten(name, item)
         elif isinstance(item, nn.Flatten) or item == "flatten":
             if self.specs and self.specs[-1].geometry is not None:
                 self.flat = True
@@ -299,6 +303,20 @@ class _Chain:
         self.specs.append(LinearSpec(item, False, name, geometry))
         self.pool_seen = False
         self.map_shape = (item.out_channels, geometry.out_height, geometry.out_width)
+
+    def _unflatten(self, name: str, item: nn.Unflatten) -> None:
+        """An ``Unflatten(1, (C, H, W))`` before the first layer gives the input maps (the
+        pipeline's own float networks start with one)."""
+        shape = tuple(int(v) for v in item.unflattened_size)
+        if self.specs or item.dim != 1 or len(shape) not in (2, 3):
+            raise ValueError(f"layer {name!r} (Unflatten) is supported only first, as "
+                             "Unflatten(1, (C, H, W)) or Unflatten(1, (H, W))")
+        shape = (1,) + shape if len(shape) == 2 else shape
+        if self.map_shape is not None and \
+                int(np.prod(shape)) != int(np.prod(self.map_shape)):
+            raise ValueError(f"layer {name!r} unflattens to {shape}, {int(np.prod(shape))} "
+                             f"values, but the input has {int(np.prod(self.map_shape))}")
+        self.map_shape = shape
 
     def _relu(self, name: str) -> None:
         if not self.specs:

@@ -53,6 +53,23 @@ def test_traced_module_with_functional_pooling_and_view():
     assert specs[0].relu and not specs[1].relu
 
 
+def test_the_pipelines_own_float_network_is_a_chain():
+    """canonical_sequential starts a conv net with Unflatten(1, (C, H, W)): it loads back."""
+    from compress.train import canonical_sequential
+
+    specs = linear_chain(build_builtin("lenet-5"), (1, 28, 28))
+    for spec in specs:
+        spec.linear.geometry = spec.geometry
+    net = canonical_sequential([s.linear for s in specs], [s.relu for s in specs])
+    again = linear_chain(net, (1, 28, 28))
+    assert [(s.relu, s.geometry) for s in again] == [(s.relu, s.geometry) for s in specs]
+    assert [s.geometry for s in linear_chain(net)] == [s.geometry for s in specs]
+    with pytest.raises(ValueError, match="unflattens to"):
+        linear_chain(net, (1, 8, 8))
+    with pytest.raises(ValueError, match="supported only first"):
+        linear_chain(nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.Unflatten(1, (1, 2, 2))))
+
+
 def test_max_pool_before_relu_is_the_same_function():
     a = linear_chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU()), (1, 6, 6))
     b = linear_chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)), (1, 6, 6))
