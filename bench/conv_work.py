@@ -11,6 +11,9 @@ real artifact on real MNIST images, with the integer activations of ``sim.trace`
   ``(c, dy, dx)`` (its output channels), one multiply-accumulate each;
 - a Linear layer is EIE's: each nonzero input walks its column's nonzero weights in each PE.
 
+It also prints each PE's accumulator words (``ceil(O / N)`` whole output maps per layer) and the
+ECP5 block RAMs they take per bank of images in flight.
+
 Output channels (rows) are dealt to PEs by ``accel.planning.plan.balance_rows`` (by nonzero
 count). A layer takes at least its busiest PE's MACs at ``--lanes`` MACs per PE per cycle; the
 figures are that lower bound (no drain, no pipeline fill), so they say which PE counts and lanes
@@ -75,6 +78,24 @@ def _linear_pe_macs(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return (x != 0).astype(np.int64) @ counts.T
 
 
+#: An ECP5 DP16KD's shapes (width, depth).
+_BLOCK_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+
+def accumulator_blocks(layer, n_pes: int) -> tuple[int, int]:
+    """Accumulator words per PE per bank (``ceil(O / N)`` rows, each a whole map, or one word
+    for a Linear layer's row) and the DP16KD blocks a convolution's take (a Linear layer's few
+    words are LUT RAM or flip-flops in the engine: 0 blocks)."""
+    g = layer.geometry
+    positions = 1 if g is None else g.conv_height * g.conv_width
+    words = -(-layer.out_features // n_pes) * positions
+    bits = layer.integer.accumulator_bits
+    if g is None:
+        return words, 0
+    blocks = min(-(-bits // width) * -(-words // depth) for width, depth in _BLOCK_SHAPES)
+    return words, blocks
+
+
 def dense_macs(layer) -> int:
     g = layer.geometry
     if g is None:
@@ -98,7 +119,9 @@ def study(model, x: np.ndarray, n_pes: int) -> list[dict]:
             per_pe = _linear_pe_macs(activations, counts)
         else:
             per_pe = _conv_pe_macs(layer, activations, counts)
+        words, blocks = accumulator_blocks(layer, n_pes)
         rows.append({"layer": f"{layer.kind}{i + 1}", "dense_macs": dense_macs(layer),
+                     "accumulator_words_per_pe": words, "accumulator_blocks_per_pe": blocks,
                      "input_density": float((activations != 0).mean()),
                      "sparse_macs": float(per_pe.sum(axis=1).mean()),
                      "busiest_pe_macs": float(per_pe.max(axis=1).mean())})
@@ -152,10 +175,13 @@ def main() -> int:
     for n_pes in (int(v) for v in args.pes.split(",")):
         rows = study(model, x, n_pes)
         print(f"\n{n_pes} PEs   {'dense MACs':>11} {'input nz':>9} {'sparse MACs':>12} "
-              f"{'busiest PE':>11}")
+              f"{'busiest PE':>11} {'acc words/PE':>13} {'blocks/PE':>10}")
         for row in rows:
             print(f"  {row['layer']:<7} {row['dense_macs']:>11,} {row['input_density']:>9.1%} "
-                  f"{row['sparse_macs']:>12,.0f} {row['busiest_pe_macs']:>11,.0f}")
+                  f"{row['sparse_macs']:>12,.0f} {row['busiest_pe_macs']:>11,.0f} "
+                  f"{row['accumulator_words_per_pe']:>13,} {row['accumulator_blocks_per_pe']:>10}")
+        blocks = n_pes * sum(row["accumulator_blocks_per_pe"] for row in rows)
+        print(f"  accumulators: {blocks} DP16KD per bank of images in flight (ULX3S-85F: 208)")
         busiest = sum(row["busiest_pe_macs"] for row in rows)
         for lanes in (int(v) for v in args.lanes.split(",")):
             cycles = busiest / lanes
