@@ -1,0 +1,251 @@
+"""Convolutions on the sparse engine: the layout and dataflow its gateware implements
+(issue 25; ``docs/accelerator.md``, "Convolutions").
+
+The design keeps EIE's structure and adds SCNN's input-stationary Cartesian product (Parashar
+et al., ISCA 2017): every nonzero input activation is broadcast once, and each PE multiplies it
+by all of its own nonzero weights that touch it, adding each product to the output position it
+belongs to. Plain numpy and Python; :func:`run_layer` executes the dataflow step by step, in the
+order the hardware does, and is checked equal to ``sim`` (``tests/test_accel_conv_plan.py``).
+
+- **Coordinates.** An activation of a convolution's input travels with its *packed* column
+  ``(c << (y_bits + x_bits)) | (y << x_bits) | x`` (:class:`MapFields`, each field as wide as
+  the map needs), so a PE slices ``c``, ``y`` and ``x`` out of it with no division. The host
+  sends a first-layer image padded to those fields (zeros, which the loader skips); a drain
+  emits its outputs' packed columns from its counters.
+- **Weights.** The layer's matrix ``O x (C kh kw)`` (A12) is packed by
+  :func:`~accel.planning.pack.pack_layer` like a Linear layer's: output channel ``o`` is local
+  row ``o // N`` of PE ``o % N``, column ``(c kh + dy) kw + dx`` holds the weights of tap
+  ``(dy, dx)`` of input channel ``c``.
+- **Tap walk** (:func:`taps`). For an activation ``(c, y, x)`` a PE visits the taps in order,
+  ``dy`` outer, ``dx`` inner, and keeps those whose output position exists:
+  ``Y = (y + p - dy) / s``, ``X = (x + p - dx) / s`` integers within the convolution's map;
+  each gives a column (whose entries it walks as EIE does) and a position ``Y W_c + X``.
+- **Accumulators.** PE ``p``'s accumulator of local row ``k`` at position ``q`` is word
+  ``(q << row_bits) | k`` of the layer's memory: ``positions << row_bits`` words, a
+  concatenation, no multiply.
+- **Drain** (:func:`drain_walk`). Per local row, per output position (pooled or not): the
+  window's accumulators (one, or the four of a 2 x 2 window), each with the row's bias
+  (A4-A5); a max-pooled output takes their maximum and requantizes it once (A13: the
+  requantization is non-decreasing, so this equals pooling the requantized values); an
+  average-pooled one requantizes each and rounds ``(sum + 2) >> 2``. The output's packed
+  column for the next layer is ``(o, Y, X)`` in the next map's fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compress.artifact import CompressedLayer
+from compress.geometry import ConvGeometry
+
+from .pack import LayerImage
+
+__all__ = ["ConvLayout", "MapFields", "drain_walk", "run_layer", "taps"]
+
+
+def _bits(count: int) -> int:
+    """Bits of a field holding ``0 .. count - 1`` (at least 1)."""
+    return max(1, (count - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class MapFields:
+    """The packed column of an activation of a ``channels x height x width`` tensor."""
+
+    channels: int
+    height: int
+    width: int
+
+    @property
+    def x_bits(self) -> int:
+        return _bits(self.width)
+
+    @property
+    def y_bits(self) -> int:
+        return _bits(self.height)
+
+    @property
+    def c_bits(self) -> int:
+        return _bits(self.channels)
+
+    @property
+    def bits(self) -> int:
+        """Width of a packed column."""
+        return self.c_bits + self.y_bits + self.x_bits
+
+    @property
+    def size(self) -> int:
+        """Packed columns, holes included: ``2 ** bits``."""
+        return 1 << self.bits
+
+    def pack(self, c, y, x):
+        """The packed column of ``(c, y, x)`` (ints or integer arrays)."""
+        return (c << (self.y_bits + self.x_bits)) | (y << self.x_bits) | x
+
+    def unpack(self, column):
+        """``(c, y, x)`` of a packed column."""
+        x = column & ((1 << self.x_bits) - 1)
+        y = (column >> self.x_bits) & ((1 << self.y_bits) - 1)
+        return column >> (self.y_bits + self.x_bits), y, x
+
+    def packed_order(self) -> np.ndarray:
+        """The packed column of every flat (channel-major) index: int64 ``(C H W,)``."""
+        c, y, x = np.meshgrid(np.arange(self.channels), np.arange(self.height),
+                              np.arange(self.width), indexing="ij")
+        return self.pack(c, y, x).reshape(-1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ConvLayout:
+    """Where a convolution layer's work and accumulators sit on ``n_pes`` PEs."""
+
+    geometry: ConvGeometry
+    out_channels: int
+    n_pes: int
+
+    @classmethod
+    def of(cls, layer: CompressedLayer, n_pes: int) -> ConvLayout:
+        if layer.geometry is None:
+            raise ValueError("the layer is not a convolution (it has no geometry)")
+        if isinstance(n_pes, bool) or not isinstance(n_pes, int) or not 1 <= n_pes <= 64:
+            raise ValueError(f"n_pes must be 1..64, not {n_pes!r}")
+        return cls(layer.geometry, layer.out_features, n_pes)
+
+    @property
+    def inputs(self) -> MapFields:
+        g = self.geometry
+        return MapFields(g.in_channels, g.in_height, g.in_width)
+
+    @property
+    def outputs(self) -> MapFields:
+        """The output tensor's fields (after pooling): the next layer's input columns."""
+        g = self.geometry
+        return MapFields(self.out_channels, g.out_height, g.out_width)
+
+    @property
+    def positions(self) -> int:
+        """Positions of the convolution's map, ``H_c x W_c``."""
+        return self.geometry.conv_height * self.geometry.conv_width
+
+    @property
+    def rows_per_pe(self) -> int:
+        return -(-self.out_channels // self.n_pes)
+
+    @property
+    def row_bits(self) -> int:
+        return _bits(self.rows_per_pe)
+
+    @property
+    def accumulator_depth(self) -> int:
+        """Accumulator words per PE and bank: ``positions << row_bits``."""
+        return self.positions << self.row_bits
+
+    def address(self, position: int, row: int) -> int:
+        return (position << self.row_bits) | row
+
+
+def taps(layout: ConvLayout, c: int, y: int, x: int) -> list[tuple[int, int]]:
+    """The ``(column, position)`` pairs a PE visits for the activation at ``(c, y, x)``, in
+    order (``dy`` outer, ``dx`` inner), the taps whose output position exists (A12)."""
+    g = layout.geometry
+    out = []
+    for dy in range(g.kernel_height):
+        row = y + g.padding - dy
+        if row < 0 or row % g.stride or row // g.stride >= g.conv_height:
+            continue
+        for dx in range(g.kernel_width):
+            column = x + g.padding - dx
+            if column < 0 or column % g.stride or column // g.stride >= g.conv_width:
+                continue
+            out.append(((c * g.kernel_height + dy) * g.kernel_width + dx,
+                        (row // g.stride) * g.conv_width + column // g.stride))
+    return out
+
+
+def drain_walk(layout: ConvLayout, pe: int) -> list[tuple[int, tuple[int, int], list[int]]]:
+    """PE ``pe``'s drain, in order: ``(local row, (Y, X), window positions)`` for every local
+    row it owns and every output position ``(Y, X)`` of the output map (pooled or not)."""
+    g = layout.geometry
+    out = []
+    for row in range(len(range(pe, layout.out_channels, layout.n_pes))):
+        for y in range(g.out_height):
+            for x in range(g.out_width):
+                if g.pool is None:
+                    window = [y * g.conv_width + x]
+                else:
+                    window = [(2 * y + i) * g.conv_width + 2 * x + j
+                              for i in (0, 1) for j in (0, 1)]
+                out.append((row, (y, x), window))
+    return out
+
+
+def _requantize(layer: CompressedLayer, acc: int) -> int:
+    """A6-A8 and A10 for one accumulator (the drain's requantizer)."""
+    from sim import requantize, threshold_activation   # the rules' one implementation
+
+    integer = layer.integer
+    if integer.logits:
+        return max(acc, 0) if layer.relu else acc
+    if integer.levels is not None:
+        return int(threshold_activation(np.array([acc]), integer.thresholds, integer.levels)[0])
+    return int(requantize(np.array([acc], dtype=np.int64), integer.multiplier, integer.shift,
+                          relu=layer.relu, bits=integer.activation_bits)[0])
+
+
+def run_layer(layer: CompressedLayer, image: LayerImage, x: np.ndarray) -> tuple[np.ndarray,
+                                                                                   np.ndarray]:
+    """One image through the dataflow: each nonzero input in column order, each PE's tap walk
+    and entries, its accumulators, then its drain.
+
+    Parameters
+    ----------
+    layer : CompressedLayer
+        A convolution with integer data; ``image`` is ``pack_layer(layer, N)``.
+    x : numpy.ndarray
+        The layer's integer input, shape ``(C H W,)`` (flat, channel-major).
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        The output, flat channel-major ``(O H_o W_o,)`` int64 (what ``sim.run_layer`` gives),
+        and each PE's entries walked (padding included), int64 ``(N,)``.
+    """
+    layout = ConvLayout.of(layer, image.n_pes)
+    fields = layout.inputs
+    n = image.n_pes
+    codebooks = [image.pe_codebook(p).reshape(image.rows_per_pe, -1) if image.per_row
+                 else None for p in range(n)]
+    acc = np.zeros((n, layout.accumulator_depth), dtype=object)     # exact Python ints
+    work = np.zeros(n, dtype=np.int64)
+    columns = fields.packed_order()
+    for flat in np.flatnonzero(np.asarray(x)):
+        value = int(x[flat])
+        c, y, xx = fields.unpack(int(columns[flat]))
+        for column, position in taps(layout, int(c), int(y), int(xx)):
+            for p in range(n):
+                start, end = int(image.col_start[p, column]), int(image.col_start[p, column + 1])
+                row = -1
+                for word in image.entries[p, start:end]:
+                    word = int(word)
+                    v, z = word & ((1 << image.index_bits) - 1), word >> image.index_bits
+                    row += z + 1
+                    work[p] += 1
+                    if v:
+                        weight = int(codebooks[p][row, v] if image.per_row else image.codebook[v])
+                        acc[p, layout.address(position, row)] += weight * value
+    out_fields = layout.outputs
+    output = np.zeros(layout.out_channels * out_fields.height * out_fields.width, dtype=np.int64)
+    pool = layout.geometry.pool
+    for p in range(n):
+        for row, (y, xx), window in drain_walk(layout, p):
+            bias = int(image.bias[p, row])
+            sums = [int(acc[p, layout.address(q, row)]) + bias for q in window]
+            if pool == "avg":
+                value = (sum(_requantize(layer, s) for s in sums) + 2) >> 2
+            else:                               # one position, or the window's maximum
+                value = _requantize(layer, max(sums))
+            channel = row * n + p
+            output[(channel * out_fields.height + y) * out_fields.width + xx] = value
+    return output, work

@@ -1,0 +1,84 @@
+"""The convolution dataflow of ``accel.planning.conv`` equals ``sim`` (A12-A13): the packed
+coordinates, the tap walk, the accumulator addresses and the pooling drain, on random
+convolution layers (random integer data, every geometry the contract allows) and PE counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_sim_properties import _conv_models_and_inputs
+
+import sim
+from accel.planning.conv import ConvLayout, MapFields, drain_walk, run_layer, taps
+from accel.planning.pack import pack_layer
+from compress.geometry import ConvGeometry
+
+_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                       HealthCheck.data_too_large])
+
+
+@settings(max_examples=300, **_SETTINGS)
+@given(_conv_models_and_inputs(), st.integers(1, 5))
+def test_dataflow_equals_sim(case, n_pes):
+    model, x = case
+    inputs = [x] + sim.trace(model, x)[:-1]
+    for i, layer in enumerate(model.layers):
+        if layer.geometry is None:
+            continue
+        image = pack_layer(layer, n_pes)
+        want = sim.run_layer(model, i, inputs[i])
+        for sample, expected in zip(np.asarray(inputs[i], dtype=np.int64), want):
+            got, work = run_layer(layer, image, sample)
+            assert got.tolist() == expected.tolist(), f"layer {i}"
+            assert work.shape == (n_pes,) and work.min() >= 0
+
+
+@pytest.mark.parametrize("geometry", [
+    ConvGeometry(2, 5, 6, 3, 2, stride=1, padding=1),
+    ConvGeometry(1, 7, 7, 3, 3, stride=2, padding=1),
+    ConvGeometry(3, 4, 9, 1, 4, stride=2, padding=0),
+    ConvGeometry(1, 3, 3, 3, 3, stride=1, padding=2),
+])
+def test_tap_walk_is_every_contributing_tap_once(geometry):
+    """Every (input, tap, output) triple of A12, and no other, in dy-then-dx order."""
+    layout = ConvLayout(geometry, 2, 1)
+    g = geometry
+    for c in range(g.in_channels):
+        for y in range(g.in_height):
+            for x in range(g.in_width):
+                want = []
+                for dy in range(g.kernel_height):
+                    for dx in range(g.kernel_width):
+                        for oy in range(g.conv_height):
+                            for ox in range(g.conv_width):
+                                if (oy * g.stride + dy - g.padding, ox * g.stride + dx
+                                        - g.padding) == (y, x):
+                                    want.append(((c * g.kernel_height + dy) * g.kernel_width
+                                                 + dx, oy * g.conv_width + ox))
+                assert taps(layout, c, y, x) == want
+
+
+def test_map_fields_and_addresses():
+    fields = MapFields(20, 12, 12)
+    assert (fields.c_bits, fields.y_bits, fields.x_bits, fields.size) == (5, 4, 4, 8192)
+    order = fields.packed_order()
+    assert len(order) == 20 * 12 * 12 and len(set(order.tolist())) == len(order)
+    assert fields.unpack(int(fields.pack(19, 11, 7))) == (19, 11, 7)
+    layout = ConvLayout(ConvGeometry(20, 12, 12, 5, 5, pool="max"), 50, 16)
+    assert (layout.rows_per_pe, layout.row_bits, layout.positions) == (4, 2, 64)
+    assert layout.accumulator_depth == 256 and layout.address(63, 3) == 255
+    assert (layout.outputs.channels, layout.outputs.height, layout.outputs.width) == (50, 4, 4)
+    walk = drain_walk(layout, 15)                   # channels 15, 31, 47: three local rows
+    assert len(walk) == 3 * 16 and walk[0] == (0, (0, 0), [0, 1, 8, 9])
+    assert walk[-1] == (2, (3, 3), [54, 55, 62, 63])
+
+
+def test_layout_refuses_a_linear_layer():
+    from compress.artifact import CompressedLayer
+
+    layer = CompressedLayer(codebook=[0.0, 1.0], index=np.ones((2, 3), np.uint8),
+                            bias=[0.0, 0.0], relu=False)
+    with pytest.raises(ValueError, match="not a convolution"):
+        ConvLayout.of(layer, 2)
