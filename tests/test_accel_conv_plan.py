@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from test_sim_properties import _conv_models_and_inputs
 
 import sim
-from accel.planning.conv import ConvLayout, MapFields, drain_walk, run_layer, taps
+from accel.planning.conv import (ConvLayout, MapFields, drain_walk, run_layer, tap_masks,
+                                 taps)
 from accel.planning.pack import pack_layer
 from compress.geometry import ConvGeometry
 
@@ -32,7 +33,8 @@ def test_dataflow_equals_sim(case, n_pes):
         for sample, expected in zip(np.asarray(inputs[i], dtype=np.int64), want):
             got, work = run_layer(layer, image, sample)
             assert got.tolist() == expected.tolist(), f"layer {i}"
-            assert work.shape == (n_pes,) and work.min() >= 0
+            # every walked tap has at least one entry, and no entry is walked twice
+            assert work.shape == (n_pes, 2) and np.all(work[:, 0] <= work[:, 1])
 
 
 @pytest.mark.parametrize("geometry", [
@@ -82,3 +84,19 @@ def test_layout_refuses_a_linear_layer():
                             bias=[0.0, 0.0], relu=False)
     with pytest.raises(ValueError, match="not a convolution"):
         ConvLayout.of(layer, 2)
+
+
+def test_tap_masks_mark_the_nonempty_columns():
+    from compress.artifact import CompressedLayer
+    from compress.integer import quantize_model
+    from compress.artifact import CompressedModel
+
+    geometry = ConvGeometry(2, 4, 4, 2, 2)
+    index = np.zeros((3, 8), np.uint8)
+    index[0, 1] = index[2, 6] = index[1, 4] = 1                # (o, c tap): tap 1 of channel 0 ...
+    layer = CompressedLayer(codebook=[0.0, 1.0], index=index, bias=[0.0] * 3, relu=False,
+                            index_bits=1, geometry=geometry)
+    model = quantize_model(CompressedModel([layer]), np.ones((4, 32), np.float32))
+    image = pack_layer(model.layers[0], 2)                     # rows 0, 2 in PE 0; row 1 in PE 1
+    masks = tap_masks(image, ConvLayout(geometry, 3, 2))
+    assert masks.tolist() == [[0b0010, 0b0100], [0b0000, 0b0001]]
