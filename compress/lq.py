@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .levels import basis_codebook, code_matrix, midpoints, nearest_level
+from .train import conv_forward, geometry_of
 
 __all__ = ["ACTIVATION_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActivationQuantizer", "FixedLevels",
            "QuantizedLinear", "WeightQuantizer", "export", "quantized_network"]
@@ -202,17 +203,26 @@ class FixedLevels(nn.Module):
 
 
 class QuantizedLinear(nn.Module):
-    """A Linear layer whose latent float weights are quantized by a :class:`WeightQuantizer`
-    in every forward pass (trained through the straight-through gradient)."""
+    """A Linear (or Conv2d) layer whose latent float weights are quantized by a
+    :class:`WeightQuantizer` in every forward pass (trained through the straight-through
+    gradient). A convolution's kernel is quantized as its matrix ``O x (C kh kw)``: one basis
+    per output channel (A9, A12)."""
 
-    def __init__(self, linear: nn.Linear, quantizer: WeightQuantizer):
+    def __init__(self, linear: nn.Module, quantizer: WeightQuantizer):
         super().__init__()
         self.weight = nn.Parameter(linear.weight.detach().clone())
         self.bias = nn.Parameter(linear.bias.detach().clone())
         self.quantizer = quantizer
+        self.geometry = geometry_of(linear)
+
+    def quantized_weight(self) -> torch.Tensor:
+        matrix = self.weight.reshape(len(self.weight), -1)
+        return self.quantizer(matrix).reshape(self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.quantizer(self.weight), self.bias)
+        if self.geometry is not None:
+            return conv_forward(x, self.quantized_weight(), self.bias, self.geometry)
+        return nn.functional.linear(x, self.quantized_weight(), self.bias)
 
 
 def quantized_network(linears: Sequence[nn.Linear], relus: Sequence[bool],
@@ -237,29 +247,43 @@ def quantized_network(linears: Sequence[nn.Linear], relus: Sequence[bool],
                 raise ValueError(f"activation_quantizer {activation} needs a ReLU after every "
                                  f"hidden layer (its levels are v^T e, e in {{0,1}}^K, from 0; "
                                  f"docs/arithmetic.md A10), and layer {i} has none")
-    layers: list[nn.Module] = [nn.Flatten()]
+    # The frame of compress.train.canonical_sequential (Unflatten to a first convolution's maps,
+    # pooling after the ReLU and its quantizer, Flatten after the last convolution).
+    geometries = [geometry_of(linear) for linear in linears]
+    first = geometries[0]
+    layers: list[nn.Module] = [
+        nn.Flatten() if first is None else
+        nn.Unflatten(1, (first.in_channels, first.in_height, first.in_width))]
+    last_conv = max((i for i, g in enumerate(geometries) if g is not None), default=-1)
     quantized, activations = [], []
-    x = torch.from_numpy(np.asarray(x_sample, dtype=np.float32)).reshape(len(x_sample), -1)
+    x = layers[0](torch.from_numpy(np.asarray(x_sample, dtype=np.float32))
+                  .reshape(len(x_sample), -1))
     for i, (linear, relu, mask) in enumerate(zip(linears, relus, masks)):
         layer = linear
         if weight is not None:
-            quantizer = WeightQuantizer(linear.weight, torch.from_numpy(mask), bits[i],
-                                        learn=weight == "lq")
+            matrix_mask = torch.from_numpy(np.asarray(mask).reshape(len(mask), -1))
+            quantizer = WeightQuantizer(linear.weight.reshape(len(linear.weight), -1),
+                                        matrix_mask, bits[i], learn=weight == "lq")
             layer = QuantizedLinear(linear, quantizer)
             quantized.append(layer)
-        layers.append(layer)
+        tail: list[nn.Module] = [layer]
         with torch.no_grad():
             x = layer.eval()(x)
         if relu:
-            layers.append(nn.ReLU())
+            tail.append(nn.ReLU())
         if activation != "none" and i < len(linears) - 1:
             quantizer = ActivationQuantizer(activation_bits, float(x.std()),
                                             learn=activation == "lq")
-            layers.append(quantizer)
+            tail.append(quantizer)
             activations.append(quantizer)
-            x = quantizer.eval()(torch.relu(x) if relu else x)
-        elif relu:
-            x = torch.relu(x)
+        if geometries[i] is not None and geometries[i].pool is not None:
+            tail.append(nn.MaxPool2d(2) if geometries[i].pool == "max" else nn.AvgPool2d(2))
+        if i == last_conv:
+            tail.append(nn.Flatten())
+        with torch.no_grad():
+            for module in tail[1:]:
+                x = module.eval()(x)
+        layers += tail
     return nn.Sequential(*layers), quantized, activations
 
 
@@ -270,7 +294,7 @@ def export(layer: QuantizedLinear) -> tuple[np.ndarray, np.ndarray]:
     # The artifact stores the basis in float16: the indices are those of the rounded levels.
     basis = layer.quantizer.basis.detach().numpy().astype(np.float16).astype(np.float32)
     codebook = basis_codebook(basis)
-    weight = layer.weight.detach().numpy()
+    weight = layer.weight.detach().numpy().reshape(len(layer.weight), -1)   # A12: O x C kh kw
     mask = layer.quantizer.mask.numpy().astype(bool)
     index = np.zeros(weight.shape, dtype=np.int64)
     for r in range(weight.shape[0]):

@@ -615,7 +615,8 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
     if per_row:
         with torch.no_grad():
             for layer in quantized:
-                error = layer.quantizer(layer.weight) - layer.weight * layer.quantizer.mask
+                matrix = layer.weight.reshape(len(layer.weight), -1)
+                error = layer.quantizer(matrix) - matrix * layer.quantizer.mask
                 sharing_sse += float(error.double().pow(2).sum())
     accuracy_shared = accuracy(net, data.x_test, data.y_test)
     log(f"quantizers ({config.quantizer} {'/'.join(map(str, bits))}-bit weights, "
@@ -624,8 +625,9 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
         f": squared weight error {sharing_sse:.6g}, accuracy {accuracy_shared:.4f} before "
         "fine-tuning")
     _fit(net, data, config, epochs=epochs, lr=lr, batch_size=batch_size,
-         weight_decay=0.0, seed=seed, masks={layer.weight: layer.quantizer.mask
-                                             for layer in quantized},
+         weight_decay=0.0, seed=seed,
+         masks={layer.weight: layer.quantizer.mask.reshape(layer.weight.shape)
+                for layer in quantized},
          desc="fine-tune quantizers", progress=config.progress)
     levels = [unsigned_levels(q.basis.numpy()) for q in activations]
     levels += [None] * (len(relus) - len(levels))        # the logits, or no quantizers
@@ -637,7 +639,8 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
             layers.append(CompressedLayer(
                 codebook=None, basis=basis, index=index.astype(np.uint8),
                 bias=layer.bias.detach().numpy(), relu=relus[i], index_bits=bits[i] + 1,
-                zero_run_bits=_zero_run_bits(config), activation_levels=levels[i]))
+                zero_run_bits=_zero_run_bits(config), activation_levels=levels[i],
+                geometry=layer.geometry))
         else:
             layers.append(_codebook_layer(layer, relus[i], bits[i], config, levels[i]))
     # The accuracy of what is stored (the basis in float16, the levels as exported).
@@ -688,10 +691,7 @@ def _check_chain(chain, data: Dataset, config) -> None:
     convs = [s.name for s in chain if s.geometry is not None]
     if convs:
         # Issue 25 brings these to convolutions one at a time; until then, a clear refusal.
-        unsupported = [(config.low_rank != "none", f"--low-rank {config.low_rank}"),
-                       (config.quantizer in WEIGHT_QUANTIZERS, f"--quantizer {config.quantizer}"),
-                       (config.activation_quantizer != "none",
-                        f"--activation-quantizer {config.activation_quantizer}")]
+        unsupported = [(config.low_rank != "none", f"--low-rank {config.low_rank}")]
         named = [name for bad, name in unsupported if bad]
         if named:
             raise ValueError(f"{', '.join(named)} does not support convolution layers yet "

@@ -256,8 +256,6 @@ def test_pipeline_is_deterministic(conv_run):
 
 @pytest.mark.parametrize("settings, name", [
     (dict(low_rank="trp"), "--low-rank trp"),
-    (dict(quantizer="lq"), "--quantizer lq"),
-    (dict(activation_quantizer="lq", activation_bits=2), "--activation-quantizer lq"),
 ])
 def test_methods_without_convolutions_refuse_them(conv_run, settings, name):
     config, _ = conv_run
@@ -309,3 +307,41 @@ def test_epr_trains_conv_kernels(conv_run, tmp_path):
     q = sim.quantize_input(loaded, result.dataset.x_test)
     np.testing.assert_array_equal(sim.run(loaded, q), sim.run(model, q))
     assert result.accuracy_int > 0.5
+
+
+@pytest.mark.parametrize("quantizer, activation", [("lq", "none"), ("uniform", "lq"),
+                                                   ("dp", "lq")])
+def test_lq_nets_on_conv_kernels(conv_run, tmp_path, quantizer, activation):
+    """LQ-Nets per output channel (A9) and learned activation levels (A10) on a conv net: the
+    stored model, its file and sim agree."""
+    from dataclasses import replace
+
+    config, _ = conv_run
+    if activation != "none":
+        # learned activation levels start at 0 (A10): a ReLU after every hidden layer
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                            nn.Flatten(), nn.Linear(8, 10))
+        torch.save(net, tmp_path / "relu.pt")
+        config = replace(config, model=str(tmp_path / "relu.pt"))
+    bits = (2, 2, 2) if quantizer != "dp" else (4, 3, 4)
+    config = replace(config, quantizer=quantizer, bits=bits, activation_quantizer=activation,
+                     activation_bits=2 if activation != "none" else 8)
+    result = compress_model(config, log=lambda line: None)
+    model = result.model
+    assert [layer.kind for layer in model.layers] == ["conv", "conv", "fc"]
+    if quantizer != "dp":
+        assert all(layer.per_row and layer.basis is not None for layer in model.layers)
+        assert model.layers[1].codebook.shape[0] == 8          # one per output channel
+    if activation != "none":
+        assert all(layer.activation_levels is not None for layer in model.layers[:-1])
+    loaded = compress.load(model.save(tmp_path / "lq.dcz"))
+    data = result.dataset
+    np.testing.assert_array_equal(loaded.forward(data.x_test), model.forward(data.x_test))
+    q = sim.quantize_input(loaded, data.x_test)
+    np.testing.assert_array_equal(sim.run(loaded, q), sim.run(model, q))
+    assert result.accuracy_int > 0.4
+    # the stored float model is the network that was fine-tuned
+    assert abs(result.accuracy_compressed - float(
+        (model.forward(data.x_test).argmax(1) == data.y_test).mean())) < 1e-9
