@@ -11,7 +11,11 @@ TRP trains a network towards low rank and then factorizes it with no fine-tuning
   refreshed with each projection;
 - after training, each layer is decomposed at its final rank: ``Linear(in, out)`` becomes
   ``Linear(in, k)`` (no bias) then ``Linear(k, out)`` with no activation between, only where that
-  saves multiply-accumulates, ``k * (in + out) < in * out``.
+  saves multiply-accumulates, ``k * (in + out) < in * out``. A convolution is taken as its
+  matrix ``O x (C kh kw)`` (A12), and decomposed into channels: a ``kh x kw`` convolution to
+  ``k`` channels (its stride and padding), then a ``1 x 1`` convolution to the ``O`` outputs
+  (the bias, ReLU and pooling), which saves multiply-accumulates under the same condition,
+  every output position doing the matrix's work.
 
 The baseline (``svd``) truncates a trained network's SVD at given ranks, then fine-tunes.
 
@@ -29,8 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .geometry import ConvGeometry
+
 __all__ = ["LOW_RANK_METHODS", "LayerRank", "TrainedRankPruning", "check_settings",
-           "energy_rank", "factorize", "truncate"]
+           "energy_rank", "factorize", "matrix", "truncate"]
 
 #: ``--low-rank`` choices.
 LOW_RANK_METHODS = ("none", "trp", "svd")
@@ -62,6 +68,11 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     kept = torch.cumsum(power, 0) / total
     # (a small tolerance: the last cumulative sum may round just below 1)
     return int(torch.searchsorted(kept, torch.tensor([energy - 1e-12], dtype=kept.dtype))) + 1
+
+
+def matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A layer's weight as its matrix: ``(out, in)``, or a kernel's ``(O, C kh kw)`` (A12)."""
+    return weight.reshape(len(weight), -1)
 
 
 def truncate(weight: torch.Tensor, rank: int) -> torch.Tensor:
@@ -97,16 +108,16 @@ class TrainedRankPruning:
         self.energy = float(energy)
         self.linears, self.nuclear, self.period = list(linears), float(nuclear), period
         self.masks = list(masks) if masks is not None else [None] * len(self.linears)
-        self.ranks = [min(layer.weight.shape) for layer in self.linears]
+        self.ranks = [min(matrix(layer.weight).shape) for layer in self.linears]
         self._directions: list[torch.Tensor | None] = [None] * len(self.linears)
 
     @torch.no_grad()
     def project(self) -> None:
         """Every layer to its truncated SVD at its energy rank (kept in :attr:`ranks`)."""
         for i, layer in enumerate(self.linears):
-            u, s, vh = torch.linalg.svd(layer.weight, full_matrices=False)
+            u, s, vh = torch.linalg.svd(matrix(layer.weight), full_matrices=False)
             k = energy_rank(s, self.energy)
-            layer.weight.copy_((u[:, :k] * s[:k]) @ vh[:k])
+            layer.weight.copy_(((u[:, :k] * s[:k]) @ vh[:k]).reshape(layer.weight.shape))
             if self.masks[i] is not None:
                 layer.weight.mul_(self.masks[i])
             self.ranks[i] = k
@@ -117,8 +128,8 @@ class TrainedRankPruning:
             self.project()
 
     def loss(self) -> torch.Tensor:
-        terms = [(d * layer.weight).sum() for d, layer in zip(self._directions, self.linears)
-                 if d is not None]
+        terms = [(d * matrix(layer.weight)).sum()
+                 for d, layer in zip(self._directions, self.linears) if d is not None]
         if not terms or self.nuclear == 0.0:
             return torch.zeros(())
         return self.nuclear * torch.stack(terms).sum()
@@ -151,15 +162,17 @@ class LayerRank:
 
 
 @torch.no_grad()
-def factorize(linears: Sequence[nn.Linear], relus: Sequence[bool], ranks: Sequence[int],
+def factorize(linears: Sequence[nn.Module], relus: Sequence[bool], ranks: Sequence[int],
               energy_reference: Sequence[torch.Tensor] | None = None):
     """Decompose each layer at its rank where that saves multiply-accumulates.
 
     ``Linear(in, out)`` with weight ``W ~ U_k S_k V_k^T`` becomes ``Linear(in, k)`` with weight
     ``S_k^(1/2) V_k^T`` and a zero bias (stored as one) and no ReLU, then ``Linear(k, out)``
     with weight ``U_k S_k^(1/2)`` and the layer's bias and ReLU: the two factors share the
-    singular values evenly, so both quantize alike. ``energy_reference`` (the weights before
-    training or truncation, default the layers') gives the reported energy kept.
+    singular values evenly, so both quantize alike. A convolution (a layer with a
+    ``.geometry``) becomes a ``kh x kw`` convolution to ``k`` channels, unpooled, then a ``1 x
+    1`` convolution with the layer's bias, ReLU and pooling. ``energy_reference`` (the weights
+    before training or truncation, default the layers') gives the reported energy kept.
 
     Returns ``(linears, relus, [LayerRank])``.
     """
@@ -167,11 +180,12 @@ def factorize(linears: Sequence[nn.Linear], relus: Sequence[bool], ranks: Sequen
     for i, (layer, relu, k) in enumerate(zip(linears, relus, ranks)):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"rank must be >= 1, not {k!r} (layer {i})")
-        out_features, in_features = layer.weight.shape
+        weight = matrix(layer.weight)
+        out_features, in_features = weight.shape
         if k > min(in_features, out_features):
             raise ValueError(f"layer {i} ({out_features}x{in_features}) has rank at most "
                              f"{min(in_features, out_features)}, not {k}")
-        reference = layer.weight if energy_reference is None else energy_reference[i]
+        reference = weight if energy_reference is None else matrix(energy_reference[i])
         power = torch.linalg.svdvals(reference.double()) ** 2
         energy = float(power[:k].sum() / power.sum()) if float(power.sum()) > 0 else 1.0
         decomposed = k * (in_features + out_features) < in_features * out_features
@@ -180,14 +194,29 @@ def factorize(linears: Sequence[nn.Linear], relus: Sequence[bool], ranks: Sequen
             out_linears.append(layer)
             out_relus.append(relu)
             continue
-        u, s, vh = torch.linalg.svd(layer.weight.double(), full_matrices=False)
+        u, s, vh = torch.linalg.svd(weight.double(), full_matrices=False)
         root = s[:k].sqrt()
-        first = nn.Linear(in_features, k)
-        second = nn.Linear(k, out_features)
-        first.weight.copy_((root[:, None] * vh[:k]).float())
+        first, second = _factors(layer, k)
+        first.weight.copy_((root[:, None] * vh[:k]).float().reshape(first.weight.shape))
         first.bias.zero_()
-        second.weight.copy_((u[:, :k] * root).float())
+        second.weight.copy_((u[:, :k] * root).float().reshape(second.weight.shape))
         second.bias.copy_(layer.bias)
         out_linears += [first, second]
         out_relus += [False, relu]
     return out_linears, out_relus, report
+
+
+def _factors(layer: nn.Module, k: int) -> tuple[nn.Module, nn.Module]:
+    """The two empty layers a rank-``k`` decomposition of ``layer`` fills."""
+    geometry: ConvGeometry | None = getattr(layer, "geometry", None)
+    if geometry is None:
+        out_features, in_features = layer.weight.shape
+        return nn.Linear(in_features, k), nn.Linear(k, out_features)
+    g = geometry
+    first = nn.Conv2d(g.in_channels, k, (g.kernel_height, g.kernel_width), stride=g.stride,
+                      padding=g.padding)
+    first.geometry = ConvGeometry(g.in_channels, g.in_height, g.in_width, g.kernel_height,
+                                  g.kernel_width, stride=g.stride, padding=g.padding)
+    second = nn.Conv2d(k, len(layer.weight), 1)
+    second.geometry = ConvGeometry(k, g.conv_height, g.conv_width, 1, 1, pool=g.pool)
+    return first, second

@@ -26,7 +26,7 @@ from .epr import EntropyPenalizedReparameterization, check_rate_lambda
 from .integer import quantize_model
 from .levels import unsigned_levels
 from .lowrank import (LOW_RANK_METHODS, TrainedRankPruning, check_settings, energy_rank,
-                      factorize)
+                      factorize, matrix)
 from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
@@ -443,7 +443,7 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
         _fit(net, data, config, on_step=trp.on_step, regularizer=trp.loss,
              desc="TRP", **common)
     with torch.no_grad():
-        found = [energy_rank(torch.linalg.svdvals(layer.weight), config.energy)
+        found = [energy_rank(torch.linalg.svdvals(matrix(layer.weight)), config.energy)
                  for layer in linears]
     if config.low_rank == "svd":
         found = [r if r is not None else k for r, k in zip(ranks, found)]
@@ -688,16 +688,6 @@ def _check_chain(chain, data: Dataset, config) -> None:
     if chain[-1].out_size < data.n_classes:
         raise ValueError(f"model {config.model!r} has {chain[-1].out_size} outputs but "
                          f"data set {data.name!r} has {data.n_classes} classes")
-    convs = [s.name for s in chain if s.geometry is not None]
-    if convs:
-        # Issue 25 brings these to convolutions one at a time; until then, a clear refusal.
-        unsupported = [(config.low_rank != "none", f"--low-rank {config.low_rank}")]
-        named = [name for bad, name in unsupported if bad]
-        if named:
-            raise ValueError(f"{', '.join(named)} does not support convolution layers yet "
-                             f"(the model has {', '.join(map(repr, convs))}); convolutions take "
-                             "the Deep Compression path: pruning, kmeans/dp/linear sharing, "
-                             "trained quantization, Huffman coding")
     relus = [s.relu for s in chain]
     if config.activation_quantizer != "none" and not all(relus[:-1]):
         raise ValueError(f"a trained activation quantizer ({config.activation_quantizer}) needs a "
@@ -708,10 +698,11 @@ def _check_chain(chain, data: Dataset, config) -> None:
 
 def _check_ranks(ranks, linears) -> None:
     for i, (rank, layer) in enumerate(zip(ranks, linears)):
-        if rank is not None and rank > min(layer.weight.shape):
+        rows, columns = matrix(layer.weight).shape
+        if rank is not None and rank > min(rows, columns):
             raise ValueError(f"ranks must be at most a layer's smaller side: layer {i} "
-                             f"({layer.out_features}x{layer.in_features}) has rank at most "
-                             f"{min(layer.weight.shape)}, not {rank}")
+                             f"({rows}x{columns}) has rank at most {min(rows, columns)}, "
+                             f"not {rank}")
 
 
 def _robust_before(net, data: Dataset, config, log) -> dict | None:

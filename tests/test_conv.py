@@ -254,14 +254,31 @@ def test_pipeline_is_deterministic(conv_run):
         np.testing.assert_array_equal(a.integer.codebook, b.integer.codebook)
 
 
-@pytest.mark.parametrize("settings, name", [
-    (dict(low_rank="trp"), "--low-rank trp"),
-])
-def test_methods_without_convolutions_refuse_them(conv_run, settings, name):
-    config, _ = conv_run
+@pytest.mark.parametrize("method", ["trp", "svd"])
+def test_low_rank_decomposes_conv_channels(conv_run, tmp_path, method):
+    """TRP (and the SVD baseline) on kernels: a decomposed k x k convolution becomes one to r
+    channels (no pooling, no ReLU) and a 1 x 1 convolution with the bias, ReLU and pooling."""
     from dataclasses import replace
-    with pytest.raises(ValueError, match=f"{name} does not support convolution layers yet"):
-        compress_model(replace(config, **settings), log=lambda line: None)
+
+    config, _ = conv_run
+    config = replace(config, low_rank=method, energy=0.9, low_rank_epochs=1,
+                     ranks=(4, 2, 6) if method == "svd" else None, density=(0.8,),
+                     bits=(4,))
+    result = compress_model(config, log=lambda line: None)
+    model, report = result.model, result.low_rank
+    assert [row.decomposed for row in report][1]
+    kinds = [(layer.kind, layer.geometry) for layer in model.layers]
+    split = 1 if report[0].decomposed else 0
+    first, second = kinds[1 + split][1], kinds[2 + split][1]
+    rank = report[1].rank
+    assert (first.kernel_height, first.stride, first.padding, first.pool) == (3, 2, 1, None)
+    assert (second.in_channels, second.kernel_height, second.pool) == (rank, 1, "avg")
+    assert (second.in_height, second.in_width) == (first.conv_height, first.conv_width)
+    assert not model.layers[1 + split].relu
+    loaded = compress.load(model.save(tmp_path / "lowrank.dcz"))
+    q = sim.quantize_input(loaded, result.dataset.x_test)
+    np.testing.assert_array_equal(sim.run(loaded, q), sim.run(model, q))
+    assert result.accuracy_int > 0.4
 
 
 def test_the_engine_refuses_a_convolution_by_name(conv_run):
