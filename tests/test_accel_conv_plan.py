@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from test_sim_properties import _conv_models_and_inputs
 
 import sim
-from accel.planning.conv import (ConvLayout, MapFields, drain_walk, run_layer, tap_masks,
+from accel.planning.conv import (ConvLayout, MapFields, channel_masks, drain_walk,
+                                 expand_columns, pad_input, run_layer, run_network, tap_masks,
                                  taps)
 from accel.planning.pack import pack_layer
 from compress.geometry import ConvGeometry
@@ -35,6 +36,58 @@ def test_dataflow_equals_sim(case, n_pes):
             assert got.tolist() == expected.tolist(), f"layer {i}"
             # every walked tap has at least one entry, and no entry is walked twice
             assert work.shape == (n_pes, 2) and np.all(work[:, 0] <= work[:, 1])
+
+
+@settings(max_examples=40, **_SETTINGS)
+@given(_conv_models_and_inputs(), st.integers(1, 4))
+def test_whole_network_from_its_images_equals_sim(case, n_pes):
+    """Every layer from the images the engine loads, packed columns between layers (a Linear
+    layer after a convolution reads the maps' packed columns), equals sim.trace."""
+    model, x = case
+    want = sim.trace(model, x)
+    for k, sample in enumerate(np.asarray(x, dtype=np.int64)[:2]):
+        got = run_network(model, n_pes, sample)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert a.tolist() == b[k].tolist(), f"layer {i}"
+
+
+def test_packed_columns_of_a_linear_layer_after_maps():
+    fields = MapFields(3, 3, 2)                     # fields 2 + 2 + 1 bits: 32 columns
+    assert fields.size == 32
+    x = np.arange(1, 19).reshape(1, 18)
+    padded = pad_input(x, fields)
+    assert padded.shape == (1, 32) and padded[0, fields.packed_order()].tolist() == x[0].tolist()
+    assert np.count_nonzero(padded) == 18
+    from compress.artifact import CompressedLayer
+
+    index = np.arange(18 * 2).reshape(2, 18) % 4
+    layer = CompressedLayer(codebook=[0.0, 1.0, 2.0, 3.0], index=index.astype(np.uint8),
+                            bias=[0.0, 0.0], relu=False, index_bits=2)
+    wide = expand_columns(layer, fields)
+    assert wide.index.shape == (2, 32)
+    assert wide.index[:, fields.packed_order()].tolist() == index.tolist()
+    holes = np.setdiff1d(np.arange(32), fields.packed_order())
+    assert not wide.index[:, holes].any()
+
+
+def test_channel_masks_are_the_union_of_the_taps():
+    geometry = ConvGeometry(2, 4, 4, 2, 2)
+    from compress.artifact import CompressedLayer
+
+    index = np.zeros((3, 8), np.uint8)
+    index[0, 1] = index[1, 2] = index[2, 7] = 1     # channel 0: rows 0, 1; channel 1: row 2
+    layer = CompressedLayer(codebook=[0.0, 1.0], index=index, bias=[0.0] * 3, relu=False,
+                            index_bits=1, geometry=geometry)
+    image = pack_layer(_quantized(layer), 2)        # rows 0, 2 in PE 0; row 1 in PE 1
+    assert channel_masks(image, ConvLayout(geometry, 3, 2)).tolist() == [0b11, 0b01]
+
+
+def _quantized(layer):
+    from compress.artifact import CompressedModel
+    from compress.integer import quantize_model
+
+    model = CompressedModel([layer])
+    return quantize_model(model, np.ones((4, model.in_features), np.float32)).layers[0]
 
 
 @pytest.mark.parametrize("geometry", [
@@ -88,15 +141,12 @@ def test_layout_refuses_a_linear_layer():
 
 def test_tap_masks_mark_the_nonempty_columns():
     from compress.artifact import CompressedLayer
-    from compress.integer import quantize_model
-    from compress.artifact import CompressedModel
 
     geometry = ConvGeometry(2, 4, 4, 2, 2)
     index = np.zeros((3, 8), np.uint8)
     index[0, 1] = index[2, 6] = index[1, 4] = 1                # (o, c tap): tap 1 of channel 0 ...
     layer = CompressedLayer(codebook=[0.0, 1.0], index=index, bias=[0.0] * 3, relu=False,
                             index_bits=1, geometry=geometry)
-    model = quantize_model(CompressedModel([layer]), np.ones((4, 32), np.float32))
-    image = pack_layer(model.layers[0], 2)                     # rows 0, 2 in PE 0; row 1 in PE 1
+    image = pack_layer(_quantized(layer), 2)                   # rows 0, 2 in PE 0; row 1 in PE 1
     masks = tap_masks(image, ConvLayout(geometry, 3, 2))
     assert masks.tolist() == [[0b0010, 0b0100], [0b0000, 0b0001]]

@@ -42,12 +42,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress.artifact import CompressedLayer
+from dataclasses import replace
+
+from compress.artifact import CompressedLayer, CompressedModel
 from compress.geometry import ConvGeometry
 
-from .pack import LayerImage
+from .pack import LayerImage, pack_layer
 
-__all__ = ["ConvLayout", "MapFields", "drain_walk", "run_layer", "tap_masks", "taps"]
+__all__ = ["ConvLayout", "MapFields", "channel_masks", "drain_walk", "expand_columns",
+           "input_fields", "pad_input", "run_layer", "run_network", "tap_masks", "taps"]
 
 
 def _bits(count: int) -> int:
@@ -179,6 +182,46 @@ def tap_masks(image: LayerImage, layout: ConvLayout) -> np.ndarray:
     return (nonempty * weights).sum(axis=2)
 
 
+def channel_masks(image: LayerImage, layout: ConvLayout) -> np.ndarray:
+    """The broadcaster's mask of a convolution's input channel: uint64 ``(C,)``, bit ``p`` set
+    when PE ``p`` has entries in any tap of the channel (an activation of the channel goes to
+    those PEs only)."""
+    masks = np.asarray(image.col_mask, dtype=np.uint64).reshape(layout.geometry.in_channels,
+                                                                 layout.geometry.taps)
+    return np.bitwise_or.reduce(masks, axis=1)
+
+
+def input_fields(model: CompressedModel, i: int) -> MapFields | None:
+    """The packed columns layer ``i`` reads: a convolution's input maps, or those a
+    convolution before a Linear layer gives; ``None`` for a flat input."""
+    layer = model.layers[i]
+    if layer.geometry is not None:
+        return ConvLayout(layer.geometry, layer.out_features, 1).inputs
+    if i > 0 and model.layers[i - 1].geometry is not None:
+        before = model.layers[i - 1]
+        return ConvLayout(before.geometry, before.out_features, 1).outputs
+    return None
+
+
+def expand_columns(layer: CompressedLayer, fields: MapFields) -> CompressedLayer:
+    """A Linear layer that reads maps, with one column per packed column (``fields.size``):
+    its weights at their maps' packed columns, empty columns in the holes (which no
+    activation addresses)."""
+    index = np.zeros((layer.out_features, fields.size), dtype=layer.index.dtype)
+    index[:, fields.packed_order()] = layer.index
+    return replace(layer, index=index, latents=None, basis=None,
+                   codebook=layer.codebook)
+
+
+def pad_input(x: np.ndarray, fields: MapFields) -> np.ndarray:
+    """The host's image for a first convolution: the flat (channel-major) input at its packed
+    columns, zeros in the holes (``(n, fields.size)``)."""
+    x = np.asarray(x)
+    padded = np.zeros((len(x), fields.size), dtype=x.dtype)
+    padded[:, fields.packed_order()] = x
+    return padded
+
+
 def drain_walk(layout: ConvLayout, pe: int) -> list[tuple[int, tuple[int, int], list[int]]]:
     """PE ``pe``'s drain, in order: ``(local row, (Y, X), window positions)`` for every local
     row it owns and every output position ``(Y, X)`` of the output map (pooled or not)."""
@@ -272,3 +315,54 @@ def run_layer(layer: CompressedLayer, image: LayerImage, x: np.ndarray) -> tuple
             channel = row * n + p
             output[(channel * out_fields.height + y) * out_fields.width + xx] = value
     return output, work
+
+
+def _run_linear(layer: CompressedLayer, image: LayerImage, columns: np.ndarray,
+                values: np.ndarray) -> np.ndarray:
+    """EIE's walk of a Linear layer's image for the nonzero ``(column, value)`` pairs, then
+    its drain (A5-A8, A10); flat output."""
+    n = image.n_pes
+    acc = [[0] * image.rows_per_pe for _ in range(n)]
+    codebooks = [image.pe_codebook(p).reshape(image.rows_per_pe, -1) if image.per_row
+                 else None for p in range(n)]
+    for column, value in zip(columns.tolist(), values.tolist()):
+        for p in range(n):
+            row = -1
+            for word in image.entries[p, image.col_start[p, column]:image.col_start[p, column + 1]]:
+                word = int(word)
+                v, z = word & ((1 << image.index_bits) - 1), word >> image.index_bits
+                row += z + 1
+                if v:
+                    weight = int(codebooks[p][row, v] if image.per_row else image.codebook[v])
+                    acc[p][row] += weight * value
+    out = np.zeros(layer.out_features, dtype=np.int64)
+    for p in range(n):
+        for row in range(image.rows(p)):
+            out[row * n + p] = _requantize(layer, acc[p][row] + int(image.bias[p, row]))
+    return out
+
+
+def run_network(model: CompressedModel, n_pes: int, x: np.ndarray) -> list[np.ndarray]:
+    """One image through every layer as the engine will run it: the host's padded first
+    input, each layer's packed image, packed columns between layers (a convolution's output
+    at ``(o, Y, X)`` in its fields, a Linear layer's at its row), each hidden layer's nonzero
+    outputs only. Returns every layer's output, flat (what ``sim.trace`` gives for the image).
+    """
+    outputs = []
+    x = np.asarray(x, dtype=np.int64).reshape(-1)
+    flat = x
+    for i, layer in enumerate(model.layers):
+        fields = input_fields(model, i)
+        if layer.geometry is not None:
+            out, _ = run_layer(layer, pack_layer(layer, n_pes), flat)
+        else:
+            if fields is None:
+                columns, values = np.flatnonzero(flat), flat[flat != 0]
+            else:
+                packed = pad_input(flat[None], fields)[0]      # the maps at packed columns
+                columns, values = np.flatnonzero(packed), packed[packed != 0]
+                layer = expand_columns(layer, fields)
+            out = _run_linear(layer, pack_layer(layer, n_pes), columns, values)
+        outputs.append(out)
+        flat = out
+    return outputs
