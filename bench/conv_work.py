@@ -14,10 +14,14 @@ real artifact on real MNIST images, with the integer activations of ``sim.trace`
 It also prints each PE's accumulator words (``ceil(O / N)`` whole output maps per layer) and the
 ECP5 block RAMs they take per bank of images in flight.
 
-Output channels (rows) are dealt to PEs by ``accel.planning.plan.balance_rows`` (by nonzero
-count). A layer takes at least its busiest PE's MACs at ``--lanes`` MACs per PE per cycle; the
-figures are that lower bound (no drain, no pipeline fill), so they say which PE counts and lanes
-could reach a throughput at all, not what a build will measure.
+Output channels (rows) are dealt to PEs by ``accel.planning.plan.balance_rows`` and packed as
+the engine packs them (``accel.planning.plan.pack_in_order``); each PE's entries (its weights
+and padding entries, one clock each in its entry stage) are counted by
+``accel.planning.conv.pe_work`` (a convolution's tap walk, with the PE's tap masks) or
+``accel.planning.pack.pe_work`` (a Linear layer). A layer takes at least its busiest PE's
+entries at ``--lanes`` per PE per cycle; the figures are that lower bound (no drain, no pipeline
+fill), so they say which PE counts and lanes could reach a throughput at all, not what a build
+will measure.
 
     python bench/conv_work.py [--model out/bench/lenet-5-seed0.dcz] [--data-dir DIR]
         [--samples 200] [--pes 8,16,32] [--lanes 1,2,4] [--clock-mhz 100] [--json PATH]
@@ -40,42 +44,11 @@ import torch  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from accel.planning.plan import balance_rows  # noqa: E402
+from accel.planning.conv import ConvLayout  # noqa: E402
+from accel.planning.conv import pe_work as conv_pe_work  # noqa: E402
+from accel.planning.pack import pe_work as pack_pe_work  # noqa: E402
+from accel.planning.plan import balance_rows, pack_in_order  # noqa: E402
 from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
-
-
-def _column_counts(layer, owner: np.ndarray, n_pes: int) -> np.ndarray:
-    """``counts[k, col]``: PE ``k``'s nonzero weights in column ``col``."""
-    nonzero = layer.index != 0                              # (rows, columns)
-    counts = np.zeros((n_pes, layer.in_features), dtype=np.int64)
-    for k in range(n_pes):
-        counts[k] = nonzero[owner == k].sum(axis=0)
-    return counts
-
-
-def _conv_pe_macs(layer, x: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Each PE's MACs for a batch of the layer's input activations ``x`` (n, C H W)."""
-    g = layer.geometry
-    n_pes = len(counts)
-    maps = x.reshape(len(x), g.in_channels, g.in_height, g.in_width) != 0
-    per_pe = np.zeros((len(x), n_pes), dtype=np.int64)
-    for dy in range(g.kernel_height):
-        for dx in range(g.kernel_width):
-            # Input rows y whose output row (y + p - dy) / s exists, likewise columns.
-            rows = np.arange(g.in_height) + g.padding - dy
-            cols = np.arange(g.in_width) + g.padding - dx
-            row_ok = (rows >= 0) & (rows % g.stride == 0) & (rows // g.stride < g.conv_height)
-            col_ok = (cols >= 0) & (cols % g.stride == 0) & (cols // g.stride < g.conv_width)
-            valid = maps & row_ok[None, None, :, None] & col_ok[None, None, None, :]
-            active = valid.sum(axis=(2, 3))                  # (n, C) activations per channel
-            taps = [(c * g.kernel_height + dy) * g.kernel_width + dx
-                    for c in range(g.in_channels)]
-            per_pe += active @ counts[:, taps].T
-    return per_pe
-
-
-def _linear_pe_macs(x: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return (x != 0).astype(np.int64) @ counts.T
 
 
 #: An ECP5 DP16KD's shapes (width, depth).
@@ -104,27 +77,35 @@ def dense_macs(layer) -> int:
 
 
 def study(model, x: np.ndarray, n_pes: int) -> list[dict]:
-    """Per layer: dense MACs, sparse MACs and the busiest PE's MACs, per image."""
+    """Per layer: dense MACs, sparse MACs, and the busiest PE's entries (padding included:
+    a clock each in its entry stage) per image, with rows balanced and packed as the engine
+    packs them (``balance_rows``, ``pack_in_order``, ``b_z`` = 4)."""
     inputs = [x] + sim.trace(model, x)[:-1]
     rows = []
     for i, (layer, activations) in enumerate(zip(model.layers, inputs)):
         rate = (activations != 0).mean(axis=0)
-        columns = rate if layer.geometry is None else np.repeat(
-            rate.reshape(layer.geometry.in_channels, -1).mean(axis=1), layer.geometry.taps)
+        g = layer.geometry
+        columns = rate if g is None else np.repeat(
+            rate.reshape(g.in_channels, -1).mean(axis=1), g.taps)
         order = balance_rows(layer.index, columns.astype(np.float64), n_pes)
-        owner = np.empty(len(order), dtype=np.int64)
-        owner[order] = np.arange(len(order)) % n_pes      # new row i sits in PE i mod N
-        counts = _column_counts(layer, owner, n_pes)
-        if layer.geometry is None:
-            per_pe = _linear_pe_macs(activations, counts)
+        image, _ = pack_in_order(layer, n_pes, 4, order)
+        if g is None:
+            active = activations != 0
+            entries = np.stack([pack_pe_work(image, a) for a in active])
         else:
-            per_pe = _conv_pe_macs(layer, activations, counts)
+            entries = conv_pe_work(image, ConvLayout.of(layer, n_pes), activations)[:, :, 1]
+        nonzero = (layer.index != 0).astype(np.int64)
+        if g is None:
+            sparse = (activations != 0).astype(np.int64) @ nonzero.sum(axis=0)
+        else:
+            sparse = conv_pe_work(pack_in_order(layer, 1, 8, np.arange(layer.out_features))[0],
+                                  ConvLayout.of(layer, 1), activations)[:, 0, 1]
         words, blocks = accumulator_blocks(layer, n_pes)
         rows.append({"layer": f"{layer.kind}{i + 1}", "dense_macs": dense_macs(layer),
                      "accumulator_words_per_pe": words, "accumulator_blocks_per_pe": blocks,
                      "input_density": float((activations != 0).mean()),
-                     "sparse_macs": float(per_pe.sum(axis=1).mean()),
-                     "busiest_pe_macs": float(per_pe.max(axis=1).mean())})
+                     "sparse_macs": float(np.mean(sparse)),
+                     "busiest_pe_macs": float(entries.max(axis=1).mean())})
     return rows
 
 

@@ -12,8 +12,8 @@ from test_sim_properties import _conv_models_and_inputs
 
 import sim
 from accel.planning.conv import (ConvLayout, MapFields, channel_masks, drain_walk,
-                                 expand_columns, pad_input, run_layer, run_network, tap_masks,
-                                 taps)
+                                 expand_columns, pad_input, pe_work, run_layer, run_network,
+                                 tap_masks, taps)
 from accel.planning.pack import pack_layer
 from compress.geometry import ConvGeometry
 
@@ -31,11 +31,14 @@ def test_dataflow_equals_sim(case, n_pes):
             continue
         image = pack_layer(layer, n_pes)
         want = sim.run_layer(model, i, inputs[i])
-        for sample, expected in zip(np.asarray(inputs[i], dtype=np.int64), want):
+        counted = pe_work(image, ConvLayout.of(layer, n_pes), inputs[i])
+        for k, (sample, expected) in enumerate(zip(np.asarray(inputs[i], dtype=np.int64),
+                                                   want)):
             got, work = run_layer(layer, image, sample)
             assert got.tolist() == expected.tolist(), f"layer {i}"
-            # every walked tap has at least one entry, and no entry is walked twice
+            # every walked tap has at least one entry; the vectorized count agrees
             assert work.shape == (n_pes, 2) and np.all(work[:, 0] <= work[:, 1])
+            assert counted[k].tolist() == work.tolist()
 
 
 @settings(max_examples=40, **_SETTINGS)

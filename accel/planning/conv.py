@@ -50,7 +50,8 @@ from compress.geometry import ConvGeometry
 from .pack import LayerImage, pack_layer
 
 __all__ = ["ConvLayout", "MapFields", "channel_masks", "drain_walk", "expand_columns",
-           "input_fields", "pad_input", "run_layer", "run_network", "tap_masks", "taps"]
+           "input_fields", "pad_input", "pe_work", "run_layer", "run_network", "tap_masks",
+           "taps"]
 
 
 def _bits(count: int) -> int:
@@ -180,6 +181,32 @@ def tap_masks(image: LayerImage, layout: ConvLayout) -> np.ndarray:
     nonempty = (counts > 0).reshape(image.n_pes, g.in_channels, g.taps)
     weights = np.int64(1) << np.arange(g.taps, dtype=np.int64)
     return (nonempty * weights).sum(axis=2)
+
+
+def pe_work(image: LayerImage, layout: ConvLayout, x: np.ndarray) -> np.ndarray:
+    """Each PE's work for a batch of a convolution's inputs ``x`` (n, C H W), as
+    :func:`run_layer` counts it but vectorized: int64 ``(n, N, 2)``, the taps walked and the
+    entries processed (padding included)."""
+    g = layout.geometry
+    n_pes = image.n_pes
+    counts = np.diff(np.asarray(image.col_start, dtype=np.int64), axis=1).reshape(
+        n_pes, g.in_channels, g.taps)
+    nonempty = (counts > 0).astype(np.int64)
+    maps = np.asarray(x).reshape(len(x), g.in_channels, g.in_height, g.in_width) != 0
+    work = np.zeros((len(x), n_pes, 2), dtype=np.int64)
+    for dy in range(g.kernel_height):
+        rows = np.arange(g.in_height) + g.padding - dy
+        row_ok = (rows >= 0) & (rows % g.stride == 0) & (rows // g.stride < g.conv_height)
+        for dx in range(g.kernel_width):
+            cols = np.arange(g.in_width) + g.padding - dx
+            col_ok = (cols >= 0) & (cols % g.stride == 0) & (cols // g.stride < g.conv_width)
+            # activations of each channel whose output position for this tap exists
+            active = (maps & row_ok[None, None, :, None] & col_ok[None, None, None, :]).sum(
+                axis=(2, 3)).astype(np.int64)                          # (n, C)
+            tap = dy * g.kernel_width + dx
+            work[:, :, 0] += active @ nonempty[:, :, tap].T
+            work[:, :, 1] += active @ counts[:, :, tap].T
+    return work
 
 
 def channel_masks(image: LayerImage, layout: ConvLayout) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "TraceRecord",
     "balance_rows",
     "default_banks",
+    "pack_in_order",
 ]
 
 #: Processing elements of the default engine: one, so that the default job builds in under five
@@ -215,7 +216,10 @@ class Region:
     signed: bool = False
 
 
-def _pack(layer, n_pes, zero_run_bits, order):
+def pack_in_order(layer, n_pes: int, zero_run_bits: int, order):
+    """``pack_layer`` of ``layer`` with its rows in ``order`` (packed row ``i`` is row
+    ``order[i]``: biases and per-row codebooks follow), and the row ids ``(N, rows_per_pe)``
+    of each PE's local rows."""
     integer = layer.integer
     rows = dict(bias=integer.bias[order])
     if integer.per_row:                                  # A9: each row keeps its codebook
@@ -356,7 +360,7 @@ class EnginePlan:
         layer = model.layers[i]
         integer = layer.integer
         try:
-            image, row_ids = _pack(layer, n_pes, zero_run_bits, order)
+            image, row_ids = pack_in_order(layer, n_pes, zero_run_bits, order)
         except ValueError as error:
             raise ValueError(f"layer {i}: {error}") from None
         last = i == len(model.layers) - 1
