@@ -216,7 +216,6 @@ class _Chain:
         self.map_shape = map_shape         # the tensor a convolution would read
         self.flat = False                  # a Flatten since the last convolution
         self.pool_seen = False             # the last convolution has its pooling
-        self.last_name = None
 
     def add(self, name: str, item) -> None:
         if isinstance(item, nn.Linear):
@@ -235,7 +234,7 @@ class _Chain:
         elif isinstance(item, nn.Flatten) or item == "flatten":
             if self.specs and self.specs[-1].geometry is not None:
                 self.flat = True
-        elif isinstance(item, nn.Identity) or (isinstance(item, nn.Dropout)):
+        elif isinstance(item, (nn.Identity, nn.Dropout)):
             return                          # no-ops at inference
         else:
             kind = type(item).__name__ if isinstance(item, nn.Module) else str(item)
