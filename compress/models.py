@@ -87,9 +87,9 @@ BUILTIN_MODELS: dict[str, _Builtin] = {
     "lenet-5": _Builtin(
         sizes=(800, 500, 10), dataset="mnist", convs=((20, 5, "max"), (50, 5, "max")),
         in_shape=(1, 28, 28),
-        recipe=Recipe(epochs=12, lr=0.02, batch_size=64, weight_decay=1e-4,
-                      density=(0.66, 0.12, 0.08, 0.19), prune_rounds=3, retrain_epochs=3,
-                      finetune_epochs=3, bits=(5, 5, 4, 5))),
+        recipe=Recipe(epochs=20, lr=0.02, batch_size=64, weight_decay=1e-4,
+                      density=(0.66, 0.12, 0.08, 0.19), prune_rounds=3, retrain_epochs=5,
+                      finetune_epochs=4, bits=(5, 5, 4, 5))),
 }
 
 
