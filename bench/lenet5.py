@@ -11,9 +11,9 @@ when MNIST is absent.
     python bench/lenet5.py --method epr --rate-lambda L [--epr-epochs N]
 
 The Deep Compression path trains LeNet-5 by its recipe; EPR starts from the recipe's trained
-float network (``bench/lq_accuracy.py``'s cache, ``out/bench/lenet-5-float-seed{SEED}.pt``). The
-artifact is kept as ``out/bench/lenet-5-seed{SEED}.dcz`` (``lenet-5-epr{L}-seed{SEED}.dcz``) for
-the hardware benchmarks.
+float network (``bench/lq_accuracy.py``'s cache, ``out/bench/lenet-5-float-seed{SEED}-e{E}.pt``,
+``E`` the recipe's epochs). The artifact is kept as ``out/bench/lenet-5-seed{SEED}.dcz``
+(``lenet-5-epr{L}-seed{SEED}.dcz``) for the hardware benchmarks.
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ METHODS = {                     # name: (weight quantizer, activation quantizer 
 
 
 def float_model(name: str, dataset, seed: int) -> tuple[Path, float]:
-    """Train the built-in ``name`` by its recipe (as ``python -m compress`` does), keep it."""
-    path = CACHE / f"{name}-float-seed{seed}.pt"
+    """Train the built-in ``name`` by its recipe (as ``python -m compress`` does), keep it
+    (named by the recipe's epochs, so a changed recipe trains a new one)."""
+    path = CACHE / f"{name}-float-seed{seed}-e{BUILTIN_MODELS[name].recipe.epochs}.pt"
     if path.exists():
         net = torch.load(path, weights_only=False)
     else:
