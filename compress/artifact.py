@@ -39,6 +39,8 @@ from .geometry import ConvGeometry, im2col, max_pool, mean_pool, patch_batch
 from .huffman import HuffmanCode
 from .integer import LEVEL_COUNTS, MAX_CODE_BITS, IntegerLayer, latent_integer_bias
 from .latents import MODEL_BITS, LatentCode, LayerLatents, latent_codebook
+from .layer_fields import (INTEGER_SCALARS, codebook_arrays, integer_header, integer_values,
+                           read_codebook, read_integer)
 from .levels import basis_codebook, quantize_to_levels
 from .sparse import RelativeIndexStream, decode_relative, encode_relative
 
@@ -541,7 +543,7 @@ class CompressedModel:
             index_data, index_nbits = index_code.encode(stream.index)
             zero_run_data, zero_run_nbits = zero_run_code.encode(stream.zero_run)
             learned: dict = {}
-            codebook_arrays = _codebook_arrays(layer, put, learned)
+            arrays = codebook_arrays(layer, put, learned)
             header_entry = {
                 "in_features": layer.in_features,
                 "out_features": layer.out_features,
@@ -552,7 +554,7 @@ class CompressedModel:
                 "index_stream_bits": int(index_nbits),
                 "zero_run_stream_bits": int(zero_run_nbits),
                 "arrays": {
-                    **codebook_arrays,
+                    **arrays,
                     "bias": put(layer.bias, "float32"),
                     "index_code_lengths": put(index_code.lengths, "uint8"),
                     "zero_run_code_lengths": put(zero_run_code.lengths, "uint8"),
@@ -562,7 +564,7 @@ class CompressedModel:
             }
             header_entry.update(learned)
             if layer.integer is not None:
-                header_entry["integer"] = _integer_header(layer.integer, put)
+                header_entry["integer"] = integer_header(layer.integer, put)
             if layer.geometry is not None:
                 header_entry["geometry"] = layer.geometry.as_dict()
             layer_headers.append(header_entry)
@@ -651,7 +653,7 @@ def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
     index_bits = int(header["index_bits"])
     integer = None
     if "integer" in header:
-        integer = _read_integer(header["integer"], get, out_features)
+        integer = read_integer(header["integer"], get, out_features)
     sequence = decode_relative(stream)
     index = sequence.reshape(in_features, out_features).T.astype(
         np.uint8 if index_bits <= 8 else np.uint16)
@@ -660,111 +662,13 @@ def _read_layer(header: dict, payload: bytes, version: int) -> CompressedLayer:
             or "codebook_rows" in header.get("integer", {})
             or "levels" in header.get("integer", {}).get("arrays", {})):
         raise ValueError(f"a version-{version} file has version-3 fields (learned quantizers)")
-    return CompressedLayer(**_read_codebook(header, get, out_features),
+    return CompressedLayer(**read_codebook(header, get, out_features),
                            index=index,
                            bias=get("bias").astype(np.float32),
                            relu=bool(header["relu"]),
                            index_bits=index_bits,
                            zero_run_bits=int(header["zero_run_bits"]),
                            integer=integer, geometry=geometry)
-
-
-def _codebook_arrays(layer: CompressedLayer, put, learned: dict) -> dict:
-    """The codebook's arrays (written first in the layer's payload) and, in ``learned``, the
-    version-3 header fields: a per-row codebook's shape or basis width, the activation code
-    width."""
-    arrays = {}
-    if layer.basis is not None:
-        learned["basis_bits"] = int(layer.basis.shape[1])
-        arrays["basis"] = put(layer.basis, "float16")
-    elif layer.per_row:
-        learned["codebook_entries"] = int(layer.codebook.shape[1])
-        arrays["centroids"] = put(layer.codebook[:, 1:], "float32")
-    else:
-        arrays["centroids"] = put(layer.codebook[1:], "float32")
-    if layer.activation_levels is not None:
-        learned["activation_code_bits"] = int(len(layer.activation_levels)).bit_length() - 1
-        arrays["activation_levels"] = put(layer.activation_levels[1:], "float32")
-    return arrays
-
-
-def _read_codebook(header: dict, get, out_features: int) -> dict:
-    """The :class:`CompressedLayer` fields of :func:`_codebook_arrays`' arrays."""
-    fields = {"codebook": None, "basis": None, "activation_levels": None}
-    if "basis_bits" in header:
-        bits = int(header["basis_bits"])
-        if not 1 <= bits <= 8:
-            raise ValueError(f"basis_bits must be 1..8, not {bits}")
-        basis = get("basis")
-        if basis.size != out_features * bits:
-            raise ValueError(f"the basis has {basis.size} values, not {out_features} x {bits}")
-        fields["basis"] = basis.astype(np.float32).reshape(out_features, bits)
-    elif "codebook_entries" in header:
-        entries = int(header["codebook_entries"])
-        centroids = get("centroids")
-        if entries < 1 or centroids.size != out_features * (entries - 1):
-            raise ValueError(f"the per-row codebook has {centroids.size} values, not "
-                             f"{out_features} x {entries - 1}")
-        fields["codebook"] = np.concatenate(
-            [np.zeros((out_features, 1), np.float32),
-             centroids.reshape(out_features, entries - 1)], axis=1)
-    else:
-        fields["codebook"] = np.concatenate([[0.0], get("centroids")]).astype(np.float32)
-    if "activation_code_bits" in header:
-        bits = int(header["activation_code_bits"])
-        levels = get("activation_levels")
-        if not 1 <= bits <= MAX_CODE_BITS or len(levels) != (1 << bits) - 1:
-            raise ValueError(f"activation_code_bits must be 1..{MAX_CODE_BITS} with 2**bits - 1 "
-                             f"stored levels, not {bits} with {len(levels)}")
-        fields["activation_levels"] = np.concatenate([[0.0], levels]).astype(np.float32)
-    return fields
-
-
-_INTEGER_SCALARS = {"weight_bits": int, "activation_bits": int, "input_signed": bool,
-                    "accumulator_bits": int, "multiplier": int, "shift": int, "logits": bool,
-                    "input_scale": float, "weight_scale": float, "output_scale": float}
-
-
-def _integer_header(integer: IntegerLayer, put) -> dict:
-    entry = {name: kind(getattr(integer, name)) for name, kind in _INTEGER_SCALARS.items()}
-    if integer.per_row:
-        entry["codebook_rows"] = int(integer.codebook.shape[0])
-    entry["arrays"] = {"codebook": put(integer.codebook, "int32"),
-                       "bias": put(integer.bias, "int32")}
-    if integer.levels is not None:                                  # A10, version 3
-        entry["arrays"]["thresholds"] = put(integer.thresholds, "int64")
-        entry["arrays"]["levels"] = put(integer.levels, "int32")
-    return entry
-
-
-def _integer_values(entry: dict) -> dict:
-    values = {}
-    for name, kind in _INTEGER_SCALARS.items():
-        value = entry[name]
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            raise ValueError(f"integer field {name!r} must be a {kind.__name__}, not {value!r}")
-        values[name] = kind(value)
-    return values
-
-
-def _read_integer(entry: dict, get, out_features: int) -> IntegerLayer:
-    values = _integer_values(entry)
-    codebook = get("codebook", entry).astype(np.int32)
-    if "codebook_rows" in entry:                                     # A9, version 3
-        rows = int(entry["codebook_rows"])
-        if rows != out_features or codebook.size % max(rows, 1):
-            raise ValueError(f"the integer codebook has {codebook.size} values, not {rows} rows")
-        codebook = codebook.reshape(rows, -1)
-    learned = {}
-    if "thresholds" in entry["arrays"] or "levels" in entry["arrays"]:
-        learned = {"thresholds": get("thresholds", entry).astype(np.int64),
-                   "levels": get("levels", entry).astype(np.int32)}
-    return IntegerLayer(codebook=codebook, bias=get("bias", entry).astype(np.int32), **values,
-                        **learned)
 
 
 #: A latent layer's stored integer scalars (its integer codebook and biases are derived):
@@ -788,7 +692,7 @@ def _latent_header(layer: CompressedLayer, put) -> dict:
     if layer.integer is not None:
         integer = layer.integer
         entry["integer"] = {name: kind(getattr(integer, name))
-                            for name, kind in _INTEGER_SCALARS.items()}
+                            for name, kind in INTEGER_SCALARS.items()}
     return entry
 
 
@@ -812,7 +716,7 @@ def _read_latent_layer(header: dict, get, out_features: int, in_features: int):
     latents = LayerLatents(weight=codes["weight"], bias=codes["bias"])
     integer = None
     if "integer" in header:
-        values = _integer_values(header["integer"])
+        values = integer_values(header["integer"])
         if values["weight_scale"] != latents.weight.step:
             raise ValueError("a latent layer's weight scale must be its step (A11)")
         codebook, _, _ = latent_codebook(latents.weight.values)
