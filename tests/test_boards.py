@@ -190,6 +190,16 @@ def test_estimate_counts_the_engines_memories():
     assert estimate.brams >= 2 * 2     # per PE: its two pointer memories
 
 
+@pytest.mark.parametrize("features", [[2, 2, 2], [40, 24, 10]])
+def test_requantizer_takes_two_multipliers_however_narrow_its_sum(features):
+    """The requantizer splits its product at LOW_BITS into two hard multipliers, even for sums
+    under 18 bits (the EPR LeNet-300-100's 16-bit sums: 48 built on 16 PEs, 32 estimated before
+    this rule); the MAC takes one for 8-bit weights and activations."""
+    plan = EnginePlan.from_model(random_model(3, features), n_pes=2)
+    assert max(layer.accumulator_bits for layer in plan.layers) < 34
+    assert estimate_resources(plan, get_board("ulx3s")).multipliers == 2 * (1 + 2)
+
+
 def test_fit_error_gives_the_numbers():
     model = random_model(4, [300, 200, 10], density=0.5)
     plan = EnginePlan.from_model(model, n_pes=16)

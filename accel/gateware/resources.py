@@ -16,9 +16,10 @@ the others; a threshold activation (A10) is registers and comparators, estimated
 (``LUTS_PER_THRESHOLD_BIT``); an engine in which no layer requantizes has no requantizer logic
 (``LUTS_PER_REQUANTIZER``).
 
-Multipliers: each PE multiplies a codebook weight by an activation (MAC) and a sum by the
-layer's requantization multiplier; Yosys splits a product wider than the hard multiplier into
-``ceil(a / w) * ceil(b / w)`` pieces. LUTs are a linear model fitted to place-and-route
+Multipliers: each PE multiplies a codebook weight by an activation (MAC), where Yosys splits a
+product wider than the hard multiplier into ``ceil(a / w) * ceil(b / w)`` pieces, and a sum by
+the layer's requantization multiplier, which the requantizer itself splits at ``LOW_BITS``
+of the sum into two products (so two hard multipliers at least, however narrow the sum). LUTs are a linear model fitted to place-and-route
 results (see ``LUTS_PER_PE``), to be refitted when the engine changes: the fit check refuses
 on LUTs only when even 80% of the estimate does not fit.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from accel.gateware.pe.requantizer import LOW_BITS
 from compress.integer import MULTIPLIER_BITS
 
 __all__ = ["DENSE_LUT_SHARE", "FitError", "ResourceEstimate", "check_fit", "dense_warning",
@@ -165,10 +167,15 @@ def estimate_resources(plan, board) -> ResourceEstimate:
     mac = max(_pieces(layer.weight_bits, w) * _pieces(plan.value_bits, w)
               for layer in plan.layers)
     # Only a layer that requantizes (A6) uses the requantizer's multiply: logits (A8) and
-    # threshold activations (A10) do not, and Yosys removes it when no layer does.
-    requant = max((_pieces(layer.accumulator_bits, w) * _pieces(MULTIPLIER_BITS + 1, w)
-                   for layer in plan.layers if not layer.logits and layer.levels is None),
-                  default=0)
+    # threshold activations (A10) do not, and Yosys removes it when no layer does. The
+    # requantizer splits its sum (the engine's widest accumulator) at LOW_BITS into two
+    # products, however narrow the sum (the EPR LeNet-300-100's 16-bit sums took two hard
+    # multipliers per PE, where counting the sum's own pieces said one).
+    requantizes = any(not layer.logits and layer.levels is None for layer in plan.layers)
+    high_bits = max(max(layer.accumulator_bits for layer in plan.layers) + 1,
+                    LOW_BITS + 1) - LOW_BITS
+    requant = ((_pieces(LOW_BITS, w) + _pieces(high_bits, w)) * _pieces(MULTIPLIER_BITS, w)
+               if requantizes else 0)
     multipliers = plan.n_pes * (mac + requant)
     thresholds = sum(len(layer.thresholds) * layer.threshold_bits * LUTS_PER_THRESHOLD_BIT
                      + len(layer.levels) * layer.output_bits * LUTS_PER_LEVEL_BIT

@@ -16,14 +16,14 @@ from accel.gateware.primitives import _RegisteredProduct, _check_plan, _register
 from accel.planning.plan import SHIFT_BITS, EnginePlan
 from compress.integer import MULTIPLIER_BITS, activation_range
 
-__all__ = ["LATENCY", "Requantizer"]
+__all__ = ["LATENCY", "LOW_BITS", "Requantizer"]
 
 #: Clocks from ``i`` to ``o``.
 LATENCY = 9
 
 #: The requantization multiply is split at this bit of the sum: the low part unsigned, the
 #: high part signed, each one 18x18 hard multiplier.
-_LOW_BITS = 17
+LOW_BITS = 17
 
 
 class Requantizer(wiring.Component):
@@ -100,18 +100,18 @@ class Requantizer(wiring.Component):
         # else: on an ECP5 the hard multipliers' own input registers (_RegisteredProduct;
         # timing: the routing from shared registers to a hard multiplier took 3 ns) -----------
         product_bits = acc_bits + 1 + MULTIPLIER_BITS + 1
-        # The sum sign-extended to at least _LOW_BITS + 1 bits, so that the high part always
-        # carries the sign: a sum of _LOW_BITS bits or fewer split as if it were wider would
+        # The sum sign-extended to at least LOW_BITS + 1 bits, so that the high part always
+        # carries the sign: a sum of LOW_BITS bits or fewer split as if it were wider would
         # take a negative sum's low part as unsigned (issue 20).
-        wide_sum = d2_sum.as_signed() if acc_bits + 1 > _LOW_BITS else \
-            Cat(d2_sum, d2_sum[-1].replicate(_LOW_BITS + 1 - (acc_bits + 1))).as_signed()
-        high_part_bits = len(wide_sum) - _LOW_BITS
-        m.submodules.requant_low = low = _RegisteredProduct(unsigned(_LOW_BITS),
+        wide_sum = d2_sum.as_signed() if acc_bits + 1 > LOW_BITS else \
+            Cat(d2_sum, d2_sum[-1].replicate(LOW_BITS + 1 - (acc_bits + 1))).as_signed()
+        high_part_bits = len(wide_sum) - LOW_BITS
+        m.submodules.requant_low = low = _RegisteredProduct(unsigned(LOW_BITS),
                                                             unsigned(MULTIPLIER_BITS))
         m.submodules.requant_high = high = _RegisteredProduct(signed(high_part_bits),
                                                               unsigned(MULTIPLIER_BITS))
-        m.d.comb += [low.a.eq(wide_sum[:_LOW_BITS].as_unsigned()), low.b.eq(multiplier),
-                     high.a.eq(wide_sum[_LOW_BITS:].as_signed()), high.b.eq(multiplier)]
+        m.d.comb += [low.a.eq(wide_sum[:LOW_BITS].as_unsigned()), low.b.eq(multiplier),
+                     high.a.eq(wide_sum[LOW_BITS:].as_signed()), high.b.eq(multiplier)]
         # The row's other fields ride beside the product: D2M, D2S, D2T.
         d2t, d2t_sum, d2t_column, d2t_shift = self._delay(
             m, 3, (d2, d2_sum, d2_column, shift), ("d2m", "d2s", "d2t"))
@@ -121,7 +121,7 @@ class Requantizer(wiring.Component):
         # meet the clock rate. Each product is registered twice (D2S, D2T), the first register
         # driving nothing else (on an ECP5 the hard multiplier's own output register; timing:
         # 4.9 ns of routing from a hard multiplier to a shared adder) ---------------------------
-        d2s_low = Signal(unsigned(_LOW_BITS + MULTIPLIER_BITS))
+        d2s_low = Signal(unsigned(LOW_BITS + MULTIPLIER_BITS))
         d2s_high = Signal(signed(high_part_bits + MULTIPLIER_BITS + 1))
         m.d.comb += [d2s_low.eq(low.p), d2s_high.eq(high.p)]
         d2t_low, d2t_high = Signal.like(d2s_low), Signal.like(d2s_high)
@@ -136,7 +136,7 @@ class Requantizer(wiring.Component):
         # and a larger shift gives 0 whatever the product (|product| < 2**(product_bits-1)).
         d3_rounding = Signal(unsigned(product_bits + 1))
         d3_beyond = Signal()
-        m.d.sync += [d3_product.eq((d2t_high << _LOW_BITS) + d2t_low),
+        m.d.sync += [d3_product.eq((d2t_high << LOW_BITS) + d2t_low),
                      d3_rounding.eq((Const(1, product_bits + 2) << d2t_shift)[1:]),
                      d3_beyond.eq(d2t_shift > product_bits)]
 
