@@ -191,7 +191,7 @@ def test_remove_leaves_the_rounded_weights():
 
 
 def test_a_model_without_linear_layers_or_biases_is_refused():
-    with pytest.raises(ValueError, match="no Linear layer"):
+    with pytest.raises(ValueError, match="no Linear or Conv2d layer"):
         epr.EntropyPenalizedReparameterization(nn.Sequential(nn.ReLU()), rate_lambda=1.0)
     with pytest.raises(ValueError, match="needs a bias"):
         epr.EntropyPenalizedReparameterization(nn.Sequential(nn.Linear(3, 2, bias=False)),
