@@ -73,15 +73,23 @@ def test_verification_alongside_synthesis_reports_its_result_and_its_failures(tm
         _checked(mismatch, 2)
 
 
+def _build_small_ecp5(out) -> dict:
+    """One build of the end-to-end test (a module-level function: it runs in a process of its
+    own)."""
+    model = random_model(12, [16, 6, 3])
+    return build(model, _Data(model), get_board("ulx3s-12f"), out=out, pes=1, clock_mhz=50,
+                 verify_samples=2, progress=False)
+
+
 @pytest.mark.slow
 def test_ecp5_build_end_to_end_and_deterministic(tmp_path):
-    """A one-PE engine on the ULX3S-12F through Yosys, nextpnr-ecp5 and ecppack, twice."""
-    model = random_model(12, [16, 6, 3])
-    reports = []
-    for run in range(2):
-        out = tmp_path / f"run{run}"
-        reports.append(build(model, _Data(model), get_board("ulx3s-12f"), out=out, pes=1,
-                             clock_mhz=50, verify_samples=2, progress=False))
+    """A one-PE engine on the ULX3S-12F through Yosys, nextpnr-ecp5 and ecppack, twice: the two
+    builds in two processes side by side (the tools run on one core each; CI time)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        reports = list(pool.map(_build_small_ecp5, [tmp_path / "run0", tmp_path / "run1"]))
     report = reports[0]
     assert report["timing_met"] and report["clock_mhz"] == 50.0
     assert report["fmax_mhz"] >= 50.0
