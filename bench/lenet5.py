@@ -58,7 +58,8 @@ def main() -> int:
     parser.add_argument("--method", choices=tuple(AIMS), default="deep-compression")
     parser.add_argument("--rate-lambda", type=float, default=0.3)
     parser.add_argument("--epr-epochs", type=int, default=8)
-    parser.add_argument("--out", type=Path, help="artifact (default out/bench/lenet-5-seed{SEED}.dcz)")
+    parser.add_argument("--out", type=Path,
+                        help="artifact (default out/bench/lenet-5-seed{SEED}.dcz)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if mnist_missing(args.data_dir):
@@ -95,7 +96,8 @@ def main() -> int:
     for name, paper in PAPERS.items():
         before = "" if paper["error_float"] is None else f"{paper['error_float']:.2f}%"
         print(f"{name:<22}{before:>12}{paper['error']:>17.2f}%{paper['ratio']:>7}x")
-    print(f"{'this project (' + ('EPR' if args.method == 'epr' else 'DC') + ', int)':<22}{error_float:>11.2f}%{error_int:>17.2f}%"
+    label = f"this project ({'EPR' if args.method == 'epr' else 'DC'}, int)"
+    print(f"{label:<22}{error_float:>11.2f}%{error_int:>17.2f}%"
           f"{row['compression_ratio']:>7.1f}x")
     met = row["compression_ratio"] >= aim["ratio"] and error_int <= aim["error"]
     print(f"aim of {args.method} (>= {aim['ratio']}x at <= {aim['error']}% integer error): "

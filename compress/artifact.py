@@ -260,7 +260,8 @@ class CompressedLayer:
 
     @property
     def kind(self) -> str:
-        """``"conv"`` or ``"fc"``: the prefix of the layer's name in reports (``conv1``, ``fc3``)."""
+        """``"conv"`` or ``"fc"``: the prefix of the layer's name in reports (``conv1``,
+        ``fc3``)."""
         return "fc" if self.geometry is None else "conv"
 
     @property

@@ -1,7 +1,7 @@
 """Entropy-penalized reparameterization (EPR, Oktay, Ballé, Singh & Shrivastava, ICLR 2020).
 
-Each Linear (and Conv2d) layer's weight and bias are represented by latents: a float tensor in the layer's
-own units and a learned step size per tensor (``log_step``); the forward pass uses
+Each Linear (and Conv2d) layer's weight and bias are represented by latents: a float tensor in
+the layer's own units and a learned step size per tensor (``log_step``); the forward pass uses
 ``round(latent / step) * step`` with a straight-through gradient, the integer
 ``round(latent / step)`` clamped to ``±LATENT_LIMIT`` (``docs/arithmetic.md`` A11: at most 254
 nonzero values and zero, so a layer's codebook fits 8 index bits). A learned probability model
@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 
 from .latents import LATENT_LIMIT, LatentCode, LayerLatents
 
-__all__ = ["MODEL_LR_SCALE", "EntropyPenalizedReparameterization", "LatentTensor", "check_rate_lambda",
-           "logistic_bits"]
+__all__ = ["MODEL_LR_SCALE", "EntropyPenalizedReparameterization", "LatentTensor",
+           "check_rate_lambda", "logistic_bits"]
 
 #: Smallest probability the rate term takes (the public code's likelihood bound, 1e-9): a
 #: latent far in the tail costs about 30 bits, not infinity.
@@ -125,9 +125,9 @@ class EntropyPenalizedReparameterization:
     Parameters
     ----------
     model : nn.Module
-        Its Linear and Conv2d layers get a :class:`LatentTensor` on ``weight`` and ``bias`` (the latents
-        start at the trained weights); the new parameters are the model's, so an optimizer
-        built from ``model.parameters()`` trains them.
+        Its Linear and Conv2d layers get a :class:`LatentTensor` on ``weight`` and ``bias``
+        (the latents start at the trained weights); the new parameters are the model's, so an
+        optimizer built from ``model.parameters()`` trains them.
     rate_lambda : float
         Weight of the rate term, in bits per parameter (:func:`check_rate_lambda`).
     """

@@ -178,7 +178,8 @@ def patch_batch(geometry: ConvGeometry, *, values: int = 1 << 22) -> int:
 
 
 def _windows(maps: np.ndarray) -> np.ndarray:
-    """The 2 x 2, stride-2 windows of ``(n, O, Hc, Wc)`` maps (floor mode): ``(n, O, Ho, Wo, 4)``."""
+    """The 2 x 2, stride-2 windows of ``(n, O, Hc, Wc)`` maps (floor mode):
+    ``(n, O, Ho, Wo, 4)``."""
     n, channels, height, width = maps.shape
     h, w = height // 2, width // 2
     cropped = maps[:, :, :2 * h, :2 * w]

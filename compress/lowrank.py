@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from .geometry import ConvGeometry
+from .train import matrix
 
 __all__ = ["LOW_RANK_METHODS", "LayerRank", "TrainedRankPruning", "check_settings",
-           "energy_rank", "factorize", "matrix", "truncate"]
+           "energy_rank", "factorize", "truncate"]
 
 #: ``--low-rank`` choices.
 LOW_RANK_METHODS = ("none", "trp", "svd")
@@ -68,11 +69,6 @@ def energy_rank(singular_values: torch.Tensor, energy: float) -> int:
     kept = torch.cumsum(power, 0) / total
     # (a small tolerance: the last cumulative sum may round just below 1)
     return int(torch.searchsorted(kept, torch.tensor([energy - 1e-12], dtype=kept.dtype))) + 1
-
-
-def matrix(weight: torch.Tensor) -> torch.Tensor:
-    """A layer's weight as its matrix: ``(out, in)``, or a kernel's ``(O, C kh kw)`` (A12)."""
-    return weight.reshape(len(weight), -1)
 
 
 def truncate(weight: torch.Tensor, rank: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .levels import basis_codebook, code_matrix, midpoints, nearest_level
-from .train import conv_forward, geometry_of
+from .train import conv_forward, geometry_of, matrix
 
 __all__ = ["ACTIVATION_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActivationQuantizer", "FixedLevels",
            "QuantizedLinear", "WeightQuantizer", "export", "quantized_network"]
@@ -216,8 +216,7 @@ class QuantizedLinear(nn.Module):
         self.geometry = geometry_of(linear)
 
     def quantized_weight(self) -> torch.Tensor:
-        matrix = self.weight.reshape(len(self.weight), -1)
-        return self.quantizer(matrix).reshape(self.weight.shape)
+        return self.quantizer(matrix(self.weight)).reshape(self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.geometry is not None:
@@ -261,9 +260,8 @@ def quantized_network(linears: Sequence[nn.Linear], relus: Sequence[bool],
     for i, (linear, relu, mask) in enumerate(zip(linears, relus, masks)):
         layer = linear
         if weight is not None:
-            matrix_mask = torch.from_numpy(np.asarray(mask).reshape(len(mask), -1))
-            quantizer = WeightQuantizer(linear.weight.reshape(len(linear.weight), -1),
-                                        matrix_mask, bits[i], learn=weight == "lq")
+            quantizer = WeightQuantizer(matrix(linear.weight), torch.from_numpy(matrix(mask)),
+                                        bits[i], learn=weight == "lq")
             layer = QuantizedLinear(linear, quantizer)
             quantized.append(layer)
         tail: list[nn.Module] = [layer]
@@ -294,7 +292,7 @@ def export(layer: QuantizedLinear) -> tuple[np.ndarray, np.ndarray]:
     # The artifact stores the basis in float16: the indices are those of the rounded levels.
     basis = layer.quantizer.basis.detach().numpy().astype(np.float16).astype(np.float32)
     codebook = basis_codebook(basis)
-    weight = layer.weight.detach().numpy().reshape(len(layer.weight), -1)   # A12: O x C kh kw
+    weight = matrix(layer.weight.detach().numpy())                 # A12: O x C kh kw
     mask = layer.quantizer.mask.numpy().astype(bool)
     index = np.zeros(weight.shape, dtype=np.int64)
     for r in range(weight.shape[0]):

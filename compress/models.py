@@ -1,9 +1,9 @@
 """Built-in models, model loading, and the check that a network is one the project can compress.
 
 A supported network is a chain of ``Conv2d``, ``MaxPool2d``/``AvgPool2d`` (2 x 2, stride 2),
-``ReLU``, ``Flatten``, ``Linear`` and ``BatchNorm`` directly after a ``Conv2d`` or ``Linear`` (folded
-into it): an ``nn.Sequential`` (nested ones are flattened) or any module ``torch.fx`` can trace to
-such a chain. It is reduced to a list of :class:`LinearSpec`, each a weighted layer (``Linear`` or
+``ReLU``, ``Flatten``, ``Linear`` and ``BatchNorm`` directly after a ``Conv2d`` or ``Linear``
+(folded into it): an ``nn.Sequential`` (nested ones are flattened) or any module ``torch.fx``
+can trace to such a chain. It is reduced to a list of :class:`LinearSpec`, each a weighted layer (``Linear`` or
 ``Conv2d``) with a flag saying whether a ReLU follows it and, for a convolution, its
 :class:`~compress.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling;
 ``docs/arithmetic.md`` A12-A13). The project feeds 2-D feature matrices (``compress.data``), image
@@ -215,7 +215,6 @@ class _Chain:
         self.specs: list[LinearSpec] = []
         self.map_shape = map_shape         # the tensor a convolution would read
         self.flat = False                  # a Flatten since the last convolution
-        self.pool_seen = False             # the last convolution has its pooling
 
     def add(self, name: str, item) -> None:
         if isinstance(item, nn.Linear):
@@ -253,7 +252,7 @@ class _Chain:
                                  f"before it gives {last.out_size}")
         self.specs.append(LinearSpec(item, False, name))
         self.map_shape = None
-        self.flat = self.pool_seen = False
+        self.flat = False
 
     def _conv(self, name: str, item: nn.Conv2d) -> None:
         problems = []
@@ -300,7 +299,6 @@ class _Chain:
         except ValueError as error:
             raise ValueError(f"layer {name!r} (Conv2d): {error}") from None
         self.specs.append(LinearSpec(item, False, name, geometry))
-        self.pool_seen = False
         self.map_shape = (item.out_channels, geometry.out_height, geometry.out_width)
 
     def _unflatten(self, name: str, item: nn.Unflatten) -> None:
@@ -337,7 +335,7 @@ class _Chain:
         if last is None or last.geometry is None or self.flat:
             raise ValueError(f"layer {name!r} ({kind} pooling) must follow a Conv2d (and its "
                              "ReLU, if any)")
-        if self.pool_seen or last.geometry.pool is not None:
+        if last.geometry.pool is not None:
             raise ValueError(f"layer {name!r}: one pooling per convolution is supported; "
                              f"{last.name!r} already has one")
         if kernel != 2 or stride != 2 or extra:
@@ -350,12 +348,12 @@ class _Chain:
         except ValueError as error:
             raise ValueError(f"layer {name!r}: {error}") from None
         self.specs[-1] = replace(last, geometry=geometry)
-        self.pool_seen = True
         self.map_shape = (last.linear.out_channels, geometry.out_height, geometry.out_width)
 
     def _batch_norm(self, name: str, item) -> None:
         last = self.specs[-1] if self.specs else None
-        if last is None or last.relu or self.pool_seen or self.flat or not isinstance(
+        pooled = last is not None and last.geometry is not None and last.geometry.pool
+        if last is None or last.relu or pooled or self.flat or not isinstance(
                 last.linear, nn.Conv2d if isinstance(item, nn.BatchNorm2d) else nn.Linear):
             raise ValueError(f"layer {name!r} ({type(item).__name__}) does not directly follow "
                              f"a {'Conv2d' if isinstance(item, nn.BatchNorm2d) else 'Linear'} "

@@ -26,13 +26,13 @@ from .epr import EntropyPenalizedReparameterization, check_rate_lambda
 from .integer import quantize_model
 from .levels import unsigned_levels
 from .lowrank import (LOW_RANK_METHODS, TrainedRankPruning, check_settings, energy_rank,
-                      factorize, matrix)
+                      factorize)
 from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
                  quantized_network)
 from .models import BUILTIN_MODELS, Recipe, linear_chain, load_model
 from .prune import magnitude_mask, round_targets
 from .train import (TRAINING_THREADS, SharedLinear, accuracy, canonical_sequential, geometry_of,
-                    torch_threads, train)
+                    matrix, torch_threads, train)
 
 __all__ = ["METHODS", "ZERO_RUN_AUTO", "CompressConfig", "CompressionResult", "compress_model"]
 
@@ -363,8 +363,7 @@ def _compress_model(config: CompressConfig, *, log: Callable[[str], None]) -> Co
         # 3-4. Quantization: weight sharing then trained quantization of the centroids (Deep
         # Compression §3), or LQ-Nets' learned quantizers (per-row bases, activation levels).
         finetune_lr = pick(config.finetune_lr, _finetune_lr(config, recipe, lr, masks, bits))
-        pruned_weights = [layer.weight.detach().numpy().reshape(len(layer.weight), -1).copy()
-                          for layer in linears]
+        pruned_weights = [matrix(layer.weight.detach().numpy()).copy() for layer in linears]
         steps = dict(data=data, config=config, linears=linears, relus=relus, masks=masks,
                      bits=bits, epochs=finetune_epochs, batch_size=batch_size,
                      seed=config.seed + rounds + 1, log=log)
@@ -460,10 +459,10 @@ def _low_rank(net, linears, relus, ranks, data, config, *, lr, batch_size, epoch
 
 
 def _entropy_penalized(net, linears, relus, data, config, *, batch_size, epochs, log):
-    """EPR (``compress/epr.py``) on the network's Linear and Conv2d layers: ``epochs`` of Adam on the task
-    loss plus ``rate_lambda`` bits per parameter; returns the latent layers (A11), their float
-    accuracy and the per-layer report (parameters, nonzero latents, bits under the learned
-    models, bits per parameter)."""
+    """EPR (``compress/epr.py``) on the network's Linear and Conv2d layers: ``epochs`` of Adam
+    on the task loss plus ``rate_lambda`` bits per parameter; returns the latent layers (A11),
+    their float accuracy and the per-layer report (parameters, nonzero latents, bits under the
+    learned models, bits per parameter)."""
     log(f"EPR: rate lambda {config.rate_lambda:g}, {epochs} epochs of Adam at "
         f"{config.epr_lr:g}")
     reparam = EntropyPenalizedReparameterization(net, rate_lambda=config.rate_lambda)
@@ -575,8 +574,7 @@ def _shared_layers(linears, masks, bits, config):
 def _codebook_layer(layer: SharedLinear, relu: bool, bits: int, config,
                     activation_levels=None) -> CompressedLayer:
     codebook, index = _sorted_codebook(layer.centroids.detach().numpy(), layer.index.numpy())
-    # A12: a kernel (O, C, kh, kw) is stored as the matrix (O, C kh kw).
-    index = index.reshape(len(index), -1)
+    index = matrix(index)       # A12: a kernel (O, C, kh, kw) is stored as (O, C kh kw)
     return CompressedLayer(codebook=codebook, index=index.astype(np.uint8),
                            bias=layer.bias.detach().numpy(), relu=relu, index_bits=bits,
                            zero_run_bits=_zero_run_bits(config),
@@ -615,8 +613,8 @@ def _learn_quantizers(*, data, config, linears, relus, masks, bits, epochs, lr, 
     if per_row:
         with torch.no_grad():
             for layer in quantized:
-                matrix = layer.weight.reshape(len(layer.weight), -1)
-                error = layer.quantizer(matrix) - matrix * layer.quantizer.mask
+                weights = matrix(layer.weight)
+                error = layer.quantizer(weights) - weights * layer.quantizer.mask
                 sharing_sse += float(error.double().pow(2).sum())
     accuracy_shared = accuracy(net, data.x_test, data.y_test)
     log(f"quantizers ({config.quantizer} {'/'.join(map(str, bits))}-bit weights, "

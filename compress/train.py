@@ -17,7 +17,7 @@ from torch import nn
 from .progress import progress_bar
 
 __all__ = ["TRAINING_THREADS", "SharedLinear", "accuracy", "canonical_sequential", "conv_forward",
-           "geometry_of", "predict", "torch_threads", "train"]
+           "geometry_of", "matrix", "predict", "torch_threads", "train"]
 
 #: Threads of torch's CPU kernels while compressing. PyTorch's reductions (the matrix
 #: products' sums, the loss's mean) add in an order that depends on how the work is split
@@ -101,6 +101,12 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     g = geometry
     weight = weight.reshape(weight.shape[0], g.in_channels, g.kernel_height, g.kernel_width)
     return nn.functional.conv2d(x, weight, bias, stride=g.stride, padding=g.padding)
+
+
+def matrix(weight):
+    """A layer's weight (a tensor or an array) as its matrix: ``(out, in)``, or a kernel's
+    ``(O, C kh kw)`` (A12)."""
+    return weight.reshape(len(weight), -1)
 
 
 def geometry_of(layer: nn.Module):

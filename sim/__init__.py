@@ -18,5 +18,6 @@ from .reference import (SATURATION_WARNING_FRACTION, pool, quantize_input, requa
                         run_layer, saturation_warning, threshold_activation, trace)
 
 __all__ = ["SATURATION_WARNING_FRACTION", "add_model_arguments", "check_model_arguments",
-           "evaluate", "load_model_and_data", "pool", "quantize_input", "requantize", "run", "run_layer",
+           "evaluate", "load_model_and_data", "pool", "quantize_input", "requantize", "run",
+           "run_layer",
            "saturation_warning", "threshold_activation", "trace"]

@@ -19,9 +19,10 @@ the others; a threshold activation (A10) is registers and comparators, estimated
 Multipliers: each PE multiplies a codebook weight by an activation (MAC), where Yosys splits a
 product wider than the hard multiplier into ``ceil(a / w) * ceil(b / w)`` pieces, and a sum by
 the layer's requantization multiplier, which the requantizer itself splits at ``LOW_BITS``
-of the sum into two products (so two hard multipliers at least, however narrow the sum). LUTs are a linear model fitted to place-and-route
-results (see ``LUTS_PER_PE``), to be refitted when the engine changes: the fit check refuses
-on LUTs only when even 80% of the estimate does not fit.
+of the sum into two products (so two hard multipliers at least, however narrow the sum).
+LUTs are a linear model fitted to place-and-route results (see ``LUTS_PER_PE``), to be refitted
+when the engine changes: the fit check refuses on LUTs only when even 80% of the estimate does
+not fit.
 """
 
 from __future__ import annotations

@@ -236,8 +236,7 @@ def expand_columns(layer: CompressedLayer, fields: MapFields) -> CompressedLayer
     activation addresses)."""
     index = np.zeros((layer.out_features, fields.size), dtype=layer.index.dtype)
     index[:, fields.packed_order()] = layer.index
-    return replace(layer, index=index, latents=None, basis=None,
-                   codebook=layer.codebook)
+    return replace(layer, index=index, latents=None, basis=None)
 
 
 def pad_input(x: np.ndarray, fields: MapFields) -> np.ndarray:
