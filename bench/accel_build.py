@@ -1,4 +1,5 @@
-"""Benchmark: LeNet-300-100 on the ULX3S-85F, built with the open toolchain, next to PyTorch.
+"""Benchmark: LeNet-300-100 (or LeNet-5: ``--model`` a LeNet-5 artifact, ``--banks 1``) on the
+ULX3S-85F, built with the open toolchain, next to PyTorch.
 
 Targets (issue 5):
 
@@ -68,6 +69,9 @@ def main() -> int:
     parser.add_argument("--clock-mhz", type=float, default=None,
                         help="engine clock (default: the highest the routed design meets)")
     parser.add_argument("--pes", type=int, default=16)
+    parser.add_argument("--banks", type=int, default=None,
+                        help="images in flight (default: the engine's, 3 with 16 PEs; LeNet-5's "
+                             "whole feature maps fit the ULX3S-85F's block RAM with 1)")
     parser.add_argument("--samples", type=int, default=300,
                         help="MNIST test images simulated for the cycle count (default 300)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -99,13 +103,14 @@ def main() -> int:
     command = [sys.executable, "-m", "accel.verify", "--model", str(args.model), "--dataset",
                "mnist", "--data-dir", str(args.data_dir), "--samples", str(args.samples),
                "--pes", str(args.pes), "--json", str(verify_json),
+               *(["--banks", str(args.banks)] if args.banks is not None else []),
                "--build-dir", str(args.out / "verify"), "--simulator", args.simulator]
     print(f"in parallel: {' '.join(command[1:])} (log {args.out / 'verify.log'})", flush=True)
     with open(args.out / "verify.log", "w") as log:
         verifier = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             report = build(model, data, board, out=args.out, clock_mhz=args.clock_mhz,
-                           pes=args.pes, model_path=args.model,
+                           pes=args.pes, banks=args.banks, model_path=args.model,
                            nextpnr_seed=args.nextpnr_seed, router=args.router)
         except TimingError as error:           # the report is written: print its figures
             print(f"\n{error}")

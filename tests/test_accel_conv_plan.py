@@ -141,6 +141,12 @@ def test_tap_walk_is_every_contributing_tap_once(geometry):
                                     want.append(((c * g.kernel_height + dy) * g.kernel_width
                                                  + dx, oy * g.conv_width + ox))
                 assert taps(layout, c, y, x) == want
+                # the gateware's tables give the same walk, and a tap mask filters it
+                full = (1 << g.taps) - 1
+                assert layout.walk(c, y, x, full) == want
+                odd = int("10" * g.taps, 2) & full
+                assert layout.walk(c, y, x, odd) == [(column, q) for column, q in want
+                                                     if (odd >> (column % g.taps)) & 1]
 
 
 def test_map_fields_and_addresses():
@@ -149,6 +155,8 @@ def test_map_fields_and_addresses():
     order = fields.packed_order()
     assert len(order) == 20 * 12 * 12 and len(set(order.tolist())) == len(order)
     assert fields.unpack(int(fields.pack(19, 11, 7))) == (19, 11, 7)
+    # a field of one value costs no bits: MNIST's 1 x 28 x 28 is 1,024 columns, not 2,048
+    assert (MapFields(1, 28, 28).bits, MapFields(1, 1, 1).size) == (10, 1)
     layout = ConvLayout(ConvGeometry(20, 12, 12, 5, 5, pool="max"), 50, 16)
     assert (layout.rows_per_pe, layout.row_bits, layout.positions) == (4, 2, 64)
     assert layout.accumulator_depth == 256 and layout.address(63, 3) == 255

@@ -16,6 +16,7 @@ from torch import nn
 import compress
 import sim
 from compress.artifact import CompressedLayer, CompressedModel
+from compress.data import load_dataset
 from compress.geometry import ConvGeometry, im2col
 from compress.integer import quantize_model
 from compress.models import build_builtin, linear_chain
@@ -281,12 +282,20 @@ def test_low_rank_decomposes_conv_channels(conv_run, tmp_path, method):
     assert result.accuracy_int > 0.4
 
 
-def test_the_engine_refuses_a_convolution_by_name(conv_run):
+def test_the_engine_runs_the_pipelines_conv_net_exactly(conv_run):
+    """The pipeline's artifact (conv, BatchNorm folded, max pool, strided conv, average pool,
+    Linear) on the engine, in Amaranth's simulator: every feature map and logit equal ``sim``."""
     from accel.planning.plan import EnginePlan
+    from accel.verification.amaranth_sim import run_engine
 
-    _, result = conv_run
-    with pytest.raises(ValueError, match=r"layer 0 is a convolution \(conv 1x8x8 -> 6x4x4"):
-        EnginePlan.from_model(result.model)
+    config, result = conv_run
+    model = result.model
+    data = load_dataset(config.dataset, seed=config.seed)
+    x = sim.quantize_input(model, data.x_test[:3])
+    run = run_engine(EnginePlan.from_model(model, n_pes=2), x)
+    want = sim.trace(model, x)
+    assert [h.tolist() for h in run.hidden] == [w.tolist() for w in want[:-1]]
+    assert run.logits.tolist() == want[-1].tolist()
 
 
 def test_quantize_model_calibrates_conv_scales_before_pooling():

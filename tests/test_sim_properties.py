@@ -754,8 +754,9 @@ def _geometries(draw, channels: int | None = None, height: int | None = None,
 
 
 @st.composite
-def _conv_models_and_inputs(draw):
-    """One or two convolutions, then maybe a Linear layer; random integer data (A1-A10)."""
+def _conv_models_and_inputs(draw, linear_last: bool = False):
+    """One or two convolutions, then maybe a Linear layer (always with ``linear_last``: the
+    engine's logits come from one); random integer data (A1-A10)."""
     activation_bits = draw(st.integers(2, 16))
     signed = draw(st.booleans())
     first = draw(_geometries())
@@ -763,7 +764,7 @@ def _conv_models_and_inputs(draw):
     if draw(st.booleans()):
         out_channels = draw(st.integers(1, 4))
         geometries.append((out_channels, None))
-    linear = draw(st.booleans())
+    linear = True if linear_last else draw(st.booleans())
     layers = []
     shape = None
     n_layers = len(geometries) + linear

@@ -58,7 +58,7 @@ class Loader(wiring.Component):
             raw = self.i.payload[lane * bits:(lane + 1) * bits]
             value = raw.as_signed() if plan.input_signed else raw.as_unsigned()
             column = beat * plan.input_lanes + lane
-            present = (value != 0) & (column < plan.in_features)
+            present = (value != 0) & (column < plan.input_columns)
             m.d.comb += [
                 o.valid.eq(self.i.valid & room & (present | last)),
                 o.payload.present.eq(present),

@@ -215,8 +215,34 @@ def check_fit(plan, board, estimate: ResourceEstimate | None = None) -> Resource
     if estimate.luts * LUT_TOLERANCE > cap.luts:
         short.append(f"needs about {estimate.luts:,} LUTs; {board.name} has {cap.luts:,}")
     if short:
+        maps = _feature_map_note(plan, board) if estimate.brams > cap.brams else ""
         raise FitError(f"the {plan.n_pes}-PE engine does not fit {board.name} "
-                       f"({board.device}): " + "; ".join(short) +
+                       f"({board.device}): " + "; ".join(short) + maps +
                        ". Try fewer PEs (--pes), a sparser model or a larger board "
                        "(--board list).")
     return estimate
+
+
+def _feature_map_note(plan, board) -> str:
+    """What a plan's convolutions' output maps take of the block RAMs (the accumulators of
+    whole maps, one memory per PE and bank), as a clause of the fit error."""
+    if not getattr(plan, "has_conv", False):
+        return ""
+    family = board.family
+    found = memories(plan)
+    parts = []
+    for i, layer in enumerate(plan.layers):
+        if layer.conv is None:
+            continue
+        blocks = sum(count * ports for path, depth, width, ports, style in found
+                     if f".accumulate.acc{i}_" in path
+                     for kind, count in [_mapping(family, depth, width, style)]
+                     if kind == "bram")
+        g = layer.conv.geometry
+        parts.append(f"layer {i}'s feature maps ({layer.out_features}x{g.conv_height}x"
+                     f"{g.conv_width} sums of {layer.accumulator_bits} bits, {plan.banks} "
+                     f"bank{'s' if plan.banks > 1 else ''}) take {blocks}")
+    if not parts:
+        return ""
+    hint = " (fewer images in flight: --banks 1)" if plan.banks > 1 else ""
+    return f"; of those, {', '.join(parts)}{hint}"

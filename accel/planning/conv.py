@@ -55,8 +55,14 @@ __all__ = ["ConvLayout", "MapFields", "channel_masks", "drain_walk", "expand_col
 
 
 def _bits(count: int) -> int:
-    """Bits of a field holding ``0 .. count - 1`` (at least 1)."""
+    """Bits of an index ``0 .. count - 1`` (at least 1)."""
     return max(1, (count - 1).bit_length())
+
+
+def _field_bits(count: int) -> int:
+    """Bits of a packed field holding ``0 .. count - 1``: none for a field of one value (a
+    single channel, row or column costs no column bits)."""
+    return (count - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,15 @@ class MapFields:
 
     @property
     def x_bits(self) -> int:
-        return _bits(self.width)
+        return _field_bits(self.width)
 
     @property
     def y_bits(self) -> int:
-        return _bits(self.height)
+        return _field_bits(self.height)
 
     @property
     def c_bits(self) -> int:
-        return _bits(self.channels)
+        return _field_bits(self.channels)
 
     @property
     def bits(self) -> int:
@@ -153,6 +159,55 @@ class ConvLayout:
 
     def address(self, position: int, row: int) -> int:
         return (position << self.row_bits) | row
+
+    # The tap walk's tables (constants of the gateware). For an activation at ``(y, x)`` the
+    # taps whose output position exists are those of ``row_taps(y)[0]`` (a bit per ``dy``)
+    # crossed with ``column_taps(x)[0]`` (a bit per ``dx``), and tap ``t`` lands on position
+    # ``row_taps(y)[1] + column_taps(x)[1] - tap_offsets()[t]``: when ``s`` divides
+    # ``y + p - dy``, ``(y + p - dy) / s = (y + p) // s - dy // s``, so no division is left.
+
+    def row_taps(self, y: int) -> tuple[int, int]:
+        """For input row ``y``: the mask of kernel rows ``dy`` that reach an output row, and
+        ``((y + p) // s) * W_c``."""
+        g = self.geometry
+        mask = 0
+        for dy in range(g.kernel_height):
+            row = y + g.padding - dy
+            if row >= 0 and row % g.stride == 0 and row // g.stride < g.conv_height:
+                mask |= 1 << dy
+        return mask, (y + g.padding) // g.stride * g.conv_width
+
+    def column_taps(self, x: int) -> tuple[int, int]:
+        """For input column ``x``: the mask of kernel columns ``dx`` that reach an output
+        column, and ``(x + p) // s``."""
+        g = self.geometry
+        mask = 0
+        for dx in range(g.kernel_width):
+            column = x + g.padding - dx
+            if column >= 0 and column % g.stride == 0 and column // g.stride < g.conv_width:
+                mask |= 1 << dx
+        return mask, (x + g.padding) // g.stride
+
+    def tap_offsets(self) -> list[int]:
+        """Per tap ``t = dy kw + dx``: ``(dy // s) * W_c + dx // s``."""
+        g = self.geometry
+        return [dy // g.stride * g.conv_width + dx // g.stride
+                for dy in range(g.kernel_height) for dx in range(g.kernel_width)]
+
+    def walk(self, c: int, y: int, x: int, mask: int) -> list[tuple[int, int]]:
+        """The tap walk as the gateware computes it, from the tables: ``(column, position)``
+        of every tap in ``mask`` (a PE's tap mask for channel ``c``) whose output position
+        exists, lowest tap first."""
+        g = self.geometry
+        rows, row_base = self.row_taps(y)
+        columns, column_base = self.column_taps(x)
+        offsets = self.tap_offsets()
+        out = []
+        for t in range(g.taps):
+            dy, dx = divmod(t, g.kernel_width)
+            if (mask >> t) & 1 and (rows >> dy) & 1 and (columns >> dx) & 1:
+                out.append((c * g.taps + t, row_base + column_base - offsets[t]))
+        return out
 
 
 def taps(layout: ConvLayout, c: int, y: int, x: int) -> list[tuple[int, int]]:

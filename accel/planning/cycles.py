@@ -12,6 +12,9 @@ import heapq
 
 import numpy as np
 
+from accel.planning import conv
+from compress.geometry import im2col, patch_batch
+
 __all__ = ["HIDDEN_LAYER_LATENCY", "LAST_LAYER_LATENCY", "LAYER_LATENCY", "MODEL_OVERLAP_LIMIT",
            "predict", "work"]
 
@@ -54,12 +57,37 @@ def work(plan, activations: list[np.ndarray]) -> dict:
     useful = np.zeros(n, dtype=np.int64)
     for i, (layer, x) in enumerate(zip(plan.layers, activations)):
         active = (np.asarray(x) != 0).astype(np.int64)
+        nonzeros[:, i] = active.sum(axis=1)
+        if layer.conv is not None:
+            # A convolution: each PE's tap walk (a clock per tap, at least one per
+            # activation it gets) and its entries (``accel.planning.conv.pe_work``).
+            taps_entries = conv.pe_work(layer.image, layer.conv, active)
+            delivered = active.reshape(n, layer.conv.geometry.in_channels, -1).sum(axis=2) \
+                @ (conv.channel_masks(layer.image, layer.conv)[:, None]
+                   >> np.arange(plan.n_pes, dtype=np.uint64) & np.uint64(1)).astype(np.int64)
+            work[:, i] = taps_entries[:, :, 1]
+            columns[:, i] = np.maximum(taps_entries[:, :, 0], delivered)
+            useful += _conv_useful(layer, active)
+            continue
+        if layer.fields is not None:                    # maps at their packed columns
+            active = conv.pad_input(active, layer.fields)
         per_column = np.diff(layer.image.col_start, axis=1)
         work[:, i] = active @ per_column.T
         columns[:, i] = active @ (per_column > 0).T
-        nonzeros[:, i] = active.sum(axis=1)
         useful += active @ layer.column_nonzeros
     return {"work": work, "columns": columns, "nonzeros": nonzeros, "useful": useful}
+
+def _conv_useful(layer, active: np.ndarray) -> np.ndarray:
+    """A convolution's products of a nonzero weight and a nonzero input, per image (every
+    output position before pooling: A12's sums)."""
+    g = layer.conv.geometry
+    out = np.zeros(len(active), dtype=np.int64)
+    step = patch_batch(g)
+    for start in range(0, len(active), step):
+        patches = im2col(active[start:start + step], g)          # (n, positions, columns)
+        out[start:start + step] = (patches @ layer.column_nonzeros).sum(axis=1)
+    return out
+
 
 def predict(plan, activations: list[np.ndarray]) -> dict:
     """The cycle model of a stream of images, back to back (``docs/accelerator.md``).
@@ -103,7 +131,7 @@ def predict(plan, activations: list[np.ndarray]) -> dict:
     n, n_layers, n_pes = work["work"].shape
     pe_clocks = np.maximum(work["work"], work["columns"])          # (n, layers, N)
     broadcast = -(-work["nonzeros"] // plan.lanes)                  # (n, layers)
-    drained = [0] + [layer.image.rows_per_pe for layer in plan.layers[:-1]]
+    drained = [0] + [layer.drain_reads for layer in plan.layers[:-1]]
     last_drain = plan.layers[-1].image.rows_per_pe
     pe_free = np.zeros(n_pes, dtype=np.int64)
     broadcaster_free = 0

@@ -21,6 +21,8 @@ import numpy as np
 from compress.artifact import CompressedModel
 from compress.integer import MULTIPLIER_BITS, activation_range
 from accel.planning import cycles
+from accel.planning.conv import (ConvLayout, MapFields, channel_masks, expand_columns,
+                                 input_fields, pad_input, tap_masks)
 from accel.planning.pack import MAX_PES, MAX_ZERO_RUN_BITS, LayerImage, _check_int, pack_layer
 
 __all__ = [
@@ -70,14 +72,27 @@ MIN_QUEUE_DEPTH = GROUP_QUEUE_SLACK
 TraceRecord = namedtuple("TraceRecord", "valid end layer bank column value")
 
 
-def _check_linear(model: CompressedModel) -> None:
-    """The engine runs Linear layers; a convolution (A12-A13) is refused by name."""
+#: Largest kernel side of a convolution on the engine: a PE's tap mask of an input channel is
+#: one word of ``kh * kw`` bits on the write bus, and its tap walk picks the lowest of them in
+#: a clock.
+MAX_ENGINE_KERNEL = 7
+
+
+def _check_conv(model: CompressedModel) -> None:
+    """Refuse, by name, a convolution the engine cannot run."""
+    last = model.layers[-1]
+    if last.geometry is not None:
+        raise ValueError(f"the last layer is a convolution ({last.geometry.describe(last.out_features)}); "
+                         "the engine's logits come from a Linear layer (add a Flatten and a "
+                         "Linear classifier): python -m sim runs this model bit-exactly")
     for i, layer in enumerate(model.layers):
-        if layer.geometry is not None:
+        g = layer.geometry
+        if g is not None and max(g.kernel_height, g.kernel_width) > MAX_ENGINE_KERNEL:
             raise ValueError(f"layer {i} is a convolution "
-                             f"({layer.geometry.describe(layer.out_features)}); the engine runs "
-                             "Linear layers only so far (convolutions are coming, issue 25): "
-                             "python -m sim runs this model bit-exactly")
+                             f"({g.describe(layer.out_features)}); the engine runs kernels of "
+                             f"1..{MAX_ENGINE_KERNEL} on a side, not "
+                             f"{g.kernel_height}x{g.kernel_width}: python -m sim runs this "
+                             "model bit-exactly")
 
 
 def _bits(count: int) -> int:
@@ -147,6 +162,16 @@ class LayerPlan:
     thresholds, levels : numpy.ndarray or None
         A threshold activation (A10) in place of A6-A7: int64 ``2**K - 1`` thresholds and
         ``2**K`` levels; ``None`` for a layer that requantizes.
+    weight_shape : tuple of int
+        The model layer's weight matrix shape (a convolution's ``O x (C kh kw)``; a Linear
+        layer's before its columns are expanded to packed ones).
+    conv : ConvLayout or None
+        A convolution's layout (``accel.planning.conv``); its image's columns are the
+        matrix's, ``c kh kw + t``, its row ids ``o`` shifted to the output's packed column.
+    fields : MapFields or None
+        The packed columns the layer's input activations carry: a convolution's input maps,
+        or the maps a Linear layer after a convolution reads (its image then has one column
+        per packed column); ``None`` for a flat input.
     """
 
     image: LayerImage
@@ -164,8 +189,98 @@ class LayerPlan:
     column_nonzeros: np.ndarray
     thresholds: np.ndarray | None = None
     levels: np.ndarray | None = None
+    weight_shape: tuple = ()
+    conv: ConvLayout | None = None
+    fields: MapFields | None = None
 
     __hash__ = None
+
+    @property
+    def input_size(self) -> int:
+        """Activations of the layer's input tensor (flat, channel-major)."""
+        return self.fields.channels * self.fields.height * self.fields.width \
+            if self.fields is not None else self.in_features
+
+    @property
+    def input_columns(self) -> int:
+        """Columns an input activation may carry: packed ones (holes included), or flat."""
+        return self.fields.size if self.fields is not None else self.in_features
+
+    @property
+    def output_size(self) -> int:
+        """Activations of the layer's output tensor (flat, channel-major)."""
+        if self.conv is None:
+            return self.out_features
+        out = self.conv.outputs
+        return out.channels * out.height * out.width
+
+    @property
+    def row_id_bits(self) -> int:
+        """Width of a row id: the next layer's column of a local row (a convolution's: its
+        channel, shifted to the output's packed column)."""
+        return max(1, self.conv.outputs.bits) if self.conv is not None \
+            else _bits(self.out_features)
+
+    @property
+    def address_bits(self) -> int:
+        """Width of an accumulator address: ``(position << row_bits) | row`` for a
+        convolution, the local row otherwise."""
+        if self.conv is None:
+            return self.image.row_bits
+        return _bits(self.conv.positions) + self.image.row_bits
+
+    @property
+    def drain_reads(self) -> int:
+        """Accumulators a PE's drain reads per image: its rows, times a convolution's
+        output positions and pooling window."""
+        if self.conv is None:
+            return self.image.rows_per_pe
+        g = self.conv.geometry
+        return self.image.rows_per_pe * g.out_height * g.out_width * (1 if g.pool is None
+                                                                     else 4)
+
+    @property
+    def output_columns(self) -> int:
+        """Columns this layer's outputs may carry (a convolution's packed ``(o, Y, X)``,
+        holes included): the size of a vector rebuilt from the trace bus."""
+        return self.conv.outputs.size if self.conv is not None else self.out_features
+
+    def packed_output(self, flat) -> np.ndarray:
+        """Outputs ``(n, output_size)`` (flat, as ``sim.trace`` gives them) at the columns
+        the engine emits them with: ``(n, output_columns)``, zeros in the holes."""
+        flat = np.asarray(flat)
+        return flat if self.conv is None else pad_input(flat, self.conv.outputs)
+
+    def flat_output(self, packed) -> np.ndarray:
+        """The inverse of :meth:`packed_output`.
+
+        Raises
+        ------
+        ValueError
+            A nonzero value in a hole (a column that is no output of this layer).
+        """
+        packed = np.asarray(packed)
+        if self.conv is None:
+            return packed
+        order = self.conv.outputs.packed_order()
+        holes = np.ones(packed.shape[1], dtype=bool)
+        holes[order] = False
+        if np.any(packed[:, holes]):
+            column = int(np.flatnonzero(np.any(packed[:, holes] != 0, axis=0))[0])
+            raise ValueError(f"output column {int(np.flatnonzero(holes)[column])} holds a value "
+                             f"but is no output of this {self.conv.geometry.describe(self.out_features)} layer")
+        return packed[:, order]
+
+    def output_index(self, columns) -> np.ndarray:
+        """The flat (channel-major) output index of each output column this layer emits
+        (a convolution's ``(o, Y, X)`` packed; -1 for a column that is no output)."""
+        columns = np.asarray(columns, dtype=np.int64)
+        if self.conv is None:
+            return np.where((columns >= 0) & (columns < self.out_features), columns, -1)
+        out = self.conv.outputs
+        o, y, x = out.unpack(columns)
+        ok = (columns >= 0) & (o < out.channels) & (y < out.height) & (x < out.width)
+        return np.where(ok, (o * out.height + y) * out.width + x, -1)
 
     @property
     def per_row(self) -> bool:
@@ -192,8 +307,9 @@ class LayerPlan:
 
     @property
     def column_bits(self) -> int:
-        """Width of an input column index."""
-        return _bits(self.in_features)
+        """Width of an input column index (a packed one when the input is maps), and of a
+        convolution's matrix column (its tap walk's output)."""
+        return _bits(max(self.input_columns, self.in_features))
 
     @property
     def output_signed(self) -> bool:
@@ -270,11 +386,17 @@ class EnginePlan:
         self.queue_depth = queue_depth
         first, last = self.layers[0], self.layers[-1]
         self.n_layers = len(self.layers)
-        self.in_features = first.in_features
+        #: The network's input, flat (what a user gives); the engine's input beats carry
+        #: ``input_columns`` (a first convolution's packed maps, holes included).
+        self.in_features = first.input_size
+        self.input_columns = first.input_columns
         self.out_features = last.out_features
         self.input_bits = first.input_bits
         self.input_signed = first.input_signed
-        self.beats_per_image = -(-self.in_features // input_lanes)
+        self.beats_per_image = -(-self.input_columns // input_lanes)
+        #: Whether any layer is a convolution (the PEs then have a tap walk and addressed
+        #: accumulators; a plan of Linear layers builds the same gateware as before them).
+        self.has_conv = any(layer.conv is not None for layer in self.layers)
         self.logit_bits = last.accumulator_bits
         # Widths of the activations in flight: any layer's input fits a signed value this wide.
         self.value_bits = max(layer.input_bits for layer in self.layers) + 1
@@ -318,7 +440,7 @@ class EnginePlan:
             raise ValueError("the model has no integer data: quantize it with "
                              "compress.integer.quantize_model (python -m compress does by "
                              "default)")
-        _check_linear(model)
+        _check_conv(model)
         n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)
         zero_run_bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
         lanes = _check_int("lanes", lanes, 1, 4)
@@ -352,17 +474,31 @@ class EnginePlan:
                              f"{calibration.shape}")
         rates = _column_rates(model, calibration)
         for i in range(len(model.layers) - 1):       # the last layer keeps its logit order
-            orders[i] = balance_rows(model.layers[i].index, rates[i], n_pes)
+            g = model.layers[i].geometry
+            rate = rates[i]
+            if g is not None:
+                # A convolution's output channel costs its weights times how often their input
+                # channel is nonzero (over the map: each input meets every tap once at most).
+                per_channel = rate.reshape(g.in_channels, -1).sum(axis=1)
+                rate = np.repeat(per_channel, g.taps)
+            orders[i] = balance_rows(model.layers[i].index, rate, n_pes)
         return orders
 
     @staticmethod
     def _layer_plan(model, i, n_pes, zero_run_bits, order):
         layer = model.layers[i]
         integer = layer.integer
+        weight_shape = tuple(layer.index.shape)
+        fields = input_fields(model, i)
+        conv = ConvLayout.of(layer, n_pes) if layer.geometry is not None else None
+        if conv is None and fields is not None:
+            layer = expand_columns(layer, fields)       # one column per packed column
         try:
             image, row_ids = pack_in_order(layer, n_pes, zero_run_bits, order)
         except ValueError as error:
             raise ValueError(f"layer {i}: {error}") from None
+        if conv is not None:                            # the channel at its packed column
+            row_ids = row_ids << (conv.outputs.y_bits + conv.outputs.x_bits)
         last = i == len(model.layers) - 1
         if not last and not integer.logits and model.layers[i + 1].integer.input_signed \
                 != (not layer.relu):
@@ -377,7 +513,8 @@ class EnginePlan:
             multiplier=int(integer.multiplier), shift=int(integer.shift),
             column_nonzeros=np.count_nonzero(layer.index, axis=0).astype(np.int64),
             thresholds=None if integer.thresholds is None else integer.thresholds.copy(),
-            levels=None if integer.levels is None else integer.levels.astype(np.int64))
+            levels=None if integer.levels is None else integer.levels.astype(np.int64),
+            weight_shape=weight_shape, conv=conv, fields=fields)
 
     # -- address map --------------------------------------------------------------------------
 
@@ -388,7 +525,10 @@ class EnginePlan:
             if not layer.per_row:
                 regions.append(("codebook", i, None, 1 << image.index_bits, layer.weight_bits,
                                 True))
-            regions.append(("col_mask", i, None, image.in_features, self.n_pes, False))
+            # A convolution's broadcast mask is per input channel (``channel_masks``).
+            regions.append(("col_mask", i, None, layer.conv.geometry.in_channels
+                            if layer.conv is not None else image.in_features, self.n_pes,
+                            False))
             regions.append(("requant", i, None, 2, max(MULTIPLIER_BITS, SHIFT_BITS), False))
             if layer.levels is not None:                           # A10
                 regions.append(("thresholds", i, None, len(layer.thresholds),
@@ -404,8 +544,11 @@ class EnginePlan:
                                 False))
                 regions.append(("bias", i, p, image.rows_per_pe, layer.accumulator_bits, True))
                 if not layer.logits:
-                    regions.append(("row_ids", i, p, image.rows_per_pe,
-                                    _bits(image.out_features), False))
+                    regions.append(("row_ids", i, p, image.rows_per_pe, layer.row_id_bits,
+                                    False))
+                if layer.conv is not None:                         # per input channel
+                    g = layer.conv.geometry
+                    regions.append(("tap_masks", i, p, g.in_channels, g.taps, False))
         # Largest first, each aligned to its own power-of-two size: decoding is a compare of the
         # upper address bits.
         regions.sort(key=lambda r: -(1 << _bits(r[3])))
@@ -434,8 +577,12 @@ class EnginePlan:
             words = np.zeros(1 << image.index_bits, dtype=np.int64)
             words[:len(image.codebook)] = image.codebook
             return words
+        if name == "col_mask" and layer.conv is not None:
+            return channel_masks(image, layer.conv)
         if name == "col_mask":
             return image.col_mask.astype(np.uint64)
+        if name == "tap_masks":
+            return tap_masks(image, layer.conv)[pe].astype(np.uint64)
         if name == "requant":
             return np.array([layer.multiplier, layer.shift], dtype=np.int64)
         if name == "entries":
@@ -470,9 +617,15 @@ class EnginePlan:
             raise ValueError(f"model must have {self.n_layers} layers, not {len(model.layers)}")
         plans = []
         for i, (mine, layer) in enumerate(zip(self.layers, model.layers)):
-            if layer.index.shape != (mine.out_features, mine.in_features):
-                raise ValueError(f"layer {i} must be {mine.out_features}x{mine.in_features}, "
-                                 f"not {layer.out_features}x{layer.in_features}")
+            if tuple(layer.index.shape) != mine.weight_shape:
+                raise ValueError(f"layer {i} must be {mine.weight_shape[0]}x"
+                                 f"{mine.weight_shape[1]}, not {layer.out_features}x"
+                                 f"{layer.index.shape[1]}")
+            ours = None if mine.conv is None else mine.conv.geometry
+            if layer.geometry != ours:
+                def shape(g):
+                    return "a Linear layer" if g is None else g.describe(layer.out_features)
+                raise ValueError(f"layer {i} must be {shape(ours)}, not {shape(layer.geometry)}")
             new = self._layer_plan(model, i, self.n_pes, mine.image.zero_run_bits,
                                    mine.row_order)
             for field, allowed, compare in [
@@ -524,7 +677,8 @@ class EnginePlan:
 
         Beat ``t`` of an image carries columns ``t * L .. t * L + L - 1`` (``L`` =
         ``input_lanes``), lane ``l`` in bits ``l * A .. l * A + A - 1`` (two's complement when
-        the input is signed), 0 past the last column.
+        the input is signed), 0 past the last column. A first convolution's maps go at their
+        packed columns (``accel.planning.conv.pad_input``), zeros in the holes.
         """
         x = np.asarray(x)
         lo, hi = activation_range(self.input_bits, self.input_signed)
@@ -535,8 +689,10 @@ class EnginePlan:
         if x.size and (x.min() < lo or x.max() > hi):
             raise ValueError(f"x values must be {lo}..{hi}, found {x.min()}..{x.max()}")
         lanes, bits = self.input_lanes, self.input_bits
+        if self.layers[0].fields is not None:           # maps at their packed columns
+            x = pad_input(x, self.layers[0].fields)
         padded = np.zeros((len(x), self.beats_per_image * lanes), dtype=np.int64)
-        padded[:, :self.in_features] = x
+        padded[:, :x.shape[1]] = x
         raw = padded & ((1 << bits) - 1)
         beats = raw.reshape(len(x), self.beats_per_image, lanes)
         words = []

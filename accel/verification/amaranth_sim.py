@@ -190,7 +190,7 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
     out = np.array(logits, dtype=np.int64).reshape(n, plan.out_features)
     hidden = []
     for layer in range(plan.n_layers - 1):
-        size = plan.layers[layer].out_features
+        size = plan.layers[layer].output_columns
         # The k-th completed context of bank b belongs to the k-th image with that bank.
         order = {b: list(range(b, n, plan.banks)) for b in range(plan.banks)}
         rows = np.zeros((n, size), dtype=np.int64)
@@ -200,7 +200,7 @@ def run_engine(plan: EnginePlan, x, *, idle: float = 0.0, backpressure: float = 
             used[bank] += 1
             for column, value in values.items():
                 rows[image, column] = value
-        hidden.append(rows)
+        hidden.append(plan.layers[layer].flat_output(rows))
     cycles = (state["last"] - state["first"]) if n else 0
     return EngineRun(logits=out, hidden=hidden, cycles=cycles, busy_cycles=int(state["busy"]),
                      latency=[e - s for s, e in zip(starts, ends)])

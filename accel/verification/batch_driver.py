@@ -308,7 +308,7 @@ int main(int argc, char** argv) {
 
 def _driver_source(plan) -> str:
     """The C++ driver for ``plan``'s port widths and trace layout."""
-    hidden = [layer.out_features for layer in plan.layers[:-1]]
+    hidden = [layer.output_columns for layer in plan.layers[:-1]]
     in_bits = plan.input_lanes * plan.input_bits
     write_bits = plan.address_bits + plan.data_bits
     trace_bits = plan.n_pes * plan.trace_bits

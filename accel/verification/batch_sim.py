@@ -315,8 +315,11 @@ def _encode_inputs(plan, x: np.ndarray) -> np.ndarray:
         raise ValueError(f"x values must be {lo}..{hi}, found {x.min()}..{x.max()}")
     lanes, bits = plan.input_lanes, plan.input_bits
     n = len(x)
+    if plan.layers[0].fields is not None:      # maps at their packed columns
+        from accel.planning.conv import pad_input
+        x = pad_input(x, plan.layers[0].fields)
     padded = np.zeros((n, plan.beats_per_image * lanes), dtype=np.int64)
-    padded[:, :plan.in_features] = x
+    padded[:, :x.shape[1]] = x
     raw = (padded & ((1 << bits) - 1)).astype(np.uint64).reshape(-1, lanes)
     width = lanes * bits
     words = _words(width)
@@ -407,7 +410,7 @@ def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: i
     groups += sorted(reloads.items())
     binary = build(plan, build_dir)
     out = plan.out_features
-    hidden_sizes = [layer.out_features for layer in plan.layers[:-1]]
+    hidden_sizes = [layer.output_columns for layer in plan.layers[:-1]]
     with tempfile.TemporaryDirectory(prefix="batch_sim_") as tmp:
         tmp = Path(tmp)
         beats.astype("<u4", copy=False).tofile(tmp / "inputs.bin")
@@ -438,6 +441,7 @@ def run_engine(plan, x, *, idle: float = 0.0, backpressure: float = 0.0, seed: i
     if stray:
         raise RuntimeError(f"the engine's trace bus carried {stray} records that belong to no "
                            f"hidden layer, bank or image of this run")
+    hidden = [layer.flat_output(rows) for layer, rows in zip(plan.layers, hidden)]
     body = raw[_HEADER:]
     logits = body[:n * out].reshape(n, out).astype(np.int64)
     starts = body[n * out:n * out + n]

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.verification import budget
 from accel.verification.simulators import (_BUILT_FILE, _BUILT_STAMP, TOPLEVEL, _choose_simulator,
                                            _known_verilog, _remember, _signature, _variables,
                                            _verilator_args, _verilog, _wave_file)
@@ -319,6 +320,8 @@ def _build(runner, simulator: str, variables: dict[str, str], text: str,
 
 def _max_cycles(model, plan, samples: int, idle: float, backpressure: float) -> int:
     """A generous bound on the whole run: a hang becomes a failure, not an endless wait."""
+    if getattr(plan, "has_conv", False):        # a convolution's work is not its shape's
+        return budget.max_cycles(plan, samples, idle=idle, backpressure=backpressure)
     n_pes = max(1, int(plan.n_pes))
     work = sum(layer.in_features * -(-layer.out_features // n_pes) + layer.in_features
                + layer.out_features + 64 for layer in model.layers)
@@ -434,6 +437,7 @@ def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: in
         raise ValueError(f"the plan cannot be pickled for the simulator process: {error}") \
             from None
     hidden_checked = check_hidden and plan.n_layers > 1
+    packed = [layer.packed_output(out) for layer, out in zip(plan.layers, expected)]
     if max_cycles is None:
         max_cycles = _max_cycles(model, plan, samples, idle, backpressure)
     data = {
@@ -443,9 +447,10 @@ def _simulate(model, plan, x, expected: list[np.ndarray], *, build_dir, seed: in
         "n_layers": int(plan.n_layers),
         "n_pes": int(plan.n_pes),
         "banks": int(getattr(plan, "banks", 2)),      # image i uses bank i mod banks
-        "out_features": [int(out.shape[1]) for out in expected],
+        # Hidden layers at the columns the engine emits them with (a convolution's packed).
+        "out_features": [int(out.shape[1]) for out in packed],
         "beats": beats,
-        "expected": [out.astype(np.int64).tolist() for out in expected],
+        "expected": [out.astype(np.int64).tolist() for out in packed],
         "seed": seed,
         "idle": idle,
         "backpressure": backpressure,

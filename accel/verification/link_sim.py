@@ -19,6 +19,7 @@ from amaranth.sim import Simulator
 from accel.gateware.link import LinkedEngine
 from accel.gateware.uart import baud_divisor
 from accel.planning.plan import EnginePlan
+from accel.verification import budget
 
 __all__ = ["SimulatedBoard"]
 
@@ -98,8 +99,8 @@ class SimulatedBoard:
         bit_cycles = -(-self.divisor * clock_hz // (uart_clock_hz or clock_hz))
         self._bit_cycles = bit_cycles
         if timeout_cycles is None:
-            per_image = sum(int(layer.image.entry_counts.max()) + layer.in_features
-                            for layer in plan.layers) + plan.beats_per_image + 200
+            per_image = sum(budget.layer_clocks(layer) for layer in plan.layers) \
+                + plan.beats_per_image + 200
             timeout_cycles = 6 * per_image + 40 * bit_cycles
             if uart_clock_hz is not None:           # room for the FIFOs' latency
                 timeout_cycles += 20 + 20 * -(-clock_hz // uart_clock_hz)

@@ -85,8 +85,11 @@ class GroupCommit(wiring.Component):
             mem = _memory(m, f"col_mask{layer}", plan, self.write, "col_mask", layer, None,
                           unsigned(n_pe), platform, small_in_lutram=False, block=True)
             ports = [_read_port(m, mem, f"col_mask{layer}_{k}") for k in range(lanes)]
+            # A convolution's mask is its input channel's: the packed column's top field.
+            fields = plan.layers[layer].fields if plan.layers[layer].conv is not None else None
+            shift = 0 if fields is None else fields.y_bits + fields.x_bits
             for k, port in enumerate(ports):
-                m.d.comb += port.addr.eq(s_group.items[k].column)
+                m.d.comb += port.addr.eq(s_group.items[k].column[shift:])
             mask_ports.append(ports)
         mask_words = [_registered(m, [ports[k] for ports in mask_ports], f"mask_word{k}_")
                       for k in range(lanes)]

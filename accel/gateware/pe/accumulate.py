@@ -11,7 +11,8 @@ from amaranth.lib.wiring import In, Out
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.entry import weighted_entry_layout
 from accel.gateware.pe.stages import entry_layout, pe_widths
-from accel.gateware.primitives import _RegisteredProduct, _check_plan, _shallow_attrs, _switch
+from accel.gateware.primitives import (SMALL_MEMORY_DEPTH, _RegisteredProduct, _check_plan,
+                                       _shallow_attrs, _switch)
 from accel.planning.plan import EnginePlan
 
 __all__ = ["Accumulate", "ReadClearSignature"]
@@ -30,9 +31,10 @@ class ReadClearSignature(wiring.Signature):
     clear : Out(1)
         Strobe: row ``row`` is issued: its sum is read (``sum``, two clocks later) and the row
         is cleared for the next image.
-    row, row_next : Out(row_bits)
-        The drain's row counter and its value in the next clock (the read address is
-        registered from it, timing).
+    row, row_next : Out(address_bits)
+        The drain's accumulator address (a local row; a convolution's
+        ``(position << row_bits) | row``) and its value in the next clock (the read address
+        is registered from it, timing).
     sum_context : Out(context)
         Whose memory ``sum`` shows.
     sum : In(signed(acc_bits))
@@ -43,7 +45,7 @@ class ReadClearSignature(wiring.Signature):
         lay, w = layouts(plan), pe_widths(plan)
         super().__init__({
             "start": Out(1), "context": Out(lay.context), "done": Out(1), "clear": Out(1),
-            "row": Out(unsigned(w.row_bits)), "row_next": Out(unsigned(w.row_bits)),
+            "row": Out(unsigned(w.address_bits)), "row_next": Out(unsigned(w.address_bits)),
             "sum_context": Out(lay.context), "sum": In(signed(w.acc_bits)),
         })
 
@@ -128,6 +130,7 @@ class Accumulate(wiring.Component):
 
         def same_row(earlier, later):
             return (earlier.valid & ~earlier.fence & (earlier.row == later.row)
+                    & (earlier.position == later.position)
                     & (earlier.layer == later.layer) & (earlier.bank == later.bank))
 
         # Whether E5's and E6's entries hit E4's row, compared a clock ahead (E4 against E3,
@@ -145,6 +148,13 @@ class Accumulate(wiring.Component):
         ]
         return m
 
+    @staticmethod
+    def _address(layer, entry):
+        """An entry's accumulator address in ``layer``'s memory."""
+        if layer.conv is None:
+            return entry.row
+        return Cat(entry.row[:layer.image.row_bits], entry.position)
+
     def _memories(self, m, platform, e2, e4, total):
         """The (layer, bank) memories, their ports shared by the MAC and the drain; returns
         each memory's read data."""
@@ -158,8 +168,14 @@ class Accumulate(wiring.Component):
                 # transparent to the write (a transparent read would put the write data, after
                 # the adder, on the read path: timing); the MAC forwards the sums its read
                 # misses instead (E4).
-                mem = Memory(shape=signed(layer.accumulator_bits), depth=layer.image.rows_per_pe,
-                             init=[], attrs=_shallow_attrs(platform, layer.image.rows_per_pe))
+                # A convolution's: word ``(position << row_bits) | row``, whole output maps,
+                # in block RAM (its registered read is this loop's read: the same clocks).
+                depth = layer.image.rows_per_pe if layer.conv is None \
+                    else layer.conv.positions << layer.image.row_bits
+                attrs = _shallow_attrs(platform, depth) if layer.conv is None \
+                    or depth <= SMALL_MEMORY_DEPTH else {}
+                mem = Memory(shape=signed(layer.accumulator_bits), depth=depth, init=[],
+                             attrs=attrs)
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport, rport = mem.write_port(), mem.read_port()
                 # Each memory's read address, registered from its next value: the LUT RAM's
@@ -169,20 +185,21 @@ class Accumulate(wiring.Component):
                 draining = Signal(name=f"draining{i}_{b}")
                 draining_next = Mux(drain.start, (drain.context.layer == i)
                                     & (drain.context.bank == b), draining & ~drain.done)
-                read_address = Signal(w.row_bits, name=f"read_address{i}_{b}")
+                read_address = Signal(w.address_bits, name=f"read_address{i}_{b}")
                 m.d.sync += [draining.eq(draining_next),
-                             read_address.eq(Mux(draining_next, drain.row_next, e2.row))]
+                             read_address.eq(Mux(draining_next, drain.row_next,
+                                                 self._address(layer, e2)))]
                 # The write's enable and address, registered a clock ahead: they fan out to
                 # every LUT RAM cell of the memory (timing). The drain clears the row it
                 # issues, E5 writes E4's.
                 clearing = Signal(name=f"clearing{i}_{b}")
                 mac = Signal(name=f"mac{i}_{b}")
-                write_row = Signal(w.row_bits, name=f"write_row{i}_{b}")
+                write_row = Signal(w.address_bits, name=f"write_row{i}_{b}")
                 clear_next = drain.clear & draining
                 m.d.sync += [
                     clearing.eq(clear_next),
                     mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
-                    write_row.eq(Mux(clear_next, drain.row, e4.row)),
+                    write_row.eq(Mux(clear_next, drain.row, self._address(layer, e4))),
                 ]
                 read_rows[i, b] = rport.data
                 m.d.comb += [

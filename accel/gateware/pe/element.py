@@ -11,6 +11,7 @@ from accel.gateware.pe.accumulate import Accumulate
 from accel.gateware.pe.drain import DrainSequencer
 from accel.gateware.pe.entry import EntryStage
 from accel.gateware.pe.lists import ResultLists
+from accel.gateware.pe.pool import AveragePool
 from accel.gateware.pe.pointer import PointerStage
 from accel.gateware.pe.requantizer import Requantizer
 from accel.gateware.primitives import _check_plan
@@ -103,9 +104,13 @@ class ProcessingElement(wiring.Component):
         m.d.comb += [
             self.retire.eq(accumulate.retire),
             requantizer.i.eq(sequencer.o),
-            lists.i.eq(requantizer.o),
             self.trace.eq(lists.trace),
         ]
+        if plan.has_conv:
+            m.submodules.pool = pool = AveragePool(plan)
+            m.d.comb += [pool.i.eq(requantizer.o), lists.i.eq(pool.o)]
+        else:
+            m.d.comb += lists.i.eq(requantizer.o)
         connect(m, lists.freed, sequencer.freed)
         connect(m, lists.o, wiring.flipped(self.o))
         connect(m, lists.logits, wiring.flipped(self.logits))

@@ -99,6 +99,7 @@ class EntryStage(wiring.Component):
         m.d.sync += [
             e0.valid.eq(self.i.valid), e0.fence.eq(current.fence), e0.first.eq(fresh),
             e0.layer.eq(current.layer), e0.bank.eq(current.bank), e0.value.eq(current.value),
+            e0.position.eq(current.position),
             e1.eq(e0),
         ]
 

@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.stages import column_layout, pe_widths
+from accel.gateware.pe.taps import TapWalk
 from accel.gateware.primitives import (_RegisteredFIFO, _check_plan, _lowest_set, _memory,
                                        _read_port, _registered, _switch)
 from accel.planning.plan import GROUP_QUEUE_SLACK, EnginePlan
@@ -118,7 +119,14 @@ class PointerStage(wiring.Component):
         room = Signal()
         occupancy = Signal(range(columns.depth + 1))
         m.d.sync += room.eq(occupancy + 1 < columns.depth)
-        can_issue = queue.r_rdy & room
+        if plan.has_conv:
+            # A convolution's activation becomes its taps' columns in the tap walk, which
+            # takes an issue when it has room and gives P0 a column when the queue has.
+            m.submodules.taps = walk = TapWalk(plan, p)
+            m.d.comb += walk.write.eq(self.write)
+            can_issue = queue.r_rdy & walk.i.ready
+        else:
+            can_issue = queue.r_rdy & room
         issue_item = can_issue & remaining.any()
         issue_fence = can_issue & ~remaining.any() & head.fence
         pop_group = can_issue & ((remaining & ~lowest) == 0)
@@ -127,8 +135,19 @@ class PointerStage(wiring.Component):
             with m.If(lowest[k]):
                 m.d.comb += item.eq(head.items[k])
         m.d.comb += queue.r_en.eq(pop_group)
-        m.d.sync += occupancy.eq(occupancy + (issue_item | issue_fence)
-                                 - (columns.r_rdy & columns.r_en))
+        to_p0 = issue_item | issue_fence
+        if plan.has_conv:
+            to_p0 = walk.o.valid & room
+            m.d.comb += [
+                walk.i.valid.eq(issue_item | issue_fence),
+                walk.i.payload.column.eq(item.column),
+                walk.i.payload.value.eq(Mux(issue_fence, 0, item.value)),
+                walk.i.payload.layer.eq(Mux(issue_fence, head.fence_layer, item.layer)),
+                walk.i.payload.bank.eq(Mux(issue_fence, head.fence_bank, item.bank)),
+                walk.i.payload.fence.eq(issue_fence),
+                walk.o.ready.eq(room),
+            ]
+        m.d.sync += occupancy.eq(occupancy + to_p0 - (columns.r_rdy & columns.r_en))
         with m.If(pop_group):
             m.d.sync += taken.eq(0)
         with m.Elif(issue_item):
@@ -137,16 +156,24 @@ class PointerStage(wiring.Component):
         # P0: the issue registered, its column the pointer memories' address (timing: the lane
         # choice is several LUTs deep, and each pointer memory's block RAMs sit apart).
         context = data.StructLayout({"value": w.value_shape, "layer": unsigned(plan.layer_bits),
-                                     "bank": unsigned(plan.bank_bits), "fence": 1})
+                                     "bank": unsigned(plan.bank_bits), "fence": 1,
+                                     "position": unsigned(w.position_bits)})
         p0, p0_valid = Signal(context), Signal()
         p0_column = Signal.like(item.column)
-        m.d.sync += [p0_valid.eq(issue_item | issue_fence), p0_column.eq(item.column)]
-        with m.If(issue_fence):
-            m.d.sync += [p0.fence.eq(1), p0.layer.eq(head.fence_layer),
-                         p0.bank.eq(head.fence_bank), p0.value.eq(0)]
-        with m.Else():
-            m.d.sync += [p0.fence.eq(0), p0.layer.eq(item.layer), p0.bank.eq(item.bank),
-                         p0.value.eq(item.value)]
+        m.d.sync += p0_valid.eq(to_p0)
+        if plan.has_conv:
+            taken_column = walk.o.payload
+            m.d.sync += [p0_column.eq(taken_column.column), p0.fence.eq(taken_column.fence),
+                         p0.layer.eq(taken_column.layer), p0.bank.eq(taken_column.bank),
+                         p0.value.eq(taken_column.value), p0.position.eq(taken_column.position)]
+        else:
+            m.d.sync += p0_column.eq(item.column)
+            with m.If(issue_fence):
+                m.d.sync += [p0.fence.eq(1), p0.layer.eq(head.fence_layer),
+                             p0.bank.eq(head.fence_bank), p0.value.eq(0)]
+            with m.Else():
+                m.d.sync += [p0.fence.eq(0), p0.layer.eq(item.layer), p0.bank.eq(item.bank),
+                             p0.value.eq(item.value)]
         for port in pointers:
             m.d.comb += port.addr.eq(p0_column[:len(port.addr)])
 
@@ -177,7 +204,7 @@ class PointerStage(wiring.Component):
             column.penultimate.eq(p2_count - 2),
             column.single.eq(p2.fence | (p2_count == 1)),
             column.value.eq(p2.value), column.layer.eq(p2.layer), column.bank.eq(p2.bank),
-            column.fence.eq(p2.fence),
+            column.fence.eq(p2.fence), column.position.eq(p2.position),
         ]
         m.d.comb += [
             columns.w_data.eq(column), columns.w_en.eq(p3_valid),

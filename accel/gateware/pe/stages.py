@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
-from accel.planning.plan import EnginePlan
+from accel.planning.plan import EnginePlan, _bits
 
 __all__ = ["column_layout", "drained_layout", "entry_layout", "pe_widths", "requant_input_layout",
            "requant_output_layout"]
@@ -23,6 +23,13 @@ class _Widths:
         self.acc_bits = max(layer.accumulator_bits for layer in layers)
         self.word_bits = max(layer.image.entry_bits for layer in layers)
         self.value_shape = signed(plan.value_bits)
+        convs = [layer.conv for layer in layers if layer.conv is not None]
+        #: A convolution's output position ``Y W_c + X`` (none in a plan of Linear layers).
+        self.position_bits = max((_bits(conv.positions) for conv in convs), default=0)
+        #: An accumulator address: ``(position << row_bits) | row``, or the drain's row counter.
+        self.address_bits = max([self.row_bits] + [layer.address_bits for layer in layers])
+        #: Whether the drain's rows carry pooling-window flags (plans with convolutions).
+        self.window_bits = 1 if convs else 0
 
 
 def pe_widths(plan: EnginePlan) -> _Widths:
@@ -43,7 +50,7 @@ def column_layout(plan: EnginePlan) -> data.StructLayout:
     return data.StructLayout({
         "start": unsigned(w.pointer_bits), "penultimate": unsigned(w.pointer_bits),
         "single": 1, "value": w.value_shape, "layer": unsigned(plan.layer_bits),
-        "bank": unsigned(plan.bank_bits), "fence": 1,
+        "bank": unsigned(plan.bank_bits), "fence": 1, "position": unsigned(w.position_bits),
     })
 
 
@@ -51,20 +58,30 @@ def entry_layout(plan: EnginePlan) -> data.StructLayout:
     """One entry in the MAC pipeline: its context, activation and decoded local row.
 
     ``first``: the column's first entry (its row counts from -1); a fence carries its context
-    and nothing else.
+    and nothing else. ``position``: a convolution's output position (its accumulator is
+    word ``(position << row_bits) | row``).
     """
     w = pe_widths(plan)
     return data.StructLayout({"valid": 1, "fence": 1, "first": 1,
                               "layer": unsigned(plan.layer_bits),
                               "bank": unsigned(plan.bank_bits),
-                              "value": w.value_shape, "row": unsigned(w.row_bits)})
+                              "value": w.value_shape, "row": unsigned(w.row_bits),
+                              "position": unsigned(w.position_bits)})
 
 
 def drained_layout(plan: EnginePlan) -> data.StructLayout:
-    """One drained row (or a context's end mark) on its way through the requantizer."""
+    """One drained row (or a context's end mark) on its way through the requantizer.
+
+    With convolutions, ``last``: the row's value is an output (a pooling window's last sum,
+    or a sum that is not pooled), ``first``: it opens a window, ``average``: the window is
+    average-pooled (:class:`~accel.gateware.pe.pool.AveragePool` sums its four requantized
+    values); none of them in a plan of Linear layers.
+    """
     w = pe_widths(plan)
     return data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
-                              "bank": unsigned(plan.bank_bits), "row": unsigned(w.row_bits)})
+                              "bank": unsigned(plan.bank_bits), "row": unsigned(w.row_bits),
+                              "first": unsigned(w.window_bits), "last": unsigned(w.window_bits),
+                              "average": unsigned(w.window_bits)})
 
 
 def requant_input_layout(plan: EnginePlan) -> data.StructLayout:

@@ -1,0 +1,157 @@
+"""Convolutions on the engine (issue 25): the plan's layout of a convolution, its refusals, its
+cycle model, and the gateware against ``sim`` in Amaranth's simulator on random convolutional
+networks (every hidden feature map and every logit, with idle inputs and backpressure).
+
+LeNet-5 itself runs in ``bench/`` (Verilator)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_sim_properties import _conv_models_and_inputs
+
+import sim
+from accel.planning.conv import pad_input, run_layer, tap_masks
+from accel.planning.plan import MAX_ENGINE_KERNEL, EnginePlan
+from accel.verification.amaranth_sim import run_engine
+from compress.artifact import CompressedLayer, CompressedModel
+from compress.geometry import ConvGeometry
+from compress.integer import quantize_model
+
+_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _conv_net(geometry, out_channels=3, outputs=4, seed=0):
+    """A random float conv layer of ``geometry`` (ReLU), then a Linear layer to ``outputs``
+    logits (none when 0), quantized on random inputs; and those inputs."""
+    rng = np.random.default_rng(seed)
+    codebook = np.array([0.0, -1.0, -0.5, -0.25, 0.25, 0.5, 0.75, 1.0])
+    conv = CompressedLayer(codebook=codebook,
+                           index=rng.integers(0, 8, (out_channels, geometry.columns),
+                                              dtype=np.uint8),
+                           bias=rng.normal(0, 0.1, out_channels), relu=True,
+                           index_bits=3, geometry=geometry)
+    layers = [conv]
+    if outputs:
+        layers.append(CompressedLayer(
+            codebook=codebook, index=rng.integers(0, 8, (outputs, conv.output_size), np.uint8),
+            bias=rng.normal(0, 0.1, outputs), relu=False, index_bits=3))
+    model = CompressedModel(layers)
+    calibration = rng.random((8, model.in_features)).astype(np.float32)
+    model = quantize_model(model, calibration)
+    return model, sim.quantize_input(model, calibration)
+
+
+@pytest.fixture(scope="module")
+def conv_model():
+    return _conv_net(ConvGeometry(2, 6, 5, 3, 3, stride=1, padding=1, pool="max"))
+
+
+@settings(max_examples=10, **_SETTINGS)
+@given(_conv_models_and_inputs(linear_last=True), st.integers(1, 3), st.integers(1, 3),
+       st.sampled_from([0.0, 0.3]))
+def test_engine_equals_sim_on_random_convolutions(case, n_pes, banks, stall):
+    """Every feature map and logit, bit for bit, for 1-3 PEs and banks, with stalls."""
+    model, x = case
+    x = x[:3]
+    plan = EnginePlan.from_model(model, n_pes=n_pes, banks=banks, lanes=1 + n_pes % 2)
+    run = run_engine(plan, x, idle=stall, backpressure=stall, seed=n_pes)
+    want = sim.trace(model, x)
+    for i, got in enumerate(run.hidden):
+        assert got.tolist() == want[i].tolist(), f"layer {i}"
+    assert run.logits.tolist() == want[-1].tolist()
+
+
+@settings(max_examples=30, **_SETTINGS)
+@given(_conv_models_and_inputs(linear_last=True), st.integers(1, 5))
+def test_cycle_model_counts_the_planned_walk(case, n_pes):
+    """``plan.work`` of a convolution is the planned dataflow's count (``run_layer``)."""
+    model, x = case
+    plan = EnginePlan.from_model(model, n_pes=n_pes)
+    inputs = [x] + sim.trace(model, x)[:-1]
+    work = plan.work(inputs)
+    for i, layer in enumerate(plan.layers):
+        if layer.conv is None:
+            continue
+        for k in range(len(x)):
+            _, counted = run_layer(model.layers[i], layer.image, inputs[i][k])
+            assert work["work"][k, i].tolist() == counted[:, 1].tolist()
+            assert (work["columns"][k, i] >= counted[:, 0]).all()
+
+
+def test_plan_lays_out_a_convolution(conv_model):
+    model, _ = conv_model
+    plan = EnginePlan.from_model(model, n_pes=2)
+    first, second = plan.layers[0], plan.layers[1]
+    g = first.conv.geometry
+    assert plan.has_conv and plan.in_features == g.in_channels * g.in_height * g.in_width
+    assert plan.input_columns == first.fields.size
+    # the broadcaster's mask is per input channel, and so is a PE's tap mask
+    assert plan.region("col_mask", 0).depth == g.in_channels
+    for p in range(2):
+        assert plan.init("tap_masks", 0, p) == tap_masks(first.image, first.conv)[p].tolist()
+    # a channel's row id is its packed output column
+    out = first.conv.outputs
+    assert first.row_ids[1, 0] == 1 << (out.y_bits + out.x_bits)
+    # the Linear layer after it reads packed columns
+    assert second.in_features == out.size
+    assert second.weight_shape == model.layers[1].index.shape
+    # a plan of Linear layers has none of it
+    assert not EnginePlan.from_model(CompressedModel(model.layers[1:])).has_conv
+
+
+def test_plan_maps_packed_outputs_back(conv_model):
+    model, x = conv_model
+    plan = EnginePlan.from_model(model, n_pes=3)
+    layer = plan.layers[0]
+    flat = sim.trace(model, x)[0]
+    packed = layer.packed_output(flat)
+    assert packed.shape == (len(x), layer.output_columns)
+    assert layer.flat_output(packed).tolist() == flat.tolist()
+    columns = np.flatnonzero(packed[0])
+    assert (flat[0][layer.output_index(columns)] == packed[0][columns]).all()
+    hole = np.setdiff1d(np.arange(layer.output_columns), layer.conv.outputs.packed_order())
+    if len(hole):
+        packed[0, hole[0]] = 1
+        with pytest.raises(ValueError, match="is no output of this conv"):
+            layer.flat_output(packed)
+    # input beats carry the first maps at their packed columns
+    assert len(plan.encode_inputs(x[:1])) == plan.beats_per_image
+    assert plan.beats_per_image == -(-plan.input_columns // plan.input_lanes)
+    assert pad_input(x[:1], layer.fields).shape == (1, plan.input_columns)
+
+
+def test_engine_refuses_what_it_cannot_run(conv_model):
+    side = MAX_ENGINE_KERNEL + 1
+    model, _ = _conv_net(ConvGeometry(1, side, side, side, 2))
+    with pytest.raises(ValueError, match=f"runs kernels of 1..{MAX_ENGINE_KERNEL} on a side, "
+                                         f"not {side}x2"):
+        EnginePlan.from_model(model)
+    model, _ = _conv_net(ConvGeometry(2, 6, 5, 3, 3), outputs=0)
+    with pytest.raises(ValueError, match="the last layer is a convolution .* logits come from "
+                                         "a Linear layer"):
+        EnginePlan.from_model(model)
+
+
+def test_engine_runs_a_pooled_convolution(conv_model):
+    """The fixed model on 2 PEs, 2 banks: every feature map and logit (a quick check beside
+    the random ones)."""
+    model, x = conv_model
+    run = run_engine(EnginePlan.from_model(model, n_pes=2, banks=2), x[:4])
+    want = sim.trace(model, x[:4])
+    assert np.any(want[0]) and run.hidden[0].tolist() == want[0].tolist()
+    assert run.logits.tolist() == want[-1].tolist()
+
+
+def test_fit_check_names_feature_maps_too_large_for_the_board():
+    from accel.gateware.resources import FitError, check_fit
+    from boards import get_board
+
+    model, _ = _conv_net(ConvGeometry(1, 64, 64, 3, 3), out_channels=16)
+    with pytest.raises(FitError, match=r"block RAMs; ulx3s-85f has 208; of those, layer 0's "
+                                       r"feature maps \(16x62x62 sums of \d+ bits, 2 banks\) "
+                                       r"take \d+ \(fewer images in flight: --banks 1\)"):
+        check_fit(EnginePlan.from_model(model, n_pes=1, banks=2), get_board("ulx3s"))
