@@ -323,7 +323,10 @@ def _dense_macs(model, plan) -> int:
     rows = model.metadata.get("low_rank")
     if rows:
         return int(sum(row["macs_before"] for row in rows))
-    return int(sum(layer.in_features * layer.out_features for layer in plan.layers))
+    # A convolution's weights are each used at every position of its map (A12).
+    return int(sum(layer.index.size * (1 if layer.geometry is None else
+                                       layer.geometry.conv_height * layer.geometry.conv_width)
+                   for layer in model.layers))
 
 
 def _report(model, data, board, plan, estimate, x_all, verified, result, *, out, clock_mhz,

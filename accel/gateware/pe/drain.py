@@ -3,6 +3,8 @@ to the requantizer with its bias and row id (D0 .. D1B), within the lists' credi
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO
@@ -231,7 +233,7 @@ class DrainSequencer(wiring.Component):
             return _switch(m, current.layer, [c[key] for c in constants], shape, f"drain_{key}")
 
         pos = unsigned(max(1, w.position_bits))
-        state = type("Window", (), {})()
+        state = SimpleNamespace()
         state.index = Signal(2)
         state.x, state.y = Signal(x_width), Signal(y_width)
         state.position = Signal(pos)            # the accumulator being issued

@@ -17,6 +17,10 @@ __all__ = ["PointerStage"]
 
 #: Depth of the column queue (its head in flip-flops; room for 2 more in the skid buffer).
 COLUMN_QUEUE_DEPTH = 7
+#: The same with convolutions, whose tap columns mostly have one entry in a PE: deep enough
+#: that the issue's room, counted with every column on its way, never stops a stream of them
+#: (at ``COLUMN_QUEUE_DEPTH`` it passes 9 columns every 11 clocks).
+CONV_COLUMN_QUEUE_DEPTH = 15
 
 
 class PointerStage(wiring.Component):
@@ -84,7 +88,9 @@ class PointerStage(wiring.Component):
         # Its head comes from flip-flops: the entry stage compares and adds with it, and pops
         # it, in one clock (timing).
         m.submodules.columns = columns = _RegisteredFIFO(width=self._column.size,
-                                                          depth=COLUMN_QUEUE_DEPTH)
+                                                          depth=CONV_COLUMN_QUEUE_DEPTH
+                                                          if plan.has_conv
+                                                          else COLUMN_QUEUE_DEPTH)
 
         # A group is registered as it arrives, then queued: the broadcaster is far away
         # (timing). The register loads only when this PE's ``valid`` is high, so the PEs'

@@ -45,7 +45,7 @@ def _rom(m, name, values, width):
 
 class TapWalk(wiring.Component):
     """For each activation of a convolution, every tap that has entries in this PE and lands
-    on an output position (``accel.planning.conv``: :meth:`ConvLayout.walk`).
+    on an output position (A12; ``accel.planning.conv``: :meth:`ConvLayout.walk`).
 
     Parameters
     ----------
