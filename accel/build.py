@@ -143,7 +143,7 @@ def weight_bytes(plan) -> dict:
 
 
 def build(model, data, board, *, out: Path, clock_mhz=None, pes=DEFAULT_PES, lanes=2,
-          input_lanes=4, banks=None, queue_depth=64, zero_run_bits=4, balance=True,
+          input_lanes=4, banks=None, queue_depth=None, zero_run_bits=4, balance=True,
           baud=1_000_000, verify_samples=8, simulator="amaranth", nextpnr_seed=1,
           router="auto", nextpnr_options="", synthesis=True, progress=True,
           model_path=None) -> dict:

@@ -25,8 +25,9 @@ def add_engine_arguments(parser, *, default_pes: int = DEFAULT_PES) -> None:
                         help="activations per input beat (default 4)")
     parser.add_argument("--banks", type=int, default=None,
                         help="images in flight at once (default 2 with one PE, 3 with more)")
-    parser.add_argument("--queue-depth", type=int, default=64,
-                        help="PE activation queue depth (default 64)")
+    parser.add_argument("--queue-depth", type=int, default=None,
+                        help="PE activation queue depth (default 64; 513 for a model with "
+                             "convolutions)")
     parser.add_argument("--zero-run-bits", type=int, default=4,
                         help="b_z of the engine's format (default 4)")
     parser.add_argument("--no-balance", action="store_true",

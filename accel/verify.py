@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_lanes: int = 4,
-           banks: int | None = None, queue_depth: int = 64, zero_run_bits: int = 4,
+           banks: int | None = None, queue_depth: int | None = None, zero_run_bits: int = 4,
            simulator: str = "verilator", idle: float = 0.0, backpressure: float = 0.0,
            build_dir: Path = Path("out/verify"), waves: bool = False, seed: int = 0) -> dict:
     """Simulate the engine for ``model`` on integer inputs ``x`` and report (see module doc).

@@ -66,7 +66,8 @@ def torch_batch1(model, x: np.ndarray, repeats: int) -> float:
 def run_model(path: Path, data, args) -> dict:
     model = compress.load(path)
     calibration = sim.quantize_input(model, data.x_train[:1000]).astype(np.int64)
-    plan = EnginePlan.from_model(model, n_pes=args.pes, banks=args.banks, calibration=calibration)
+    plan = EnginePlan.from_model(model, n_pes=args.pes, banks=args.banks,
+                                 queue_depth=args.queue_depth, calibration=calibration)
     x = sim.quantize_input(model, data.x_test[:args.samples]).astype(np.int64)
     want = sim.trace(model, x)
     predicted = plan.predict([x] + want[:-1])
@@ -101,6 +102,9 @@ def main() -> int:
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR", DEFAULT_MNIST_DIR))
     parser.add_argument("--pes", type=int, default=16)
     parser.add_argument("--banks", type=int, default=1)
+    parser.add_argument("--queue-depth", type=int, default=None,
+                        help="each PE's group queue (default: the engine's, 513 with "
+                             "convolutions)")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--report", type=Path,
