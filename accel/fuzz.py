@@ -16,6 +16,7 @@ Command line::
     python -m accel.fuzz --models 20 --inputs 200 --seed 0      # seeds 0 .. 19
     python -m accel.fuzz --seed 17                              # replay one model
     python -m accel.fuzz --runner amaranth --max-width 12 --inputs 8
+    python -m accel.fuzz --conv always --models 4 --inputs 100  # convolutional cases only
 
 One line per model; exit status 1 on any mismatch, after printing the first mismatching
 sample, layer and neuron.
@@ -31,10 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from accel.verification.compare import compare_run
-from accel.verification.random_cases import (MAX_LAYERS, MAX_WIDTH, FuzzCase, random_case,
-                                             shape_string)
+from accel.verification.random_cases import (CONV, MAX_LAYERS, MAX_WIDTH, FuzzCase,
+                                             random_case, shape_string)
 
 __all__ = ["describe", "run_case", "run_fuzz", "runner_function", "main"]
+
+
+#: ``--conv``: :func:`random_case`'s ``conv``.
+_CONV_CHOICES = {"drawn": None, "always": True, "never": False}
 
 
 # -- description ------------------------------------------------------------------------------
@@ -209,8 +214,11 @@ def format_mismatch(r: dict) -> str:
 def run_fuzz(n_models: int = 20, inputs: int = 200, seed: int = 0, runner="verilator",
              progress=print, *, max_width: int = MAX_WIDTH, max_layers: int = MAX_LAYERS,
              max_pes: int | None = None, reload: bool = True, timing: bool = True,
-             build_dir=None) -> list[dict]:
+             build_dir=None, conv: bool | None = None) -> list[dict]:
     """Fuzz seeds ``seed .. seed + n_models - 1``; one :func:`run_case` dict per model.
+
+    ``conv``: :func:`random_case`'s (None: each seed draws whether its case is convolutional;
+    True or False: every case is, or none).
 
     ``progress`` (None for silence) gets one line per model (:func:`format_result`), and the
     first mismatch of a failing model. An exception while building or running a case is
@@ -221,7 +229,7 @@ def run_fuzz(n_models: int = 20, inputs: int = 200, seed: int = 0, runner="veril
         start = time.perf_counter()
         try:
             case = random_case(s, inputs=inputs, max_width=max_width, max_layers=max_layers,
-                               max_pes=max_pes)
+                               max_pes=max_pes, conv=conv)
             sub = None if build_dir is None else Path(build_dir) / f"seed{s}"
             r = run_case(case, runner, reload=reload, timing=timing, build_dir=sub)
             r["seconds"] = round(time.perf_counter() - start, 2)
@@ -287,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "a factorized one, a rank layer before it, counts once)")
     parser.add_argument("--max-pes", type=int, default=None,
                         help="cap on the engine's PEs (default none; a case depends on it)")
+    parser.add_argument("--conv", choices=list(_CONV_CHOICES), default="drawn",
+                        help="convolutional cases: drawn per seed (default; about "
+                             f"{round(100 * CONV)}%%), always or never (a case whose draw "
+                             "agrees is the same either way)")
     parser.add_argument("--no-reload", action="store_true", help="skip the mid-stream reload")
     parser.add_argument("--no-timing", action="store_true",
                         help="skip the stall-free stream that measures cycles")
@@ -313,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                        progress=lambda line: print(line, flush=True), max_width=args.max_width,
                        max_layers=args.max_layers, max_pes=args.max_pes,
                        reload=not args.no_reload,
-                       timing=not args.no_timing, build_dir=args.build_dir)
+                       timing=not args.no_timing, build_dir=args.build_dir,
+                       conv=_CONV_CHOICES[args.conv])
     s = summary(results)
     ratio = "" if s["ratio_worst"] is None else (
         f"; measured/predicted cycles {s['ratio_min']:.2f}..{s['ratio_max']:.2f} "

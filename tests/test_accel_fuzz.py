@@ -3,9 +3,10 @@ covers, and a CI-sized run.
 
 The coverage tests draw a few hundred cases without simulating them and check that every fuzzed
 dimension reaches both ends of its range (issue 20: the engine was wrong on whole classes of
-models no test made). The run puts a handful of tiny cases through the fastest runner there is
-(Verilator's batch simulator, else Amaranth's) with stalls, a mid-stream reload and the
-stall-free timing stream.
+models no test made): Linear cases (``conv=False``: a seed's case as before convolutional cases
+were drawn) and convolutional ones (``conv=True``, issue 25). The run puts a handful of tiny
+cases through the fastest runner there is (Verilator's batch simulator, else Amaranth's) with
+stalls, a mid-stream reload and the stall-free timing stream.
 """
 
 from __future__ import annotations
@@ -21,11 +22,21 @@ from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound
                               accumulator_width, activation_range)
 
 COVERAGE_SEEDS = range(300)
+CONV_SEEDS = range(150)
 
 
 @pytest.fixture(scope="module")
 def cases():
-    return [random_cases.random_case(s, inputs=3, check_artifact=False) for s in COVERAGE_SEEDS]
+    """Linear cases: those of the seeds that draw one, and, forced, of the others."""
+    return [random_cases.random_case(s, inputs=3, check_artifact=False, conv=False)
+            for s in COVERAGE_SEEDS]
+
+
+@pytest.fixture(scope="module")
+def conv_cases():
+    """Convolutional cases (issue 25), likewise."""
+    return [random_cases.random_case(s, inputs=3, check_artifact=False, conv=True)
+            for s in CONV_SEEDS]
 
 
 def _layers(cases):
@@ -220,6 +231,120 @@ def test_engine_options(cases):
     assert any(c.backpressure == 0 for c in cases) and any(c.backpressure > 0.3 for c in cases)
 
 
+def _convolutions(cases):
+    for case, i, layer in _layers(cases):
+        if layer.geometry is not None:
+            yield case, i, layer
+
+
+def test_conv_is_drawn_per_seed(cases, conv_cases):
+    """A fifth stream of the seed makes about a third of the cases convolutional; forcing a case
+    to what its seed draws changes nothing, so the Linear cases are those of earlier versions."""
+    drawn = [random_cases.random_case(s, inputs=3, check_artifact=False) for s in range(40)]
+    conv = [c.profile["convolutional"] for c in drawn]
+    assert 0.15 < np.mean(conv) < 0.5
+    for case, is_conv in zip(drawn, conv):
+        forced = (conv_cases if is_conv else cases)[case.seed]
+        assert fuzz.describe(case) == fuzz.describe(forced)
+        np.testing.assert_array_equal(case.x, forced.x)
+        assert [l.geometry for l in case.model.layers] == \
+            [l.geometry for l in forced.model.layers]
+    assert not any(l.geometry for c in cases for l in c.model.layers)
+    with pytest.raises(ValueError, match="max_layers >= 2"):
+        random_cases.random_case(0, conv=True, max_layers=1)
+    assert not random_cases.random_case(1, inputs=2, max_layers=1).profile["convolutional"]
+
+
+def test_conv_shapes(conv_cases):
+    """1 to 3 convolutions, then 1 or 2 Linear layers (the logits' last); kernels 1 to 7 on each
+    side, strides 1 and 2, padding none to the largest, channels 1 to 32, maps 1 x 1 to 32 x 32
+    (mostly small, and few channels), every pooling."""
+    for case in conv_cases:
+        layers, drawn = case.model.layers, case.profile["factored"]
+        kinds = [l.geometry is not None for l in layers]
+        n_conv = sum(kinds)
+        assert kinds == [True] * n_conv + [False] * (len(layers) - n_conv)
+        assert len(drawn) <= random_cases.MAX_LAYERS and not any(drawn[:n_conv])
+        assert random_cases.CONV_LINEAR_LAYERS[0] <= len(drawn) - n_conv \
+            <= random_cases.CONV_LINEAR_LAYERS[1]
+        assert case.plan.has_conv and case.model.format_version == 5
+        assert [l.conv.geometry for l in case.plan.layers[:n_conv]] == \
+            [l.geometry for l in layers[:n_conv]]
+        assert "[conv " in random_cases.shape_string(case.model)
+    _ends((sum(l.geometry is not None for l in c.model.layers) for c in conv_cases),
+          *random_cases.CONV_LAYERS)
+    geometries = [l.geometry for _, _, l in _convolutions(conv_cases)]
+    _ends((g.kernel_height for g in geometries), *random_cases.KERNEL)
+    _ends((g.kernel_width for g in geometries), *random_cases.KERNEL)
+    assert any(g.kernel_height != g.kernel_width for g in geometries)
+    assert {g.stride for g in geometries} == set(random_cases.STRIDES)
+    paddings = [g.padding for g in geometries]
+    assert 0 in paddings and any(0 < g.padding == min(g.kernel_height, g.kernel_width) - 1
+                                 for g in geometries)
+    channels = [g.in_channels for g in geometries] + \
+        [l.out_features for _, _, l in _convolutions(conv_cases)]
+    _ends(channels, *random_cases.CHANNELS)
+    assert np.mean(np.array(channels) <= 8) > 0.8                  # mostly few
+    maps = [(g.in_height, g.in_width) for g in geometries]
+    _ends((side for m in maps for side in m), *random_cases.MAP_SIDE)
+    assert (1, 1) in maps and (32, 32) in maps and any(h != w for h, w in maps)
+    assert max(max(g.conv_height, g.conv_width) for g in geometries) <= random_cases.MAP_SIDE[1]
+    assert np.mean([h * w <= 144 for h, w in maps]) > 0.8           # mostly small
+    assert {g.pool for g in geometries} == {None, "max", "avg"}
+    pooled = [g for g in geometries if g.pool]
+    assert all(g.conv_height >= 2 and g.conv_width >= 2 for g in pooled)
+    assert any(g.conv_height % 2 or g.conv_width % 2 for g in pooled)   # floor mode drops
+    # The simulation's cost: no map and kernel past the cap on C H W kh kw.
+    assert max(g.input_size * g.taps for g in geometries) <= 60_000
+
+
+def test_conv_layer_data(conv_cases):
+    """A convolution's weight matrix drawn like a Linear layer's: densities 1 % to 100 % and
+    empty, ReLU or not (average pooling of signed values too), per-row codebooks, threshold
+    activations, latent layers, 40-bit sums; a Linear layer reads the flattened maps."""
+    convs = [(c, i, l) for c, i, l in _convolutions(conv_cases)]
+    densities = [l.density for _, _, l in convs]
+    assert min(densities) == 0.0 and max(densities) == 1.0
+    assert any(0 < d < 0.02 for d in densities)
+    relu = [l.relu for _, _, l in convs]
+    assert any(relu) and not all(relu)
+    assert any(l.geometry.pool == "avg" and not l.relu for _, _, l in convs)
+    assert any(l.integer.per_row for _, _, l in convs)
+    assert any(l.integer.code_bits for _, _, l in convs)
+    assert any(l.latents is not None for _, _, l in convs)
+    assert any(l.integer.input_signed for _, i, l in convs if i == 0)
+    assert any(not l.integer.input_signed for _, i, l in convs if i == 0)
+    needed = [accumulator_width(accumulator_bound(
+        l.integer.codebook, l.index, l.integer.bias, l.integer.activation_bits,
+        l.integer.input_signed)) for _, _, l in convs]
+    assert max(needed) >= 40 and min(needed) <= 4
+    assert any(c.options["n_pes"] > l.out_features for c, _, l in convs)   # idle PEs
+    for case in conv_cases:
+        first_linear = next(l for l in case.model.layers if l.geometry is None)
+        last_conv = [l for l in case.model.layers if l.geometry is not None][-1]
+        assert first_linear.input_size == last_conv.output_size
+
+
+def test_conv_cases_run_in_sim_and_reload(conv_cases):
+    """Every convolutional case runs in ``sim`` on its inputs, and its reload keeps the
+    geometry and fits the plan."""
+    for case in conv_cases:
+        outputs = sim.trace(case.model, case.x)
+        assert [y.shape for y in outputs] == [(len(case.x), l.output_size)
+                                              for l in case.model.layers]
+        other = case.reload_model
+        assert [l.geometry for l in other.layers] == [l.geometry for l in case.model.layers]
+        assert [l.index.shape for l in other.layers] == \
+            [l.index.shape for l in case.model.layers]
+    for case in conv_cases[:10]:
+        assert case.plan.write_image(case.reload_model)
+    for seed in (1, 9):                                  # through the file format, version 5
+        a = random_cases.random_case(seed, inputs=4, conv=True)
+        b = random_cases.random_case(seed, inputs=4, conv=True)
+        assert fuzz.describe(a) == fuzz.describe(b)
+        assert [l.geometry for l in a.model.layers] == [l.geometry for l in b.model.layers]
+
+
 def test_inputs_have_random_rows_and_the_extremes():
     case = random_cases.random_case(5, inputs=40, check_artifact=False)
     first = case.model.layers[0].integer
@@ -285,7 +410,10 @@ def test_compare_reports_the_first_mismatch():
 # -- a CI-sized fuzz ----------------------------------------------------------------------------
 
 CI_SEEDS = range(1000, 1006)
-CI_OPTIONS = {"inputs": 5, "max_width": 5, "max_layers": 3, "max_pes": 4}
+# Linear cases here (the seeds' cases before convolutional ones were drawn); two tiny
+# convolutional ones below.
+CI_OPTIONS = {"inputs": 5, "max_width": 5, "max_layers": 3, "max_pes": 4, "conv": False}
+CI_CONV_SEEDS = (1013, 1026)
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
@@ -301,7 +429,23 @@ def test_fuzz_tiny_models(seed):
     result = fuzz.run_case(case, "amaranth")
     replay = (f"python -m accel.fuzz --runner amaranth --seed {seed} --inputs "
               f"{CI_OPTIONS['inputs']} --max-width {CI_OPTIONS['max_width']} --max-layers "
-              f"{CI_OPTIONS['max_layers']} --max-pes {CI_OPTIONS['max_pes']}")
+              f"{CI_OPTIONS['max_layers']} --max-pes {CI_OPTIONS['max_pes']} --conv never")
+    assert result["mismatches"] == 0, f"{fuzz.format_mismatch(result)}; replay: {replay}"
+    assert result["cycles"] > 0
+
+
+@pytest.mark.parametrize("seed", CI_CONV_SEEDS)
+def test_fuzz_tiny_conv_models(seed):
+    """Tiny convolutional models (issue 25), likewise: seed 1013 a 3x3 convolution with padding
+    over five channels of 5x5, average-pooled after a threshold activation (A10); seed 1026 two
+    convolutions, the first max-pooled, the second with a threshold activation."""
+    options = {**CI_OPTIONS, "conv": True}
+    case = random_cases.random_case(seed, **options)
+    assert case.plan.has_conv
+    result = fuzz.run_case(case, "amaranth")
+    replay = (f"python -m accel.fuzz --runner amaranth --seed {seed} --inputs "
+              f"{options['inputs']} --max-width {options['max_width']} --max-layers "
+              f"{options['max_layers']} --max-pes {options['max_pes']} --conv always")
     assert result["mismatches"] == 0, f"{fuzz.format_mismatch(result)}; replay: {replay}"
     assert result["cycles"] > 0
 

@@ -102,8 +102,9 @@ def predict(plan, activations: list[np.ndarray]) -> dict:
       clock) and its columns (one pointer read per clock) after whatever work of other
       images in flight it already has, in the order the layers become ready; the broadcaster
       hands out ``lanes`` nonzero activations per clock, shared by every image likewise;
-      a layer is not finished before its inputs are drained (``rows_per_pe`` of the
-      previous layer, one per clock);
+      a layer is not finished before its inputs are drained (the previous layer's
+      ``drain_reads``: its rows, or a convolution's accumulators, one per clock, on a drain
+      shared by the images in flight, in the order the layers finish);
     - the last layer's logits leave :data:`LAST_LAYER_LATENCY` clocks after it finishes,
       after its own drain, one logit per clock in image order.
 
@@ -135,6 +136,12 @@ def predict(plan, activations: list[np.ndarray]) -> dict:
     last_drain = plan.layers[-1].image.rows_per_pe
     pe_free = np.zeros(n_pes, dtype=np.int64)
     broadcaster_free = 0
+    # The PEs' drain sequencers, one row (a convolution's: one accumulator) a clock, shared by
+    # the images in flight: a layer's drain starts when it is ready and the drains before it
+    # are done (a whole map takes thousands of clocks: the fuzz's seed 140 ran 8x its
+    # prediction when they were taken as free).
+    drain_free = 0
+    input_drained = np.zeros(n, dtype=np.int64)
     entry = np.zeros(n, dtype=np.int64)
     leave = np.full(n, -1, dtype=np.int64)
     exit_ = np.zeros(n, dtype=np.int64)
@@ -157,10 +164,14 @@ def predict(plan, activations: list[np.ndarray]) -> dict:
         finish = start + pe_clocks[k, l]
         pe_free = np.where(pe_clocks[k, l] > 0, finish, pe_free)
         broadcaster_free = max(broadcaster_free, ready) + int(broadcast[k, l])
-        done = max(int(finish.max()), broadcaster_free, ready + drained[l],
+        done = max(int(finish.max()), broadcaster_free,
+                   int(input_drained[k]) if l else 0,
                    int(entry[k]) + plan.beats_per_image if l == 0 else 0)
         if l < n_layers - 1:
-            heapq.heappush(ready_layers, (done + HIDDEN_LAYER_LATENCY, k, l + 1))
+            next_ready = done + HIDDEN_LAYER_LATENCY
+            drain_free = max(next_ready, drain_free) + drained[l + 1]
+            input_drained[k] = drain_free
+            heapq.heappush(ready_layers, (next_ready, k, l + 1))
             continue
         leave[k] = done + LAST_LAYER_LATENCY + last_drain
         # Logits leave in image order, one per clock; a bank frees when its image leaves.

@@ -8,8 +8,9 @@ random and extreme inputs, and a second model of the same shapes that fits the s
 mid-stream reload through the write port). :func:`shape_string` names a model's shape. Nothing
 is simulated here: ``python -m accel.fuzz`` runs the cases.
 
-Dimensions (over seeds): 1 to 4 drawn layers (up to 8 with factorized ones, below), widths 1 to 300 (mostly small); signed and unsigned
-network inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); index bits
+Dimensions (over seeds): 1 to 4 drawn layers (up to 8 with factorized ones, below), widths 1
+to 300 (mostly small; a convolutional case's, below, are its own); signed and unsigned network
+inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); index bits
 1 to 8 (``python -m compress --bits``) with full and partial codebooks, single-sign codebooks,
 zero codebook values behind nonzero indices; weight bits 2 to 16 per layer; activation bits 2
 to 16 (``--activation-bits``, :class:`IntegerLayer`); biases zero, tiny or up to int32, of one
@@ -31,7 +32,25 @@ signed inputs), up to twice ``MAX_LAYERS`` layers in all. EPR's latent layers (i
 from a fourth stream: a drawn layer (not a wide, per-row or threshold one) is, with probability
 :data:`LATENT`, made a latent layer: latents of any spread up to the ±127 clamp on its index
 pattern, any step and bias step, its integer data derived as A11 says, and its artifact in
-format version 4.
+format version 4. Convolutional networks (issue 25, A12-A13), from a fifth stream: with
+probability :data:`CONV` a case is 1 to 3 convolutions, then 1 or 2 Linear layers (at most
+``MAX_LAYERS`` drawn layers in all; the last, Linear, gives the logits); input maps of 1 to 32
+channels and 1 x 1 to 32 x 32 positions, square or not (mostly at most 8 channels of 2 x 2 to
+12 x 12; 13 x 13 to 32 x 32 maps of 1 or 2 channels, 17 to 32 channels of maps of at most
+6 x 6, 1 x 1 maps of any channels); output channels 1 to 32 (mostly at most 8; 17 or more only
+on maps of at most 64 positions; the last convolution's output at most 4,096 packed columns,
+:class:`~accel.planning.conv.MapFields`); kernel sides 1 to 7
+(:data:`~accel.planning.plan.MAX_ENGINE_KERNEL`), drawn apart (mostly at most about half the
+map), at most the padded map and cut down where ``C H W kh kw`` would pass 60,000; stride 1
+and 2; padding 0 to ``min(kh, kw) - 1``, "same" in half the layers (less where the map would
+pass 32 x 32); no pooling, or 2 x 2 max or average pooling (A13) where the convolution's map is
+2 x 2 or more; with and without ReLU; every layer's data drawn
+as above (index and weight bits, codebooks, densities 1 % to 100 % and empty, biases,
+requantization, accumulators, per-row codebooks, threshold activations, latent layers), the
+Linear layers after the convolutions (at most 64 wide, at most 65,536 weights) factorized as
+above; a convolution's dense multiply-accumulates per image at most 400,000 (fewer output
+channels where they would pass it); wide cases (as above) whose first convolution has 17 to 32
+input channels and a kernel of at least 3 x 3. The reload keeps each convolution's geometry.
 """
 
 from __future__ import annotations
@@ -43,15 +62,19 @@ from pathlib import Path
 import numpy as np
 
 from compress.artifact import CompressedLayer, CompressedModel, load
+from compress.geometry import ConvGeometry, conv_size
 from compress.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
 from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
                               latent_integer_bias, requantization_parameters)
-from accel.planning.plan import MIN_QUEUE_DEPTH, EnginePlan
+from accel.planning.conv import MapFields
+from accel.planning.plan import MAX_ENGINE_KERNEL, MIN_QUEUE_DEPTH, EnginePlan
 
-__all__ = ["ACTIVATION_BITS", "BANKS", "FACTORED", "LATENT", "INDEX_BITS", "INPUT_LANES", "LANES", "MAX_LAYERS",
-           "MAX_WIDTH", "N_PES", "QUEUE_DEPTH", "RARE_MAX_PES", "RARE_MAX_QUEUE_DEPTH",
-           "WEIGHT_BITS", "ZERO_RUN_BITS", "FuzzCase", "random_case", "shape_string"]
+__all__ = ["ACTIVATION_BITS", "BANKS", "CHANNELS", "CONV", "CONV_LAYERS", "CONV_LINEAR_LAYERS",
+           "FACTORED", "LATENT", "INDEX_BITS", "INPUT_LANES", "KERNEL", "LANES", "MAP_SIDE",
+           "MAX_LAYERS", "MAX_WIDTH", "N_PES", "QUEUE_DEPTH", "RARE_MAX_PES",
+           "RARE_MAX_QUEUE_DEPTH", "STRIDES", "WEIGHT_BITS", "ZERO_RUN_BITS", "FuzzCase",
+           "random_case", "shape_string"]
 
 #: Ranges fuzzed; the unit tests check that random_case reaches both ends of each.
 MAX_LAYERS = 4
@@ -71,8 +94,30 @@ BANKS = (1, 8)
 QUEUE_DEPTH = (MIN_QUEUE_DEPTH, 64)
 RARE_MAX_QUEUE_DEPTH = 4096
 ZERO_RUN_BITS = (1, 8)
+#: Probability that a case is convolutional (issue 25; a fifth stream of the seed decides).
+CONV = 0.3
+CONV_LAYERS = (1, 3)           # convolutions, then
+CONV_LINEAR_LAYERS = (1, 2)    # Linear layers (the last gives the logits); MAX_LAYERS in all
+KERNEL = (1, MAX_ENGINE_KERNEL)                 # each side, drawn apart
+STRIDES = (1, 2)
+CHANNELS = (1, 32)             # input and output channels
+MAP_SIDE = (1, 32)             # feature maps 1 x 1 .. 32 x 32 (mostly at most 12 x 12)
 _BIAS_LIMIT = (1 << 31) - 1
 _MULTIPLIER_MAX = (1 << MULTIPLIER_BITS) - 1
+#: Kernel sides, by weight.
+_KERNEL_SIDES = {1: 0.14, 2: 0.1, 3: 0.3, 4: 0.08, 5: 0.18, 6: 0.06, 7: 0.14}
+#: A convolution's ``C x H x W x kh x kw`` at most (its tap walk's clocks per image grow with
+#: it): a 32 x 32 map of one channel under a 7 x 7 kernel, 32 channels of 6 x 6 maps; larger
+#: kernels are cut down to it.
+_CONV_WORK = 60_000
+#: A convolution's multiply-accumulates per image when dense, ``C x H x W x kh x kw x O``, at
+#: most (its entries' clocks grow with them); more output channels are cut down to it.
+_CONV_MACS = 400_000
+#: Packed columns (:class:`~accel.planning.conv.MapFields`) of the last convolution's output
+#: at most: the columns of the Linear layer after it.
+_MAX_PACKED = 4096
+#: Weights of a Linear layer after the convolutions at most.
+_MAX_TAIL_WEIGHTS = 1 << 16
 
 
 @dataclass
@@ -269,12 +314,13 @@ def _requantization(rng, bound: int, output_hi: int) -> tuple[int, int, str]:
 def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activation_bits,
            input_signed, relu, logits, wide_accumulator, codebook=None, density=None,
            index=None, bias=None, accumulator_bits=None, learned=None, per_row=None,
-           code_bits=None):
+           code_bits=None, geometry=None):
     """A CompressedLayer with integer data; the given parts are taken, the others drawn.
 
     ``learned``: the random stream of the LQ-Nets draws (A9-A10), or None for none; ``per_row``
     and ``code_bits`` (0: no threshold activation) force them, for a reload that must match its
-    engine."""
+    engine. ``geometry``: a convolution's (A12-A13), whose weight matrix is ``out_features`` (its
+    output channels) by ``in_features`` (``geometry.columns``); None for a Linear layer."""
     info = {}
     if codebook is None:
         codebook, info["codebook"] = _codebook(rng, index_bits, weight_bits)
@@ -322,7 +368,8 @@ def _layer(rng, out_features, in_features, *, index_bits, weight_bits, activatio
         codebook=(codebook * integer.weight_scale).astype(np.float32),
         index=index.astype(np.uint8 if index_bits <= 8 else np.uint16),
         bias=(bias * 1e-6).astype(np.float32), relu=relu, index_bits=index_bits,
-        zero_run_bits=_uniform(rng, 1, 8), integer=integer, activation_levels=float_levels)
+        zero_run_bits=_uniform(rng, 1, 8), integer=integer, activation_levels=float_levels,
+        geometry=geometry)
     info["needed_accumulator_bits"] = needed
     return layer, info
 
@@ -381,7 +428,123 @@ def _latent(rng, layer, info, *, wide_accumulator):
                        weight_scale=step)
     info = {**info, "latent": True, "needed_accumulator_bits": accumulator_width(bound)}
     return CompressedLayer.from_latents(latents, relu=layer.relu,
-                                        zero_run_bits=layer.zero_run_bits, integer=new), info
+                                        zero_run_bits=layer.zero_run_bits, integer=new,
+                                        geometry=layer.geometry), info
+
+
+# -- convolutional cases (issue 25) ---------------------------------------------------------------
+
+def _channels(rng) -> int:
+    """Channels of a convolution: mostly 1 to 4, else 5 to 8."""
+    return _uniform(rng, 1, 4) if rng.random() < 0.6 else _uniform(rng, 5, 8)
+
+
+def _input_map(rng, cap: int, wide: bool = False) -> tuple[int, int, int, str]:
+    """A convolutional network's input ``C x H x W`` and its kind: mostly maps of 2 x 2 to
+    12 x 12 and at most 8 channels; rarely 1 x 1 maps of any channels, 13 x 13 to 32 x 32 maps
+    of one or two channels (square 32 x 32 in a third of them), or 17 to 32 channels of maps of
+    at most 6 x 6 (always in a ``wide`` case). Every count at most ``cap``."""
+    kind = "deep" if wide else _pick(rng, {"one": 0.06, "small": 0.72, "large": 0.11,
+                                            "deep": 0.11})
+    if kind == "one":
+        channels, height, width = _uniform(rng, *CHANNELS), 1, 1
+    elif kind == "small":
+        channels = _channels(rng)
+        height = _uniform(rng, 2, 12)
+        width = height if rng.random() < 0.5 else _uniform(rng, 2, 12)
+    elif kind == "large":
+        channels = _uniform(rng, 1, 2)
+        height = MAP_SIDE[1] if rng.random() < 0.5 else _uniform(rng, 13, MAP_SIDE[1])
+        width = height if rng.random() < 0.6 else _uniform(rng, 13, MAP_SIDE[1])
+    else:
+        channels = _uniform(rng, 17, CHANNELS[1])
+        height = _uniform(rng, 1, 6)
+        width = height if rng.random() < 0.5 else _uniform(rng, 1, 6)
+    return min(channels, cap), min(height, cap), min(width, cap), kind
+
+
+def _conv_geometry(rng, channels: int, height: int, width: int, cap: int,
+                   wide: bool = False) -> ConvGeometry:
+    """A convolution of a ``channels x height x width`` map (A12-A13): kernel sides 1 to 7 drawn
+    apart (mostly at most half the map's side plus one), cut down to :data:`_CONV_WORK` and to
+    the padded map; padding none, "same" (``(min(kh, kw) - 1) // 2``) or any of
+    ``0 .. min(kh, kw) - 1`` (less where the map would grow past 32 x 32 or ``cap``); stride 1
+    or 2 (2 mostly on maps of 4 x 4 or more); a max or average pooling (A13) on 60 % of those
+    whose map is 2 x 2 or more (30 % at stride 2). ``wide``: sides of at least 3 and the
+    largest padding, so that it keeps ``9 x channels`` columns or more."""
+    kh, kw = _pick(rng, _KERNEL_SIDES), _pick(rng, _KERNEL_SIDES)
+    if rng.random() < 0.7:              # mostly at most about half the map (not all 1 x 1 out)
+        kh, kw = min(kh, height // 2 + 1), min(kw, width // 2 + 1)
+    if wide:
+        kh, kw = max(kh, 3), max(kw, 3)
+    while channels * height * width * kh * kw > _CONV_WORK and max(kh, kw) > 1:
+        if kh >= kw:
+            kh -= 1
+        else:
+            kw -= 1
+    top = min(kh, kw) - 1
+    padding = {"none": 0, "same": top // 2, "any": _uniform(rng, 0, top)}[
+        _pick(rng, {"none": 0.3, "same": 0.5, "any": 0.2})]
+    if wide:
+        padding = top
+    kh, kw = min(kh, height + 2 * padding), min(kw, width + 2 * padding)   # fits the map
+    # (Stride 2 mostly on maps of 4 x 4 or more: stacks of them would mostly end at 1 x 1.)
+    halve = rng.random() < (0.4 if min(height, width) >= 4 else 0.1)
+    stride = STRIDES[1] if halve else STRIDES[0]
+
+    def sides(p):
+        return conv_size(height, kh, stride, p), conv_size(width, kw, stride, p)
+
+    limit = min(MAP_SIDE[1], cap)
+    while padding and max(sides(padding)) > limit and min(sides(padding - 1)) >= 1:
+        padding -= 1
+    geometry = ConvGeometry(channels, height, width, kh, kw, stride=stride, padding=padding)
+    if geometry.conv_height >= 2 and geometry.conv_width >= 2:
+        pooled = 0.6 if stride == 1 else 0.3
+        pool = _pick(rng, {None: 1 - pooled, "max": pooled / 2, "avg": pooled / 2})
+        geometry = ConvGeometry(channels, height, width, kh, kw, stride=stride,
+                                padding=padding, pool=pool)
+    return geometry
+
+
+def _conv_shapes(rng, max_layers: int, cap: int,
+                 wide: bool = False) -> tuple[list, list[int], str]:
+    """A convolutional network's shapes: 1 to 3 convolutions, then 1 or 2 Linear layers, at
+    most ``max_layers`` (>= 2) in all. Returns a geometry per layer (None for a Linear one),
+    its outputs (a convolution's channels: mostly 1 to 8, 17 to 32 on a few maps of at most
+    64 positions), and the input map's kind. Channels, map sides and widths are at most
+    ``cap``; a convolution's dense multiply-accumulates at most :data:`_CONV_MACS`; the last
+    convolution's packed output (the next layer's columns) at most :data:`_MAX_PACKED`, a
+    Linear layer's weights after it at most :data:`_MAX_TAIL_WEIGHTS`. ``wide`` (wide
+    arithmetic, A5): the first convolution has 17 to 32 input channels and a kernel of at least
+    3 x 3, hundreds of columns (sums of 40 bits and more at 16-bit weights and activations)."""
+    n_conv = _uniform(rng, CONV_LAYERS[0], min(CONV_LAYERS[1], max_layers - 1))
+    n_linear = _uniform(rng, CONV_LINEAR_LAYERS[0],
+                        min(CONV_LINEAR_LAYERS[1], max_layers - n_conv))
+    channels, height, width, kind = _input_map(rng, cap, wide)
+    geometries, outs = [], []
+    for i in range(n_conv):
+        g = _conv_geometry(rng, channels, height, width, cap, wide=wide and i == 0)
+        if g.conv_height * g.conv_width <= 64 and rng.random() < 0.12:
+            out = _uniform(rng, 17, CHANNELS[1])
+        else:
+            out = _channels(rng)
+        out = max(1, min(out, cap, _CONV_MACS // (g.input_size * g.taps)))
+        if i == n_conv - 1:
+            while out > 1 and MapFields(out, g.out_height, g.out_width).size > _MAX_PACKED:
+                out -= 1
+        geometries.append(g)
+        outs.append(out)
+        channels, height, width = out, g.out_height, g.out_width
+    columns = channels * height * width
+    for _ in range(n_linear):
+        size = _pick(rng, {"one": 0.08, "small": 0.72, "medium": 0.2})
+        out = {"one": 1, "small": _uniform(rng, 1, 16), "medium": _uniform(rng, 17, 64)}[size]
+        out = max(1, min(out, cap, _MAX_TAIL_WEIGHTS // columns))
+        geometries.append(None)
+        outs.append(out)
+        columns = out
+    return geometries, outs, kind
 
 
 def _inputs(rng, n: int, features: int, lo: int, hi: int, extremes_at=()) -> np.ndarray:
@@ -442,7 +605,7 @@ def _reload_model(rng, model: CompressedModel, plan: EnginePlan, learned=None):
                             logits=integer.logits, wide_accumulator=False, codebook=codebook,
                             index=index, bias=bias, accumulator_bits=mine.accumulator_bits,
                             learned=learned, per_row=mine.per_row,
-                            code_bits=mine.code_bits or 0)
+                            code_bits=mine.code_bits or 0, geometry=layer.geometry)
             layers.append(new)
         if len(layers) != len(model.layers):
             continue
@@ -467,6 +630,7 @@ def _check_artifact(model: CompressedModel) -> None:
         loaded = load(path)
     for a, b in zip(model.layers, loaded.layers):
         if not (np.array_equal(a.index, b.index) and a.relu == b.relu
+                and a.geometry == b.geometry
                 and np.array_equal(a.integer.codebook, b.integer.codebook)
                 and _same(a.integer.thresholds, b.integer.thresholds)
                 and _same(a.integer.levels, b.integer.levels)
@@ -478,7 +642,7 @@ def _check_artifact(model: CompressedModel) -> None:
 
 def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
                 max_layers: int = MAX_LAYERS, max_pes: int | None = None,
-                check_artifact: bool = True) -> FuzzCase:
+                check_artifact: bool = True, conv: bool | None = None) -> FuzzCase:
     """The fuzz case of ``seed`` (deterministic).
 
     Parameters
@@ -488,16 +652,32 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
         alternating) start it and start the reloaded part.
     max_width, max_layers, max_pes : int
         Caps on the drawn shapes and PE count (small values keep a pure-Python simulation
-        fast); a case depends on them. A factorized layer counts once in ``max_layers``.
+        fast); a case depends on them. A factorized layer counts once in ``max_layers``;
+        ``max_width`` also caps a convolution's channels and map sides.
     check_artifact : bool
         Round-trip both models through the file format (the artifact's own validation runs
         either way).
+    conv : bool or None
+        Whether the case is convolutional: None draws it (probability :data:`CONV`, never
+        with ``max_layers`` 1); True or False forces it (a seed whose draw agrees gives the
+        same case either way).
     """
     if inputs < 1:
         raise ValueError(f"inputs must be >= 1, not {inputs!r}")
     rng = np.random.default_rng([int(seed), 0xF0221])
     learned = np.random.default_rng([int(seed), 0x1A9])       # the A9-A10 draws (issue 22)
-    n_layers = _uniform(rng, 1, max(1, min(max_layers, MAX_LAYERS)))
+    # Convolutional cases (issue 25), from a fifth stream: the draws of a Linear case stay
+    # those of earlier versions.
+    shapes = np.random.default_rng([int(seed), 0xC025])
+    drawn = bool(shapes.random() < CONV)
+    layer_cap = max(1, min(max_layers, MAX_LAYERS))
+    convolutional = drawn if conv is None else bool(conv)
+    if convolutional and layer_cap < 2:
+        if conv:
+            raise ValueError("a convolutional case needs max_layers >= 2 (a convolution, then "
+                             "the Linear layer of the logits)")
+        convolutional = False
+    n_layers = _uniform(rng, 1, layer_cap)
     wide = rng.random() < 0.1           # wide arithmetic: 40+ bit accumulators
     widths = [_width(rng, max_width) for _ in range(n_layers + 1)]
     if wide:
@@ -506,18 +686,31 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     input_signed = bool(rng.random() < 0.5)
     relus = [bool(rng.random() < 0.65) for _ in range(n_layers - 1)] + [bool(rng.random() < 0.15)]
     wide_accumulator = bool(rng.random() < 0.15)
+    # Per drawn layer: a convolution's geometry or None, and its outputs (channels or width).
+    geometries, outs, map_kind = [None] * n_layers, widths[1:], None
+    if convolutional:
+        geometries, outs, map_kind = _conv_shapes(shapes, layer_cap, max_width, wide)
+        n_layers = len(geometries)
+        relus = [bool(shapes.random() < (0.7 if g is not None else 0.65))
+                 for g in geometries[:-1]] + [bool(shapes.random() < 0.15)]
+        # The activations between the layers, flat: the input maps, each layer's output.
+        widths = [geometries[0].input_size] + [o if g is None else g.output_size(o)
+                                               for g, o in zip(geometries, outs)]
     # TRP's factorized layers (issue 23), from a third stream: the draws above and those of an
     # unfactored layer stay those of earlier versions.
     low_rank = np.random.default_rng([int(seed), 0x7A9])
     latent = np.random.default_rng([int(seed), 0xE9])           # EPR's latent layers (issue 24)
-    # (Not in a wide case: its wide layer's sums need its full input width.)
-    factored = [bool(low_rank.random() < FACTORED) and not wide for _ in range(n_layers)]
+    # (Not in a wide case: its wide layer's sums need its full input width. Not a convolution:
+    # no Linear layer goes before one.)
+    factored = [bool(low_rank.random() < FACTORED) and not wide and g is None
+                for g in geometries]
     layers, infos = [], []
     signed = input_signed
     for i in range(n_layers):
-        in_features = widths[i]
+        geometry = geometries[i]
+        in_features = widths[i] if geometry is None else geometry.columns
         if factored[i]:
-            layer, info = _factor(low_rank, widths[i], widths[i + 1],
+            layer, info = _factor(low_rank, widths[i], outs[i],
                                   activation_bits=activation_bits, input_signed=signed,
                                   wide_accumulator=wide_accumulator)
             layers.append(layer)
@@ -529,12 +722,14 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
         if wide:
             codebook, _ = _codebook(rng, index_bits, weight_bits)
             density = 1.0
-            bias = np.full(widths[i + 1], _BIAS_LIMIT, dtype=np.int64)
-        layer, info = _layer(rng, widths[i + 1], in_features, index_bits=index_bits,
+            bias = np.full(outs[i], _BIAS_LIMIT, dtype=np.int64)
+        layer, info = _layer(rng, outs[i], in_features, index_bits=index_bits,
                              weight_bits=weight_bits, activation_bits=activation_bits,
                              input_signed=signed, relu=relus[i], logits=i == n_layers - 1,
                              wide_accumulator=wide_accumulator, codebook=codebook,
-                             density=density, bias=bias, learned=learned)
+                             density=density, bias=bias, learned=learned, geometry=geometry)
+        if geometry is not None:
+            info["conv"] = geometry.describe(outs[i])
         if latent.random() < LATENT and not wide and not layer.per_row \
                 and not layer.integer.code_bits:
             layer, info = _latent(latent, layer, info, wide_accumulator=wide_accumulator)
@@ -570,15 +765,24 @@ def random_case(seed: int, *, inputs: int = 200, max_width: int = MAX_WIDTH,
     idle = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
     backpressure = 0.0 if rng.random() < 0.25 else round(float(rng.uniform(0.05, 0.6)), 2)
     profile = {"wide": wide, "wide_accumulator": wide_accumulator, "factored": factored,
-               "layers": infos}
+               "convolutional": convolutional, "map": map_kind, "layers": infos}
     return FuzzCase(seed=int(seed), model=model, options=options, calibration=calibration,
                     plan=plan, x=x, reload_model=reload_model, reload_at=reload_at, idle=idle,
                     backpressure=backpressure, profile=profile)
 
 
 def shape_string(model: CompressedModel) -> str:
-    """``64s-50r-50-10r``: input width (``s`` signed), then each layer's width (``r`` ReLU)."""
-    first = model.layers[0].integer
-    parts = [f"{model.in_features}{'s' if first.input_signed else ''}"]
-    parts += [f"{layer.out_features}{'r' if layer.relu else ''}" for layer in model.layers]
+    """``64s-50r-50-10r``: input width (``s`` signed), then each layer's width (``r`` ReLU).
+
+    A convolutional model's input is its maps, ``C x H x W``, and a convolution is its
+    geometry's description in brackets: ``1x12x12s-[conv 1x12x12 -> 4x5x5 (3x3, stride 1,
+    padding 0, max pool)]r-10``."""
+    first = model.layers[0]
+    g = first.geometry
+    size = str(model.in_features) if g is None else \
+        f"{g.in_channels}x{g.in_height}x{g.in_width}"
+    parts = [f"{size}{'s' if first.integer.input_signed else ''}"]
+    parts += [(f"{layer.out_features}" if layer.geometry is None
+               else f"[{layer.geometry.describe(layer.out_features)}]")
+              + ("r" if layer.relu else "") for layer in model.layers]
     return "-".join(parts)

@@ -11,15 +11,27 @@ from accel.gateware.pe.stages import requant_output_layout
 from accel.gateware.primitives import _RegisteredFIFO, _check_plan
 from accel.planning.plan import EnginePlan
 
-__all__ = ["CreditSignature", "ResultLists", "list_depths"]
+__all__ = ["CONV_LIST_DEPTH", "CreditSignature", "ResultLists", "list_depths"]
+
+
+#: The shallowest hidden list of a plan with convolutions (:func:`list_depths`): more than the
+#: clocks from a drain's issue to its output's credit coming back.
+CONV_LIST_DEPTH = 32
 
 
 def list_depths(plan: EnginePlan) -> tuple[int, int]:
     """Depths of a PE's list of hidden outputs and of its list of logits: a context's rows and
-    its end mark (hidden), a context's rows (logits), and room for one more."""
+    its end mark (hidden), a context's rows (logits), and room for one more.
+
+    With convolutions the hidden list is :data:`CONV_LIST_DEPTH` deep at least: a drain of a
+    whole map issues an output a clock only while it has a credit, and a credit comes back
+    (its output appended and taken, or dropped as zero) a pipeline's length later (a 3-PE
+    case with 2 rows a PE drained at a quarter of a row a clock)."""
     layers = plan.layers
-    return (max(2, max(layer.image.rows_per_pe for layer in layers) + 2),
-            max(2, layers[-1].image.rows_per_pe + 1))
+    hidden = max(2, max(layer.image.rows_per_pe for layer in layers) + 2)
+    if plan.has_conv:
+        hidden = max(hidden, CONV_LIST_DEPTH)
+    return hidden, max(2, layers[-1].image.rows_per_pe + 1)
 
 
 class CreditSignature(wiring.Signature):

@@ -146,8 +146,9 @@ class TapWalk(wiring.Component):
             col_rom = _rom(m, f"column_taps{i}", [mask | base << g.kernel_width
                                                    for mask, base in col_table],
                            g.kernel_width + base_bits)
-            base_rom = _rom(m, f"channel_base{i}", [v * g.taps for v in range(
-                1 << fields.c_bits)], plan.column_bits)
+            base_rom = _rom(m, f"channel_base{i}", [min(v, g.in_channels - 1) * g.taps
+                                                     for v in range(1 << fields.c_bits)],
+                            plan.column_bits)
             m.d.comb += [row_rom.addr.eq(y), col_rom.addr.eq(x), base_rom.addr.eq(c)]
             row_word, col_word, base = (Signal(len(r.data), name=f"{n}{i}") for r, n in
                                         [(row_rom, "row_word"), (col_rom, "column_word"),
