@@ -50,7 +50,7 @@ def conv_model():
     return _conv_net(ConvGeometry(2, 6, 5, 3, 3, stride=1, padding=1, pool="max"))
 
 
-@settings(max_examples=6, **_SETTINGS)
+@settings(max_examples=3, **_SETTINGS)
 @given(_conv_models_and_inputs(linear_last=True), st.integers(1, 3), st.integers(1, 3),
        st.sampled_from([0.0, 0.3]))
 def test_engine_equals_sim_on_random_convolutions(case, n_pes, banks, stall):
@@ -134,16 +134,6 @@ def test_engine_refuses_what_it_cannot_run(conv_model):
     with pytest.raises(ValueError, match="the last layer is a convolution .* logits come from "
                                          "a Linear layer"):
         EnginePlan.from_model(model)
-
-
-def test_engine_runs_a_pooled_convolution(conv_model):
-    """The fixed model on 2 PEs, 2 banks: every feature map and logit (a quick check beside
-    the random ones)."""
-    model, x = conv_model
-    run = run_engine(EnginePlan.from_model(model, n_pes=2, banks=2), x[:2])
-    want = sim.trace(model, x[:2])
-    assert np.any(want[0]) and run.hidden[0].tolist() == want[0].tolist()
-    assert run.logits.tolist() == want[-1].tolist()
 
 
 def test_fit_check_names_feature_maps_too_large_for_the_board():

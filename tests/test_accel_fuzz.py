@@ -413,7 +413,7 @@ CI_SEEDS = range(1000, 1006)
 # Linear cases here (the seeds' cases before convolutional ones were drawn); two tiny
 # convolutional ones below.
 CI_OPTIONS = {"inputs": 5, "max_width": 5, "max_layers": 3, "max_pes": 4, "conv": False}
-CI_CONV_SEEDS = (1013, 1026)
+CI_CONV_SEEDS = (1026,)
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
@@ -436,9 +436,10 @@ def test_fuzz_tiny_models(seed):
 
 @pytest.mark.parametrize("seed", CI_CONV_SEEDS)
 def test_fuzz_tiny_conv_models(seed):
-    """Tiny convolutional models (issue 25), likewise: seed 1013 a 3x3 convolution with padding
-    over five channels of 5x5, average-pooled after a threshold activation (A10); seed 1026 two
-    convolutions, the first max-pooled, the second with a threshold activation."""
+    """Tiny convolutional models (issue 25), likewise: seed 1026 two convolutions, the first
+    max-pooled, the second with a threshold activation (seed 1013, a padded 3x3 convolution
+    average-pooled after a threshold activation, runs in ``python -m accel.fuzz``: the suite's
+    12 minutes)."""
     options = {**CI_OPTIONS, "conv": True}
     case = random_cases.random_case(seed, **options)
     assert case.plan.has_conv

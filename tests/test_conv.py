@@ -290,7 +290,7 @@ def test_the_engine_runs_the_pipelines_conv_net_exactly(conv_run):
 
     config, result = conv_run
     model = result.model
-    data = load_dataset(config.dataset, seed=config.seed)
+    data = load_dataset(config.dataset or "digits", seed=config.seed)
     x = sim.quantize_input(model, data.x_test[:3])
     run = run_engine(EnginePlan.from_model(model, n_pes=2), x)
     want = sim.trace(model, x)
