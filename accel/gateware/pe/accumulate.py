@@ -129,9 +129,9 @@ class Accumulate(wiring.Component):
         m.d.sync += [e6.eq(e5), written.eq(total)]
 
         def same_row(earlier, later):
-            return (earlier.valid & ~earlier.fence & (earlier.row == later.row)
-                    & (earlier.position == later.position)
+            same = (earlier.valid & ~earlier.fence & (earlier.row == later.row)
                     & (earlier.layer == later.layer) & (earlier.bank == later.bank))
+            return same & (earlier.position == later.position) if plan.has_conv else same
 
         # Whether E5's and E6's entries hit E4's row, compared a clock ahead (E4 against E3,
         # E5 against E3) and registered: the forward mux's selects come from flip-flops

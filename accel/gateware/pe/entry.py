@@ -99,9 +99,10 @@ class EntryStage(wiring.Component):
         m.d.sync += [
             e0.valid.eq(self.i.valid), e0.fence.eq(current.fence), e0.first.eq(fresh),
             e0.layer.eq(current.layer), e0.bank.eq(current.bank), e0.value.eq(current.value),
-            e0.position.eq(current.position),
             e1.eq(e0),
         ]
+        if plan.has_conv:
+            m.d.sync += e0.position.eq(current.position)
 
         # -- E1: each layer's entry word registered as it leaves its block RAM; E1R: the word
         # of the entry's layer (block RAM read data is slow: timing) --------------------------

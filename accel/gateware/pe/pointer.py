@@ -163,7 +163,8 @@ class PointerStage(wiring.Component):
         # choice is several LUTs deep, and each pointer memory's block RAMs sit apart).
         context = data.StructLayout({"value": w.value_shape, "layer": unsigned(plan.layer_bits),
                                      "bank": unsigned(plan.bank_bits), "fence": 1,
-                                     "position": unsigned(w.position_bits)})
+                                     **({"position": unsigned(w.position_bits)}
+                                        if plan.has_conv else {})})
         p0, p0_valid = Signal(context), Signal()
         p0_column = Signal.like(item.column)
         m.d.sync += p0_valid.eq(to_p0)
@@ -210,8 +211,10 @@ class PointerStage(wiring.Component):
             column.penultimate.eq(p2_count - 2),
             column.single.eq(p2.fence | (p2_count == 1)),
             column.value.eq(p2.value), column.layer.eq(p2.layer), column.bank.eq(p2.bank),
-            column.fence.eq(p2.fence), column.position.eq(p2.position),
+            column.fence.eq(p2.fence),
         ]
+        if plan.has_conv:
+            m.d.sync += column.position.eq(p2.position)
         m.d.comb += [
             columns.w_data.eq(column), columns.w_en.eq(p3_valid),
             self.o.valid.eq(columns.r_rdy), self.o.payload.eq(columns.r_data),

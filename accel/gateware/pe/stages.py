@@ -38,6 +38,13 @@ def pe_widths(plan: EnginePlan) -> _Widths:
     return _Widths(plan)
 
 
+def _conv_fields(plan: EnginePlan) -> dict:
+    """A convolution's output position, carried with columns and entries; no field at all in
+    a plan of Linear layers (not even one of no bits, whose name would change the netlist
+    that place and route sees)."""
+    return {"position": unsigned(pe_widths(plan).position_bits)} if plan.has_conv else {}
+
+
 def column_layout(plan: EnginePlan) -> data.StructLayout:
     """A queued column: its first entry and the offset of its last but one, or a fence.
 
@@ -50,7 +57,7 @@ def column_layout(plan: EnginePlan) -> data.StructLayout:
     return data.StructLayout({
         "start": unsigned(w.pointer_bits), "penultimate": unsigned(w.pointer_bits),
         "single": 1, "value": w.value_shape, "layer": unsigned(plan.layer_bits),
-        "bank": unsigned(plan.bank_bits), "fence": 1, "position": unsigned(w.position_bits),
+        "bank": unsigned(plan.bank_bits), "fence": 1, **_conv_fields(plan),
     })
 
 
@@ -66,7 +73,7 @@ def entry_layout(plan: EnginePlan) -> data.StructLayout:
                               "layer": unsigned(plan.layer_bits),
                               "bank": unsigned(plan.bank_bits),
                               "value": w.value_shape, "row": unsigned(w.row_bits),
-                              "position": unsigned(w.position_bits)})
+                              **_conv_fields(plan)})
 
 
 def drained_layout(plan: EnginePlan) -> data.StructLayout:
@@ -78,10 +85,10 @@ def drained_layout(plan: EnginePlan) -> data.StructLayout:
     values); none of them in a plan of Linear layers.
     """
     w = pe_widths(plan)
+    window = {"first": 1, "last": 1, "average": 1} if plan.has_conv else {}
     return data.StructLayout({"valid": 1, "end": 1, "layer": unsigned(plan.layer_bits),
                               "bank": unsigned(plan.bank_bits), "row": unsigned(w.row_bits),
-                              "first": unsigned(w.window_bits), "last": unsigned(w.window_bits),
-                              "average": unsigned(w.window_bits)})
+                              **window})
 
 
 def requant_input_layout(plan: EnginePlan) -> data.StructLayout:
