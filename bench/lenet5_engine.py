@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, mnist_missing  # noqa: E402
+from accel_build import torch_batch1  # noqa: E402  (one thread, best of repeats)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
@@ -44,23 +44,6 @@ from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 
 #: The ULX3S-85F's hard multipliers (the dense ceiling is this many MACs per clock).
 MULTIPLIERS = 156
-
-
-def torch_batch1(model, x: np.ndarray, repeats: int) -> float:
-    """PyTorch float inferences per second at batch 1, one thread (best of ``repeats``)."""
-    torch.set_num_threads(1)
-    net = model.to_torch().eval()
-    rows = [torch.from_numpy(row[None, :]) for row in x.astype(np.float32)]
-    best = float("inf")
-    with torch.inference_mode():
-        for row in rows[:50]:
-            net(row)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for row in rows:
-                net(row)
-            best = min(best, time.perf_counter() - start)
-    return len(rows) / best
 
 
 def run_model(path: Path, data, args) -> dict:
@@ -90,7 +73,8 @@ def run_model(path: Path, data, args) -> dict:
         "dense_macs_per_inference": _dense_macs(model, plan),
         "accuracy_int": float((sim.run(model, x).argmax(axis=1)
                                == data.y_test[:len(x)]).mean()),
-        "torch_batch1": torch_batch1(model, data.x_test[:2000], args.repeats),
+        "torch_batch1": torch_batch1(model, data.x_test[:2000].astype(np.float32),
+                                     args.repeats, 1),
     }
 
 
