@@ -111,11 +111,17 @@ class TapWalk(wiring.Component):
         t3_take = ~t3_valid | self.o.ready
         lowest = Signal(max_taps)
         m.d.comb += lowest.eq(_lowest_set(remaining))
+        # Whether ``remaining`` is empty, or has at most one tap, kept in registers beside it:
+        # they gate the stage's ``ready``, which reaches back through the issue to the group
+        # queue's read, and computed from ``remaining`` they were a priority chain on that path
+        # (timing: 65 MHz).
+        none_left = Signal(init=1)
+        one_left = Signal(init=1)                   # at most one
         # T2 is done with its item in this clock: a convolution's after its last tap (or at
         # once, with none), any other item when it moves to T3.
-        t2_last = Mux(t2_conv, (remaining & ~lowest) == 0, 1)
-        t2_emit = t2_valid & t3_take & Mux(t2_conv, remaining != 0, 1)
-        t2_free = ~t2_valid | Mux(t2_conv, (remaining == 0) | t2_emit & t2_last, t2_emit)
+        t2_last = Mux(t2_conv, one_left, 1)
+        t2_emit = t2_valid & t3_take & Mux(t2_conv, ~none_left, 1)
+        t2_free = ~t2_valid | Mux(t2_conv, none_left | t2_emit & t2_last, t2_emit)
         t1_take = ~t1_valid | t2_free
         t0_take = ~t0_valid | t1_take
         m.d.comb += self.i.ready.eq(t0_take)
@@ -178,12 +184,16 @@ class TapWalk(wiring.Component):
                              walk_channel.eq(base)]
 
         # -- T2: one tap a clock, lowest first --------------------------------------------------
+        rest = remaining & ~lowest
         with m.If(t2_free):
             m.d.sync += [t2_valid.eq(t1_valid), t2.eq(t1), t2_conv.eq(t1_conv & t1_valid),
                          remaining.eq(walk_mask), t2_base.eq(walk_base),
-                         t2_channel.eq(walk_channel)]
+                         t2_channel.eq(walk_channel),
+                         none_left.eq(walk_mask == 0),
+                         one_left.eq((walk_mask & ~_lowest_set(walk_mask)) == 0)]
         with m.Elif(t2_emit & t2_conv):
-            m.d.sync += remaining.eq(remaining & ~lowest)
+            m.d.sync += [remaining.eq(rest), none_left.eq(one_left),
+                         one_left.eq((rest & ~_lowest_set(rest)) == 0)]
 
         # -- T3: the tap's column and position (one-hot selects, then one add each) -------------
         tap = Signal(range(max_taps))
