@@ -108,6 +108,12 @@ def main() -> int:
     report = None
     if clock_mhz is None and args.report is not None:
         report = json.loads(args.report.read_text())
+        engine = report["engine"]
+        if (engine["n_pes"], engine["banks"]) != (args.pes, args.banks):
+            print(f"{args.report} is a build of {engine['n_pes']} PEs and {engine['banks']} "
+                  f"bank(s), not --pes {args.pes} --banks {args.banks}: its clock is another "
+                  "engine's")
+            return 2
         clock_mhz, source = float(report["clock_mhz"]), f"the build report {args.report}"
     if clock_mhz is None:
         clock_mhz, source = 100.0, "nominal"
@@ -130,8 +136,10 @@ def main() -> int:
               f"{rate:>9,.0f} {row['torch_batch1']:>8,.0f} {row['over_torch']:>5.1f}x "
               f"{row['dense_over_ceiling']:>12.2f}x")
     if report is not None:
-        print(f"\nthe build ({args.report}): {report.get('luts')} LUT4, {report.get('brams')} "
-              f"block RAMs, {report.get('multipliers')} multipliers")
+        used = report["utilization"]
+        print(f"\nthe build ({args.report}): {used['luts']['used']:,} LUT4, "
+              f"{used['block_rams']['used']} block RAMs, {used['multipliers']['used']} "
+              f"multipliers")
     if args.json:
         args.json.write_text(json.dumps({"clock_mhz": clock_mhz, "clock_source": source,
                                          "models": rows}, indent=2))
