@@ -69,7 +69,7 @@ GROUP_QUEUE_SLACK = 5
 #: Each PE's group queue when not told: 64 groups, or 513 with convolutions. A convolution's
 #: input arrives channel by channel (the drain walks a channel's map, then the next), and a PE's
 #: work differs from channel to channel: a queue of many channels' groups lets each PE run
-#: ahead of the others (LeNet-5 on 16 PEs: 15,176 clocks an image with 64, 13,862 with 509).
+#: ahead of the others (LeNet-5 on 16 PEs: 15,176 clocks an image with 64, 13,862 with 513).
 #: 512 words of a group are one or two block RAMs wide, as 64 are: the depth costs nothing.
 DEFAULT_QUEUE_DEPTH, CONV_QUEUE_DEPTH = 64, 513
 #: The shallowest PE group queue: one that cannot hold :data:`GROUP_QUEUE_SLACK` groups is never

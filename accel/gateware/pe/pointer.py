@@ -7,7 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from accel.gateware.layouts import layouts
-from accel.gateware.pe.stages import column_layout, pe_widths
+from accel.gateware.pe.stages import _conv_fields, column_layout, pe_widths
 from accel.gateware.pe.taps import TapWalk
 from accel.gateware.primitives import (_RegisteredFIFO, _check_plan, _lowest_set, _memory,
                                        _read_port, _registered, _switch)
@@ -163,8 +163,7 @@ class PointerStage(wiring.Component):
         # choice is several LUTs deep, and each pointer memory's block RAMs sit apart).
         context = data.StructLayout({"value": w.value_shape, "layer": unsigned(plan.layer_bits),
                                      "bank": unsigned(plan.bank_bits), "fence": 1,
-                                     **({"position": unsigned(w.position_bits)}
-                                        if plan.has_conv else {})})
+                                     **_conv_fields(plan)})
         p0, p0_valid = Signal(context), Signal()
         p0_column = Signal.like(item.column)
         m.d.sync += p0_valid.eq(to_p0)

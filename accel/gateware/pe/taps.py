@@ -117,6 +117,10 @@ class TapWalk(wiring.Component):
         # (timing: 65 MHz).
         none_left = Signal(init=1)
         one_left = Signal(init=1)                   # at most one
+
+        def at_most_one(bits):
+            return (bits & ~_lowest_set(bits)) == 0
+
         # T2 is done with its item in this clock: a convolution's after its last tap (or at
         # once, with none), any other item when it moves to T3.
         t2_last = Mux(t2_conv, one_left, 1)
@@ -190,10 +194,10 @@ class TapWalk(wiring.Component):
                          remaining.eq(walk_mask), t2_base.eq(walk_base),
                          t2_channel.eq(walk_channel),
                          none_left.eq(walk_mask == 0),
-                         one_left.eq((walk_mask & ~_lowest_set(walk_mask)) == 0)]
+                         one_left.eq(at_most_one(walk_mask))]
         with m.Elif(t2_emit & t2_conv):
             m.d.sync += [remaining.eq(rest), none_left.eq(one_left),
-                         one_left.eq((rest & ~_lowest_set(rest)) == 0)]
+                         one_left.eq(at_most_one(rest))]
 
         # -- T3: the tap's column and position (one-hot selects, then one add each) -------------
         tap = Signal(range(max_taps))
