@@ -319,9 +319,28 @@ async def _drain(ctx, dut, layer: int, bank: int, rows: int, feed=None) -> list[
     return sums
 
 
-@pytest.mark.parametrize("name", list(PLANS))
+def _conv_plan() -> EnginePlan:
+    """A convolution whose accumulator (100 positions x 2 rows) goes to block RAM, then a
+    Linear layer (LUT RAM): both of the MAC's read paths."""
+    from test_accel_conv_engine import _conv_net
+
+    from compress.geometry import ConvGeometry
+
+    model, _ = _conv_net(ConvGeometry(1, 10, 10, 3, 3, padding=1), out_channels=4)
+    return EnginePlan.from_model(model, n_pes=2, banks=2)
+
+
+ACCUMULATE_PLANS = {**{name: lambda name=name: _plan(name) for name in PLANS}, "conv": _conv_plan}
+
+
+def _accumulator_depth(plan: EnginePlan, layer: int) -> int:
+    spec = plan.layers[layer]
+    return spec.image.rows_per_pe if spec.conv is None else spec.conv.accumulator_depth
+
+
+@pytest.mark.parametrize("name", list(ACCUMULATE_PLANS))
 def test_accumulate_sums_forwarding_retire_and_read_clear(name):
-    plan = _plan(name)
+    plan = ACCUMULATE_PLANS[name]()
     w = pe_widths(plan)
     dut = Accumulate(plan)
     rng = random.Random(4)
@@ -331,15 +350,21 @@ def test_accumulate_sums_forwarding_retire_and_read_clear(name):
     weight_max = (1 << (w.weight_bits - 1)) - 1
 
     def entry(layer, bank, *, fence=False):
-        rows = plan.layers[layer].image.rows_per_pe
-        # Rows from a small set: the same row back to back and two clocks apart (forwarding).
-        row = rng.randrange(min(rows, 3))
+        spec = plan.layers[layer]
+        # Rows (and positions) from a small set: the same accumulator word back to back and
+        # two and three clocks apart (forwarding).
+        row = rng.randrange(min(spec.image.rows_per_pe, 3))
+        position = 0 if spec.conv is None else rng.choice([0, 1, spec.conv.positions - 1])
+        address = row if spec.conv is None else spec.conv.address(position, row)
         value, weight = rng.randint(-7, 7), rng.randint(-weight_max, weight_max)
         if not fence:
-            key = (layer, bank, row)
+            key = (layer, bank, address)
             sums[key] = sums.get(key, 0) + value * weight
-        return {"entry": {"valid": 1, "fence": int(fence), "first": 0, "layer": layer,
-                          "bank": bank, "value": value, "row": row}, "weight": weight}
+        fields = {"valid": 1, "fence": int(fence), "first": 0, "layer": layer, "bank": bank,
+                  "value": value, "row": row}
+        if plan.has_conv:
+            fields["position"] = position
+        return {"entry": fields, "weight": weight}
 
     def record_retire(ctx, clock):
         if ctx.get(dut.retire.valid):
@@ -375,7 +400,7 @@ def test_accumulate_sums_forwarding_retire_and_read_clear(name):
                 else:
                     ctx.set(dut.i, {"entry": {"valid": 0}, "weight": 0})
 
-            rows = plan.layers[layer].image.rows_per_pe
+            rows = _accumulator_depth(plan, layer)
             got = await _drain(ctx, dut, layer, bank, rows, feed)
             ctx.set(dut.i, {"entry": {"valid": 0}, "weight": 0})
             for _ in range(4):                   # the last products reach their rows
@@ -384,7 +409,7 @@ def test_accumulate_sums_forwarding_retire_and_read_clear(name):
             assert got == expected, (layer, bank)
         # Every row was cleared as it was read: only the sums added since remain.
         for layer, bank in contexts:
-            rows = plan.layers[layer].image.rows_per_pe
+            rows = _accumulator_depth(plan, layer)
             got = await _drain(ctx, dut, layer, bank, rows)
             assert got == [_signed(sums.pop((layer, bank, r), 0), w.acc_bits)
                            for r in range(rows)], (layer, bank)

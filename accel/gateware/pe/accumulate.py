@@ -73,8 +73,8 @@ class Accumulate(wiring.Component):
         The drain's read-and-clear port.
 
     Latency and throughput: E2: operands registered; E3: multiply; E4: product registered and
-    the row read; E5: add and write. One entry per clock, with no stall: E4 takes the sums of
-    the two writes its read misses (same row back to back) from E5's adder and from E6.
+    the row read; E5: add and write. One entry per clock, with no stall: E5 takes the sums of
+    the two writes its read misses (the same row 1 or 2 entries ahead) from E6 and E7.
     """
 
     def __init__(self, plan: EnginePlan):
@@ -102,49 +102,45 @@ class Accumulate(wiring.Component):
         product = Signal(signed(w.weight_bits + plan.value_bits))
         m.d.comb += product.eq(mac.p)
 
-        # -- E4: the accumulator's row, registered; E5: accumulate (A5) and write it back -------
-        # Reading in one clock and adding in the next keeps the LUT RAM's read (and its mux
-        # tree) and the adder in separate clocks (timing). The row E5 writes in the clock E4
-        # registers the same row was read before that write: E4 takes E5's new sum instead; and
-        # the read misses the write of the clock before it too (it is not transparent): E4 then
-        # takes that sum, registered (E6). One register and one adder serve every (layer,
-        # bank) memory (area).
+        # -- E4: the product registered, the row read; E5: accumulate (A5) and write it back ---
+        # The row an entry adds to reaches E5 from flip-flops (timing): a LUT RAM's registered
+        # read, or the register a block RAM's slow read data goes into first (``_memories``).
+        # A read misses the writes of the two entries ahead of its entry: E5 takes their sums
+        # instead (E6's, then E7's), the hits compared a clock ahead (E5 against E4, E6 against
+        # E4) so that the forward mux's selects come from flip-flops too. One adder serves every
+        # (layer, bank) memory (area).
         e5 = Signal(stage)
         e5_product = Signal.like(product)
         m.d.sync += [e5.eq(e4), e5_product.eq(product)]
-        accumulated = Signal(signed(w.acc_bits))
         total = Signal(signed(w.acc_bits + 1))
-        m.d.comb += total.eq(accumulated + e5_product)
-        read_rows = self._memories(m, platform, e2, e4, total)
+        mac_rows, drain_rows = self._memories(m, platform, e2, e3, e4, total)
         contexts = range(1 << (plan.layer_bits + plan.bank_bits))
 
-        def row_of(selector, name):
-            choices = [read_rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
+        def row_of(selector, rows, name):
+            choices = [rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
                        for i in contexts]
             return _switch(m, selector, choices, signed(w.acc_bits), name)
 
-        e4_read = row_of(Cat(e4.bank, e4.layer), "e4_read")
+        e5_read = row_of(Cat(e5.bank, e5.layer), mac_rows, "e5_read")
         e6 = Signal(stage)                          # the entry E5 accumulated a clock ago
-        written = Signal(signed(w.acc_bits))        # and the sum it wrote
-        m.d.sync += [e6.eq(e5), written.eq(total)]
+        written6 = Signal(signed(w.acc_bits))       # the sums written 1 and 2 clocks ago
+        written7 = Signal(signed(w.acc_bits))
+        m.d.sync += [e6.eq(e5), written6.eq(total), written7.eq(written6)]
 
         def same_row(earlier, later):
             same = (earlier.valid & ~earlier.fence & (earlier.row == later.row)
                     & (earlier.layer == later.layer) & (earlier.bank == later.bank))
             return same & (earlier.position == later.position) if plan.has_conv else same
 
-        # Whether E5's and E6's entries hit E4's row, compared a clock ahead (E4 against E3,
-        # E5 against E3) and registered: the forward mux's selects come from flip-flops
-        # (timing).
-        hit5, hit6 = Signal(), Signal()
-        m.d.sync += [hit5.eq(same_row(e4, e3)), hit6.eq(same_row(e5, e3))]
-        m.d.sync += accumulated.eq(Mux(hit5, total, Mux(hit6, written, e4_read)))
+        hit6, hit7 = Signal(), Signal()
+        m.d.sync += [hit6.eq(same_row(e5, e4)), hit7.eq(same_row(e6, e4))]
+        m.d.comb += total.eq(Mux(hit6, written6, Mux(hit7, written7, e5_read)) + e5_product)
         m.d.comb += [
             self.retire.valid.eq(e5.valid & e5.fence),
             self.retire.layer.eq(e5.layer),
             self.retire.bank.eq(e5.bank),
             drain.sum.eq(row_of(Cat(drain.sum_context.bank, drain.sum_context.layer),
-                                "drained_row")),
+                                drain_rows, "drained_row")),
         ]
         return m
 
@@ -155,40 +151,45 @@ class Accumulate(wiring.Component):
             return entry.row
         return Cat(entry.row[:layer.image.row_bits], entry.position)
 
-    def _memories(self, m, platform, e2, e4, total):
+    def _memories(self, m, platform, e2, e3, e4, total):
         """The (layer, bank) memories, their ports shared by the MAC and the drain; returns
-        each memory's read data."""
+        each memory's row for E5 (from flip-flops) and its read data for the drain."""
         plan, w, drain = self._plan, pe_widths(self._plan), self.drain
-        read_rows = {}
+        mac_rows, drain_rows = {}, {}
         for i, layer in enumerate(plan.layers):
             for b in range(plan.banks):
-                # LUT RAM, even when deep: the read-add-write loop has one clock, which block
-                # RAM's slow read data would not leave enough of (timing); flip-flops when a
-                # row or two (``REGISTER_DEPTH``: area). The read is not
-                # transparent to the write (a transparent read would put the write data, after
-                # the adder, on the read path: timing); the MAC forwards the sums its read
-                # misses instead (E4).
-                # A convolution's: word ``(position << row_bits) | row``, whole output maps,
-                # in block RAM (its registered read is this loop's read: the same clocks).
+                # LUT RAM, or flip-flops when a row or two (``REGISTER_DEPTH``: area): a fast
+                # read. A convolution's memory (word ``(position << row_bits) | row``, whole
+                # output maps) deeper than ``SMALL_MEMORY_DEPTH`` goes to block RAM, whose read
+                # data (5.8 ns clock-to-out on the ECP5) goes into a register of its own before
+                # it crosses the chip to the adder (timing). The block RAM is read a clock
+                # earlier (E3's row, from E2) than LUT RAM (E4's row, from E3), so both reach
+                # E5 from flip-flops. Neither read is transparent to the write (that would put
+                # the adder on the read path: timing); E5 forwards the sums its read misses.
                 depth = layer.image.rows_per_pe if layer.conv is None \
                     else layer.conv.positions << layer.image.row_bits
-                attrs = _shallow_attrs(platform, depth) if layer.conv is None \
-                    or depth <= SMALL_MEMORY_DEPTH else {}
+                block = layer.conv is not None and depth > SMALL_MEMORY_DEPTH
                 mem = Memory(shape=signed(layer.accumulator_bits), depth=depth, init=[],
-                             attrs=attrs)
+                             attrs={} if block else _shallow_attrs(platform, depth))
                 m.submodules[f"acc{i}_{b}"] = mem
                 wport, rport = mem.write_port(), mem.read_port()
-                # Each memory's read address, registered from its next value: the LUT RAM's
+                # Each memory's read address, registered from its next value: the memory's
                 # address pins then come straight from flip-flops of their own (timing): the
-                # drain's row for the memory being drained, else E2's row (E3's in the next
-                # clock).
+                # drain's row for the memory being drained, else the MAC's.
                 draining = Signal(name=f"draining{i}_{b}")
                 draining_next = Mux(drain.start, (drain.context.layer == i)
                                     & (drain.context.bank == b), draining & ~drain.done)
                 read_address = Signal(w.address_bits, name=f"read_address{i}_{b}")
                 m.d.sync += [draining.eq(draining_next),
                              read_address.eq(Mux(draining_next, drain.row_next,
-                                                 self._address(layer, e2)))]
+                                                 self._address(layer, e2 if block else e3)))]
+                if block:
+                    held = Signal(signed(layer.accumulator_bits), name=f"read{i}_{b}")
+                    m.d.sync += held.eq(rport.data)
+                    mac_rows[i, b] = held
+                else:
+                    mac_rows[i, b] = rport.data
+                drain_rows[i, b] = rport.data
                 # The write's enable and address, registered a clock ahead: they fan out to
                 # every LUT RAM cell of the memory (timing). The drain clears the row it
                 # issues, E5 writes E4's.
@@ -201,11 +202,10 @@ class Accumulate(wiring.Component):
                     mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
                     write_row.eq(Mux(clear_next, drain.row, self._address(layer, e4))),
                 ]
-                read_rows[i, b] = rport.data
                 m.d.comb += [
                     rport.addr.eq(read_address[:len(rport.addr)]),
                     wport.addr.eq(write_row[:len(wport.addr)]),
                     wport.data.eq(Mux(clearing, 0, total)),
                     wport.en.eq(clearing | mac),
                 ]
-        return read_rows
+        return mac_rows, drain_rows
