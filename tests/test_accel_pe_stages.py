@@ -303,8 +303,8 @@ async def _drain(ctx, dut, layer: int, bank: int, rows: int, feed=None) -> list[
     ctx.set(dut.drain.sum_context, context)
     ctx.set(dut.drain.context, context)
     steps = [("start", 0, 0)] + [("clear", k, k + 1) for k in range(rows)] + [("done", rows, 0)]
-    issued = None
-    for kind, row, row_next in steps + [(None, 0, 0)]:
+    issued = [False, False]             # whether a row was issued 2 and 1 clocks ago
+    for kind, row, row_next in steps + [(None, 0, 0)] * 2:
         _idle_drain(ctx, dut)
         if kind is not None:
             ctx.set(getattr(dut.drain, kind), 1)
@@ -312,9 +312,9 @@ async def _drain(ctx, dut, layer: int, bank: int, rows: int, feed=None) -> list[
             ctx.set(dut.drain.row_next, row_next)
         if feed is not None:
             feed()
-        if issued is not None:          # the row issued a clock ago
+        if issued[0]:                   # the sum of the row issued two clocks ago
             sums.append(ctx.get(dut.drain.sum))
-        issued = row if kind == "clear" else None
+        issued = [issued[1], kind == "clear"]
         await ctx.tick()
     return sums
 
@@ -544,21 +544,22 @@ def test_drain_sequencer_rows_biases_ids_and_credits(name):
 
     async def testbench(ctx):
         pending = list(commands)
-        issued = None                            # (context, row) issued a clock ago
+        issued = [None, None]                    # (context, row) issued 2 and 1 clocks ago
         current = None                           # the context being drained
         for _ in range(3000):
-            # The accumulator memories, as the read-and-clear port promises them.
+            # The accumulator memories, as the read-and-clear port promises them: the sum of
+            # the row issued two clocks ago.
             context = ctx.get(dut.acc.sum_context)
-            if issued is not None:
-                (layer, bank), row = issued
+            if issued[0] is not None:
+                (layer, bank), row = issued[0]
                 assert (context.layer, context.bank) == (layer, bank)
                 ctx.set(dut.acc.sum, _fake_sum(plan, layer, bank, row))
-            issued = None
+            issued = [issued[1], None]
             if ctx.get(dut.acc.start):
                 started = ctx.get(dut.acc.context)
                 current = (started.layer, started.bank)
             elif ctx.get(dut.acc.clear):
-                issued = (current, ctx.get(dut.acc.row))
+                issued[1] = (current, ctx.get(dut.acc.row))
             send = bool(pending) and ctx.get(dut.i.ready) and rng.random() < 0.5
             ctx.set(dut.i.valid, send)
             if send:
@@ -610,9 +611,9 @@ def test_drain_sequencer_latency_one_row_per_clock_and_credit_stall():
 
     _run(dut, testbench)
     # A command: registered, queued (loaded 2 clocks after it arrives), its first row issued
-    # the clock after and in ``o`` 3 clocks after its issue; then a row per clock and the end
+    # the clock after and in ``o`` 4 clocks after its issue; then a row per clock and the end
     # mark, as far as the list has places.
-    first = 6
+    first = 7
     assert seen[0] == first
     assert seen == list(range(first, first + min(rows + 1, list_depth)))
 

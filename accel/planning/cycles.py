@@ -24,12 +24,13 @@ __all__ = ["HIDDEN_LAYER_LATENCY", "LAST_LAYER_LATENCY", "LAYER_LATENCY", "MODEL
 #: fence, the column masks' register, the group queue), the PE's registered input and queue,
 #: pointer read and column queue, MAC pipeline. Registers after every block RAM read and at
 #: every crossing between blocks count one clock each. Fitted to single-image latencies on
-#: 1 to 8 PEs and 1 to 4 layers (Amaranth simulation, 2026-12-03): 54 to 60.
-HIDDEN_LAYER_LATENCY = 57
+#: 1 to 8 PEs and 1 to 4 layers (Amaranth simulation, 2026-12-03): 54 to 60; one more since
+#: the drain takes the accumulator's read data from a register (2026-12-06).
+HIDDEN_LAYER_LATENCY = 58
 #: Clocks from the last layer's last accumulate to its first logit leaving the engine, less its
 #: drain (``rows_per_pe`` rows): fence, drain command, drain pipeline, logit list, collector.
-#: Fitted like :data:`HIDDEN_LAYER_LATENCY`: 61.
-LAST_LAYER_LATENCY = 61
+#: Fitted like :data:`HIDDEN_LAYER_LATENCY`: 61, and one more (2026-12-06).
+LAST_LAYER_LATENCY = 62
 #: The old single figure (hidden and last layers alike), kept for callers that quote it.
 LAYER_LATENCY = HIDDEN_LAYER_LATENCY
 #: The cycle model's range of validity (``docs/accelerator.md``, measured by ``accel.fuzz``):

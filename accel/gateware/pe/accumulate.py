@@ -30,7 +30,7 @@ class ReadClearSignature(wiring.Signature):
         Strobe: the context's last clock (the memory goes back to the MAC after it).
     clear : Out(1)
         Strobe: row ``row`` is issued: its sum is read (``sum``, two clocks later) and the row
-        is cleared for the next image.
+        is cleared for the next image (in the next clock).
     row, row_next : Out(address_bits)
         The drain's accumulator address (a local row; a convolution's
         ``(position << row_bits) | row``) and its value in the next clock (the read address
@@ -38,7 +38,8 @@ class ReadClearSignature(wiring.Signature):
     sum_context : Out(context)
         Whose memory ``sum`` shows.
     sum : In(signed(acc_bits))
-        The row read a clock ago from ``sum_context``'s memory (row ``row`` of two clocks ago).
+        The row ``row`` of two clocks ago, from ``sum_context``'s memory, out of a register
+        (timing).
     """
 
     def __init__(self, plan: EnginePlan):
@@ -113,15 +114,15 @@ class Accumulate(wiring.Component):
         e5_product = Signal.like(product)
         m.d.sync += [e5.eq(e4), e5_product.eq(product)]
         total = Signal(signed(w.acc_bits + 1))
-        mac_rows, drain_rows = self._memories(m, platform, e2, e3, e4, total)
+        rows = self._memories(m, platform, e2, e3, e4, total)
         contexts = range(1 << (plan.layer_bits + plan.bank_bits))
 
-        def row_of(selector, rows, name):
+        def row_of(selector, name):
             choices = [rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
                        for i in contexts]
             return _switch(m, selector, choices, signed(w.acc_bits), name)
 
-        e5_read = row_of(Cat(e5.bank, e5.layer), mac_rows, "e5_read")
+        e5_read = row_of(Cat(e5.bank, e5.layer), "e5_read")
         e6 = Signal(stage)                          # the entry E5 accumulated a clock ago
         written6 = Signal(signed(w.acc_bits))       # the sums written 1 and 2 clocks ago
         written7 = Signal(signed(w.acc_bits))
@@ -140,7 +141,7 @@ class Accumulate(wiring.Component):
             self.retire.layer.eq(e5.layer),
             self.retire.bank.eq(e5.bank),
             drain.sum.eq(row_of(Cat(drain.sum_context.bank, drain.sum_context.layer),
-                                drain_rows, "drained_row")),
+                                "drained_row")),
         ]
         return m
 
@@ -153,9 +154,9 @@ class Accumulate(wiring.Component):
 
     def _memories(self, m, platform, e2, e3, e4, total):
         """The (layer, bank) memories, their ports shared by the MAC and the drain; returns
-        each memory's row for E5 (from flip-flops) and its read data for the drain."""
+        each memory's read data, from flip-flops, for E5 and the drain."""
         plan, w, drain = self._plan, pe_widths(self._plan), self.drain
-        mac_rows, drain_rows = {}, {}
+        rows = {}
         for i, layer in enumerate(plan.layers):
             for b in range(plan.banks):
                 # LUT RAM, or flip-flops when a row or two (``REGISTER_DEPTH``: area): a fast
@@ -179,17 +180,22 @@ class Accumulate(wiring.Component):
                 draining = Signal(name=f"draining{i}_{b}")
                 draining_next = Mux(drain.start, (drain.context.layer == i)
                                     & (drain.context.bank == b), draining & ~drain.done)
+                # The drain's row: the block RAM reads it in the clock it is issued (from
+                # ``row_next``), LUT RAM a clock later (from ``row``, as the row is cleared:
+                # the read is not transparent, it sees the sum), so that both reach the drain
+                # from flip-flops two clocks after the issue.
                 read_address = Signal(w.address_bits, name=f"read_address{i}_{b}")
-                m.d.sync += [draining.eq(draining_next),
-                             read_address.eq(Mux(draining_next, drain.row_next,
-                                                 self._address(layer, e2 if block else e3)))]
+                if block:
+                    read_next = Mux(draining_next, drain.row_next, self._address(layer, e2))
+                else:
+                    read_next = Mux(draining, drain.row, self._address(layer, e3))
+                m.d.sync += [draining.eq(draining_next), read_address.eq(read_next)]
                 if block:
                     held = Signal(signed(layer.accumulator_bits), name=f"read{i}_{b}")
                     m.d.sync += held.eq(rport.data)
-                    mac_rows[i, b] = held
+                    rows[i, b] = held
                 else:
-                    mac_rows[i, b] = rport.data
-                drain_rows[i, b] = rport.data
+                    rows[i, b] = rport.data
                 # The write's enable and address, registered a clock ahead: they fan out to
                 # every LUT RAM cell of the memory (timing). The drain clears the row it
                 # issues, E5 writes E4's.
@@ -208,4 +214,4 @@ class Accumulate(wiring.Component):
                     wport.data.eq(Mux(clearing, 0, total)),
                     wport.en.eq(clearing | mac),
                 ]
-        return mac_rows, drain_rows
+        return rows

@@ -1,5 +1,5 @@
 """The PE's drain sequencer: commands in, one accumulator row per clock read, cleared and sent
-to the requantizer with its bias and row id (D0 .. D1B), within the lists' credits."""
+to the requantizer with its bias and row id (D0 .. D1C), within the lists' credits."""
 
 from __future__ import annotations
 
@@ -48,9 +48,11 @@ class DrainSequencer(wiring.Component):
         The PE's copy of the write bus (bias and row id memories).
 
     Latency and throughput: a command is loaded 2 clocks after it arrives (registered, then
-    queued), its first row issued in the next clock (D0) and in ``o`` 3 clocks after its issue
-    (D1: memories read; D1B: each layer's words registered; D1R: the layer's registered): 6
-    clocks from a command to its first row in an idle sequencer. One
+    queued), its first row issued in the next clock (D0) and in ``o`` 4 clocks after its issue
+    (D1: memories read; D1B: each layer's words and the row's sum out of their memories'
+    registers; D1C: the layer's words and the sum chosen, registered; D1R: the row
+    registered): 7 clocks from a command to its
+    first row in an idle sequencer. One
     row per clock while the destination list has a place for it (a credit), then the end mark
     in the clock after the last row; a context with no rows here is its end mark alone.
     """
@@ -168,39 +170,50 @@ class DrainSequencer(wiring.Component):
                          d1.average.eq(window.average), d1_low.eq(window.low)]
 
         # -- D1: each layer's bias and row id registered as they leave their memories (block
-        # RAM read data is slow: timing); the row's sum, from the context's accumulator memory
-        # (no MAC runs on a context being drained), registered ---------------------------------
+        # RAM read data is slow: timing); the row's accumulator read (no MAC runs on a context
+        # being drained) --------------------------------------------------------------------------
         bias_words = _registered(m, biases, "bias_word")
         row_id_words = _registered(m, row_ids, "row_id_word")
         d1b = Signal(d_layout)
-        d1b_sum = Signal(signed(w.acc_bits))
-        m.d.comb += [self.acc.sum_context.layer.eq(d1.layer),
-                     self.acc.sum_context.bank.eq(d1.bank)]
-        m.d.sync += [d1b.eq(d1), d1b_sum.eq(self.acc.sum)]
-        if window is not None:
-            d1b_low = Signal.like(d1_low)
-            m.d.sync += d1b_low.eq(d1_low)
+        m.d.sync += d1b.eq(d1)
 
-        # -- D1B: the layer's bias, row id and sum, registered (D1R) -----------------------------
-        bias = _switch(m, d1b.layer, bias_words, signed(w.acc_bits), "bias")
-        row_id = _switch(m, d1b.layer, [0 if word is None else word for word in row_id_words],
-                         unsigned(plan.column_bits), "row_id")
+        # -- D1B: the layer's bias and row id chosen; the row's sum, from flip-flops (it leaves
+        # the accumulator memory through a register of its own: timing); all registered -------
+        d1c = Signal(d_layout)
+        d1c_sum = Signal(signed(w.acc_bits))
+        d1c_bias = Signal(signed(w.acc_bits))
+        d1c_row_id = Signal(unsigned(plan.column_bits))
+        m.d.comb += [self.acc.sum_context.layer.eq(d1b.layer),
+                     self.acc.sum_context.bank.eq(d1b.bank)]
+        m.d.sync += [
+            d1c.eq(d1b), d1c_sum.eq(self.acc.sum),
+            d1c_bias.eq(_switch(m, d1b.layer, bias_words, signed(w.acc_bits), "bias")),
+            d1c_row_id.eq(_switch(m, d1b.layer,
+                                  [0 if word is None else word for word in row_id_words],
+                                  unsigned(plan.column_bits), "row_id")),
+        ]
+        if window is not None:
+            d1b_low, d1c_low = Signal.like(d1_low), Signal.like(d1_low)
+            m.d.sync += [d1b_low.eq(d1_low), d1c_low.eq(d1b_low)]
+
+        # -- D1C: the row, registered (D1R) ---------------------------------------------------
         if window is None:
-            m.d.sync += [self.o.stage.eq(d1b), self.o.bias.eq(bias), self.o.column.eq(row_id),
-                         self.o.sum.eq(d1b_sum)]
+            m.d.sync += [self.o.stage.eq(d1c), self.o.bias.eq(d1c_bias),
+                         self.o.column.eq(d1c_row_id), self.o.sum.eq(d1c_sum)]
             return m
         # A max-pooled window's sums: their running maximum; its last goes on, as the
         # window's maximum (A13: the bias and the requantization after it keep the order). An
         # average-pooled window's four go on to be requantized each (``AveragePool``).
         running = Signal(signed(w.acc_bits))
-        pooled = Mux(d1b.first | d1b.average, d1b_sum,
-                     Mux(d1b_sum > running, d1b_sum, running))
-        with m.If(d1b.valid & ~d1b.end):
+        pooled = Mux(d1c.first | d1c.average, d1c_sum,
+                     Mux(d1c_sum > running, d1c_sum, running))
+        with m.If(d1c.valid & ~d1c.end):
             m.d.sync += running.eq(pooled)
         m.d.sync += [
-            self.o.stage.eq(d1b),
-            self.o.stage.valid.eq(d1b.valid & (d1b.end | d1b.last | d1b.average)),
-            self.o.bias.eq(bias), self.o.column.eq(row_id | d1b_low), self.o.sum.eq(pooled),
+            self.o.stage.eq(d1c),
+            self.o.stage.valid.eq(d1c.valid & (d1c.end | d1c.last | d1c.average)),
+            self.o.bias.eq(d1c_bias), self.o.column.eq(d1c_row_id | d1c_low),
+            self.o.sum.eq(pooled),
         ]
         return m
 
