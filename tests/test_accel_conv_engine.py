@@ -179,3 +179,100 @@ def test_pointer_stage_of_a_conv_plan_passes_a_column_every_clock(conv_model):
     assert seen[0] == 17
     burst = seen[1:101]
     assert burst[-1] - burst[0] == len(burst) - 1, burst
+
+
+def _two_convs():
+    """Two convolutions of different kernels and strides (each its own tap tables), then a
+    Linear layer, quantized."""
+    rng = np.random.default_rng(3)
+    codebook = np.array([0.0, -1.0, -0.5, 0.5, 1.0])
+    first = ConvGeometry(2, 7, 6, 3, 3, padding=1)
+    second = ConvGeometry(3, 7, 6, 5, 5, stride=2, padding=2)
+
+    def layer(out, columns, geometry=None, relu=True):
+        # Sparse, so that each PE has a tap mask of its own per channel.
+        index = rng.integers(0, 5, (out, columns), dtype=np.uint8)
+        index[rng.random(index.shape) < 0.6] = 0
+        return CompressedLayer(codebook=codebook, index=index, bias=rng.normal(0, 0.1, out),
+                               relu=relu, index_bits=3, geometry=geometry)
+
+    conv1 = layer(3, first.columns, first)
+    conv2 = layer(4, second.columns, second)
+    model = CompressedModel([conv1, conv2, layer(5, conv2.output_size, relu=False)])
+    calibration = rng.random((8, model.in_features)).astype(np.float32)
+    return quantize_model(model, calibration)
+
+
+@pytest.mark.parametrize("stall", [True, False])
+def test_tap_walk_gives_each_activation_its_taps_by_the_rule(stall):
+    """``TapWalk`` against ``ConvLayout.walk`` (the tables) and ``accel.planning.conv.taps``
+    (A12), in order, under random input gaps and backpressure; a Linear layer's activation and
+    a fence pass as they are. Without stalls: 4 clocks from ``i`` to ``o`` and an item every
+    clock, ``max(1, taps)`` clocks for a convolution's activation."""
+    import random
+
+    from amaranth.sim import Simulator
+
+    from accel.gateware.pe.taps import TapWalk
+    from accel.planning.conv import taps
+
+    model = _two_convs()
+    plan = EnginePlan.from_model(model, n_pes=2, banks=1)
+    pe = 1
+    rng = random.Random(11)
+    items, expected, schedule = [], [], []     # schedule: each output's clock, no stalls
+    clock = 4
+    for _ in range(120):
+        i = rng.randrange(3)
+        if rng.random() < 0.05:
+            items.append({"column": 0, "value": 0, "layer": i, "bank": 0, "fence": 1})
+            outputs = [(0, 0, i, 1, 0)]
+        elif i == 2:                                # the Linear layer's packed input column
+            column, value = rng.randrange(plan.layers[2].in_features), rng.randint(1, 7)
+            items.append({"column": column, "value": value, "layer": 2, "bank": 0, "fence": 0})
+            outputs = [(column, value, 2, 0, 0)]
+        else:
+            conv, value = plan.layers[i].conv, rng.randint(1, 7)
+            g, fields = conv.geometry, conv.inputs
+            c, y, x = rng.randrange(g.in_channels), rng.randrange(g.in_height), \
+                rng.randrange(g.in_width)
+            column = (((c << fields.y_bits) | y) << fields.x_bits) | x
+            items.append({"column": column, "value": value, "layer": i, "bank": 0, "fence": 0})
+            mask = plan.init("tap_masks", i, pe)[c]
+            walked = conv.walk(c, y, x, mask)
+            assert walked == [(k, q) for k, q in taps(conv, c, y, x)
+                              if (mask >> (k % g.taps)) & 1]
+            outputs = [(k, value, i, 0, q) for k, q in walked]
+        expected += outputs
+        schedule += [clock + j for j in range(len(outputs))]
+        clock += max(1, len(outputs))
+    assert len(expected) > 150
+    dut = TapWalk(plan, pe)
+    got, emitted = [], []
+
+    async def testbench(ctx):
+        pending = list(items)
+        for clock in range(3000):
+            send = bool(pending) and (not stall or rng.random() < 0.7)
+            ctx.set(dut.i.valid, send)
+            if send:
+                ctx.set(dut.i.payload, pending[0])
+            ready = not stall or rng.random() < 0.6
+            ctx.set(dut.o.ready, ready)
+            if ctx.get(dut.o.valid) and ready:
+                out = ctx.get(dut.o.payload)
+                got.append((out.column, out.value, out.layer, out.fence, out.position))
+                emitted.append(clock)
+            if send and ctx.get(dut.i.ready):
+                pending.pop(0)
+            await ctx.tick()
+            if not pending and len(got) == len(expected):
+                break
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == expected
+    if not stall:
+        assert emitted == schedule

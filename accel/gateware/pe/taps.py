@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.stages import pe_widths
-from accel.gateware.primitives import _check_plan, _lowest_set, _memory, _read_port
+from accel.gateware.primitives import _check_plan, _lowest_set, _memory, _or_all, _read_port
 from accel.planning.plan import EnginePlan, _bits
 
 __all__ = ["TapWalk", "walk_input_layout", "walk_output_layout"]
@@ -109,8 +109,10 @@ class TapWalk(wiring.Component):
         t2_channel = Signal(plan.column_bits)       # c kh kw
 
         t3_take = ~t3_valid | self.o.ready
+        # The lowest tap of ``remaining``, kept in a register beside it: T3's selects then
+        # start from flip-flops (timing: the priority chain, the tap's offset and the
+        # subtraction in one clock were the 8-PE LeNet-5 build's critical path at 87.6 MHz).
         lowest = Signal(max_taps)
-        m.d.comb += lowest.eq(_lowest_set(remaining))
         # Whether ``remaining`` is empty, or has at most one tap, kept in registers beside it:
         # they gate the stage's ``ready``, which reaches back through the issue to the group
         # queue's read, and computed from ``remaining`` they were a priority chain on that path
@@ -191,28 +193,22 @@ class TapWalk(wiring.Component):
         rest = remaining & ~lowest
         with m.If(t2_free):
             m.d.sync += [t2_valid.eq(t1_valid), t2.eq(t1), t2_conv.eq(t1_conv & t1_valid),
-                         remaining.eq(walk_mask), t2_base.eq(walk_base),
-                         t2_channel.eq(walk_channel),
+                         remaining.eq(walk_mask), lowest.eq(_lowest_set(walk_mask)),
+                         t2_base.eq(walk_base), t2_channel.eq(walk_channel),
                          none_left.eq(walk_mask == 0),
                          one_left.eq(at_most_one(walk_mask))]
         with m.Elif(t2_emit & t2_conv):
-            m.d.sync += [remaining.eq(rest), none_left.eq(one_left),
-                         one_left.eq(at_most_one(rest))]
+            m.d.sync += [remaining.eq(rest), lowest.eq(_lowest_set(rest)),
+                         none_left.eq(one_left), one_left.eq(at_most_one(rest))]
 
-        # -- T3: the tap's column and position (one-hot selects, then one add each) -------------
+        # -- T3: the tap's column and position: ``lowest`` is one-hot, so each is an OR of
+        # its taps' constants (a few LUTs deep, not a priority chain), then one add each -------
         tap = Signal(range(max_taps))
         offset = Signal(base_bits)
-        offsets = {}
-        for i, conv in convs:
-            offsets[i] = conv.tap_offsets()
-        for t in range(max_taps):
-            with m.If(lowest[t]):
-                m.d.comb += tap.eq(t)
-        for i, table in offsets.items():
-            with m.If(t2.layer == i):
-                for t, value in enumerate(table):
-                    with m.If(lowest[t]):
-                        m.d.comb += offset.eq(value)
+        m.d.comb += tap.eq(_or_all([Mux(lowest[t], t, 0) for t in range(max_taps)]))
+        m.d.comb += offset.eq(_or_all([Mux(lowest[t] & (t2.layer == i), value, 0)
+                                       for i, conv in convs
+                                       for t, value in enumerate(conv.tap_offsets())]))
         with m.If(t3_take):
             m.d.sync += t3_valid.eq(t2_emit)
         with m.If(t3_take & t2_emit):
