@@ -276,3 +276,30 @@ def test_tap_walk_gives_each_activation_its_taps_by_the_rule(stall):
     assert got == expected
     if not stall:
         assert emitted == schedule
+
+
+@pytest.mark.parametrize("width", [1, 3, 4, 5, 9, 12, 17])
+def test_at_most_one_is_a_popcount_of_at_most_one(width):
+    """``_at_most_one``, the tap walk's tree (every value up to 12 bits; sampled above)."""
+    import random
+
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from accel.gateware.primitives import _at_most_one
+
+    bits, out = Signal(width), Signal()
+    m = Module()
+    m.d.comb += out.eq(_at_most_one(bits))
+    rng = random.Random(width)
+    values = range(1 << width) if width <= 12 else \
+        [0] + [1 << k for k in range(width)] + [rng.getrandbits(width) for _ in range(2000)]
+
+    async def testbench(ctx):
+        for v in values:
+            ctx.set(bits, v)
+            assert ctx.get(out) == (bin(v).count("1") <= 1), v
+
+    sim = Simulator(m)
+    sim.add_testbench(testbench)
+    sim.run()

@@ -449,6 +449,17 @@ def _fewer_than(bits, count: int):
     return Const(table, 1 << width).bit_select(bits, 1)
 
 
+def _at_most_one(bits):
+    """Whether at most one of ``bits`` is set: per group of four bits, whether any and whether
+    two or more are set (a LUT each), then the same over the groups' "any", recursively: a
+    tree a few LUTs deep (``bits & ~_lowest_set(bits) == 0`` was a priority chain: timing)."""
+    if len(bits) <= 4:
+        return _fewer_than(bits, 2)
+    groups = [bits[k:k + 4] for k in range(0, len(bits), 4)]
+    several = Cat(~_fewer_than(group, 2) for group in groups)
+    return ~several.any() & _at_most_one(Cat(group.any() for group in groups))
+
+
 def _or_all(values):
     result = values[0]
     for v in values[1:]:

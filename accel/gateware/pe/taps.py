@@ -10,7 +10,8 @@ from amaranth.lib.wiring import In, Out
 
 from accel.gateware.layouts import layouts
 from accel.gateware.pe.stages import pe_widths
-from accel.gateware.primitives import _check_plan, _lowest_set, _memory, _or_all, _read_port
+from accel.gateware.primitives import (_at_most_one, _check_plan, _lowest_set, _memory,
+                                       _or_all, _read_port)
 from accel.planning.plan import EnginePlan, _bits
 
 __all__ = ["TapWalk", "walk_input_layout", "walk_output_layout"]
@@ -120,9 +121,6 @@ class TapWalk(wiring.Component):
         none_left = Signal(init=1)
         one_left = Signal(init=1)                   # at most one
 
-        def at_most_one(bits):
-            return (bits & ~_lowest_set(bits)) == 0
-
         # T2 is done with its item in this clock: a convolution's after its last tap (or at
         # once, with none), any other item when it moves to T3.
         t2_last = Mux(t2_conv, one_left, 1)
@@ -196,10 +194,10 @@ class TapWalk(wiring.Component):
                          remaining.eq(walk_mask), lowest.eq(_lowest_set(walk_mask)),
                          t2_base.eq(walk_base), t2_channel.eq(walk_channel),
                          none_left.eq(walk_mask == 0),
-                         one_left.eq(at_most_one(walk_mask))]
+                         one_left.eq(_at_most_one(walk_mask))]
         with m.Elif(t2_emit & t2_conv):
             m.d.sync += [remaining.eq(rest), lowest.eq(_lowest_set(rest)),
-                         none_left.eq(one_left), one_left.eq(at_most_one(rest))]
+                         none_left.eq(one_left), one_left.eq(_at_most_one(rest))]
 
         # -- T3: the tap's column and position: ``lowest`` is one-hot, so each is an OR of
         # its taps' constants (a few LUTs deep, not a priority chain), then one add each -------
