@@ -73,9 +73,10 @@ class Accumulate(wiring.Component):
     drain : In(ReadClearSignature(plan))
         The drain's read-and-clear port.
 
-    Latency and throughput: E2: operands registered; E3: multiply; E4: product registered and
-    the row read; E5: add and write. One entry per clock, with no stall: E5 takes the sums of
-    the two writes its read misses (the same row 1 or 2 entries ahead) from E6 and E7.
+    Latency and throughput: E2: operands registered; E3: multiply and the row read; E4:
+    product registered, a LUT RAM's row chosen; E5: a block RAM's row chosen, add and write.
+    One entry per clock, with no stall: the sums of the writes a read misses (the same row 1
+    or 2 entries ahead) are forwarded, from E5's adder and E6 into E4, from E6 and E7 into E5.
     """
 
     def __init__(self, plan: EnginePlan):
@@ -104,25 +105,28 @@ class Accumulate(wiring.Component):
         m.d.comb += product.eq(mac.p)
 
         # -- E4: the product registered, the row read; E5: accumulate (A5) and write it back ---
-        # The row an entry adds to reaches E5 from flip-flops (timing): a LUT RAM's registered
-        # read, or the register a block RAM's slow read data goes into first (``_memories``).
-        # A read misses the writes of the two entries ahead of its entry: E5 takes their sums
-        # instead (E6's, then E7's), the hits compared a clock ahead (E5 against E4, E6 against
-        # E4) so that the forward mux's selects come from flip-flops too. One adder serves every
-        # (layer, bank) memory (area).
+        # A LUT RAM's row (or a flip-flop memory's) is read in E3 and chosen in E4, so that E5
+        # holds only the adder (timing); a block RAM's read data goes into a register first
+        # (slow: ``_memories``) and is chosen in E5. Either read misses the writes of the
+        # entries ahead of it: E4 takes E5's new sum or E6's, E5 takes E6's or E7's (a block
+        # RAM's row), each hit compared a clock ahead and registered, so that the forward
+        # muxes' selects come from flip-flops too. One adder serves every (layer, bank) memory
+        # (area).
         e5 = Signal(stage)
         e5_product = Signal.like(product)
         m.d.sync += [e5.eq(e4), e5_product.eq(product)]
         total = Signal(signed(w.acc_bits + 1))
-        rows = self._memories(m, platform, e2, e3, e4, total)
+        rows, block = self._memories(m, platform, e2, e4, total)
         contexts = range(1 << (plan.layer_bits + plan.bank_bits))
 
-        def row_of(selector, name):
-            choices = [rows.get((i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)), 0)
-                       for i in contexts]
+        def row_of(selector, name, layers=range(plan.n_layers)):
+            """The row of context ``selector`` (``Cat(bank, layer)``) among ``layers``'."""
+            choices = []
+            for i in contexts:
+                layer, bank = i >> plan.bank_bits, i & ((1 << plan.bank_bits) - 1)
+                choices.append(rows.get((layer, bank), 0) if layer in layers else 0)
             return _switch(m, selector, choices, signed(w.acc_bits), name)
 
-        e5_read = row_of(Cat(e5.bank, e5.layer), "e5_read")
         e6 = Signal(stage)                          # the entry E5 accumulated a clock ago
         written6 = Signal(signed(w.acc_bits))       # the sums written 1 and 2 clocks ago
         written7 = Signal(signed(w.acc_bits))
@@ -133,9 +137,21 @@ class Accumulate(wiring.Component):
                     & (earlier.layer == later.layer) & (earlier.bank == later.bank))
             return same & (earlier.position == later.position) if plan.has_conv else same
 
-        hit6, hit7 = Signal(), Signal()
-        m.d.sync += [hit6.eq(same_row(e5, e4)), hit7.eq(same_row(e6, e4))]
-        m.d.comb += total.eq(Mux(hit6, written6, Mux(hit7, written7, e5_read)) + e5_product)
+        fast = [i for i in range(plan.n_layers) if i not in block]
+        accumulated = Signal(signed(w.acc_bits))    # E4's row, the sums it missed forwarded
+        hit5, hit6 = Signal(), Signal()
+        m.d.sync += [hit5.eq(same_row(e4, e3)), hit6.eq(same_row(e5, e3))]
+        e4_read = row_of(Cat(e4.bank, e4.layer), "e4_read", fast)
+        m.d.sync += accumulated.eq(Mux(hit5, total, Mux(hit6, written6, e4_read)))
+        operand = accumulated
+        if block:
+            e5_read = row_of(Cat(e5.bank, e5.layer), "e5_read", block)
+            hit6_block, hit7_block, e5_block = Signal(), Signal(), Signal()
+            m.d.sync += [hit6_block.eq(same_row(e5, e4)), hit7_block.eq(same_row(e6, e4)),
+                         e5_block.eq(Cat(e4.layer == i for i in block).any())]
+            operand = Mux(e5_block, Mux(hit6_block, written6, Mux(hit7_block, written7, e5_read)),
+                          accumulated)
+        m.d.comb += total.eq(operand + e5_product)
         m.d.comb += [
             self.retire.valid.eq(e5.valid & e5.fence),
             self.retire.layer.eq(e5.layer),
@@ -152,21 +168,21 @@ class Accumulate(wiring.Component):
             return entry.row
         return Cat(entry.row[:layer.image.row_bits], entry.position)
 
-    def _memories(self, m, platform, e2, e3, e4, total):
+    def _memories(self, m, platform, e2, e4, total):
         """The (layer, bank) memories, their ports shared by the MAC and the drain; returns
-        each memory's read data, from flip-flops, for E5 and the drain."""
+        each memory's read data, from flip-flops (E4's for LUT RAM, E5's for block RAM; the
+        drain's two clocks after the issue), and the layers whose memories are block RAM."""
         plan, w, drain = self._plan, pe_widths(self._plan), self.drain
-        rows = {}
+        rows, block_layers = {}, []
         for i, layer in enumerate(plan.layers):
             for b in range(plan.banks):
                 # LUT RAM, or flip-flops when a row or two (``REGISTER_DEPTH``: area): a fast
                 # read. A convolution's memory (word ``(position << row_bits) | row``, whole
                 # output maps) deeper than ``SMALL_MEMORY_DEPTH`` goes to block RAM, whose read
                 # data (5.8 ns clock-to-out on the ECP5) goes into a register of its own before
-                # it crosses the chip to the adder (timing). The block RAM is read a clock
-                # earlier (E3's row, from E2) than LUT RAM (E4's row, from E3), so both reach
-                # E5 from flip-flops. Neither read is transparent to the write (that would put
-                # the adder on the read path: timing); E5 forwards the sums its read misses.
+                # it crosses the chip to the adder (timing). Both read E3's row (from E2). No
+                # read is transparent to the write (that would put the adder on the read path:
+                # timing); the MAC forwards the sums its reads miss.
                 depth = layer.image.rows_per_pe if layer.conv is None \
                     else layer.conv.positions << layer.image.row_bits
                 block = layer.conv is not None and depth > SMALL_MEMORY_DEPTH
@@ -188,12 +204,14 @@ class Accumulate(wiring.Component):
                 if block:
                     read_next = Mux(draining_next, drain.row_next, self._address(layer, e2))
                 else:
-                    read_next = Mux(draining, drain.row, self._address(layer, e3))
+                    read_next = Mux(draining, drain.row, self._address(layer, e2))
                 m.d.sync += [draining.eq(draining_next), read_address.eq(read_next)]
                 if block:
                     held = Signal(signed(layer.accumulator_bits), name=f"read{i}_{b}")
                     m.d.sync += held.eq(rport.data)
                     rows[i, b] = held
+                    if i not in block_layers:
+                        block_layers.append(i)
                 else:
                     rows[i, b] = rport.data
                 # The write's enable and address, registered a clock ahead: they fan out to
@@ -214,4 +232,4 @@ class Accumulate(wiring.Component):
                     wport.data.eq(Mux(clearing, 0, total)),
                     wport.en.eq(clearing | mac),
                 ]
-        return rows
+        return rows, block_layers
