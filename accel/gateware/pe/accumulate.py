@@ -116,7 +116,8 @@ class Accumulate(wiring.Component):
         e5_product = Signal.like(product)
         m.d.sync += [e5.eq(e4), e5_product.eq(product)]
         total = Signal(signed(w.acc_bits + 1))
-        rows, block = self._memories(m, platform, e2, e4, total)
+        block = [i for i, layer in enumerate(plan.layers) if _in_block_ram(layer)]
+        rows = self._memories(m, platform, e2, e4, total)
         contexts = range(1 << (plan.layer_bits + plan.bank_bits))
 
         def row_of(selector, name, layers=range(plan.n_layers)):
@@ -171,9 +172,9 @@ class Accumulate(wiring.Component):
     def _memories(self, m, platform, e2, e4, total):
         """The (layer, bank) memories, their ports shared by the MAC and the drain; returns
         each memory's read data, from flip-flops (E4's for LUT RAM, E5's for block RAM; the
-        drain's two clocks after the issue), and the layers whose memories are block RAM."""
+        drain's two clocks after the issue)."""
         plan, w, drain = self._plan, pe_widths(self._plan), self.drain
-        rows, block_layers = {}, []
+        rows = {}
         for i, layer in enumerate(plan.layers):
             for b in range(plan.banks):
                 # LUT RAM, or flip-flops when a row or two (``REGISTER_DEPTH``: area): a fast
@@ -183,9 +184,8 @@ class Accumulate(wiring.Component):
                 # it crosses the chip to the adder (timing). Both read E3's row (from E2). No
                 # read is transparent to the write (that would put the adder on the read path:
                 # timing); the MAC forwards the sums its reads miss.
-                depth = layer.image.rows_per_pe if layer.conv is None \
-                    else layer.conv.positions << layer.image.row_bits
-                block = layer.conv is not None and depth > SMALL_MEMORY_DEPTH
+                depth = _accumulator_depth(layer)
+                block = _in_block_ram(layer)
                 mem = Memory(shape=signed(layer.accumulator_bits), depth=depth, init=[],
                              attrs={} if block else _shallow_attrs(platform, depth))
                 m.submodules[f"acc{i}_{b}"] = mem
@@ -210,8 +210,6 @@ class Accumulate(wiring.Component):
                     held = Signal(signed(layer.accumulator_bits), name=f"read{i}_{b}")
                     m.d.sync += held.eq(rport.data)
                     rows[i, b] = held
-                    if i not in block_layers:
-                        block_layers.append(i)
                 else:
                     rows[i, b] = rport.data
                 # The write's enable and address, registered a clock ahead: they fan out to
@@ -232,4 +230,18 @@ class Accumulate(wiring.Component):
                     wport.data.eq(Mux(clearing, 0, total)),
                     wport.en.eq(clearing | mac),
                 ]
-        return rows, block_layers
+        return rows
+
+
+def _accumulator_depth(layer) -> int:
+    """Words of one (layer, bank) accumulator memory: a Linear layer's rows, a convolution's
+    ``(position << row_bits) | row``."""
+    if layer.conv is None:
+        return layer.image.rows_per_pe
+    return layer.conv.positions << layer.image.row_bits
+
+
+def _in_block_ram(layer) -> bool:
+    """Whether the layer's accumulators are block RAM (slow read data): a convolution's deeper
+    than ``SMALL_MEMORY_DEPTH``."""
+    return layer.conv is not None and _accumulator_depth(layer) > SMALL_MEMORY_DEPTH
