@@ -150,3 +150,28 @@ def test_registered_fifo_keeps_order_under_random_traffic(block):
     sim.run()
     assert len(read) > 200
     assert read == written[:len(read)]
+
+
+def test_deep_accumulator_is_block_rams_straight_into_its_register(tmp_path):
+    """A convolution's 1152 x 19 accumulator is three block RAMs, read straight into the
+    read data register: no collision logic (copy, compare, mux) between them, which was the
+    8-PE LeNet-5 build's critical path."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_accel_pe_stages import _deep_conv_plan
+
+    from accel.gateware.pe.accumulate import _accumulator_memory
+
+    layer = _deep_conv_plan().layers[0]
+    m = Module()
+    write, read = _accumulator_memory(m, "acc", None, layer)
+    held = Signal(19)
+    m.d.sync += held.eq(read.data)
+    ports = [write.addr, write.data, write.en, read.addr, held]
+    (tmp_path / "top.il").write_text(rtlil.convert(m, ports=ports))
+    subprocess.run([_yosys(), "-q", "-p", "read_rtlil top.il; synth_ecp5 -top top; "
+                    "tee -q -o stat.json stat -json"], cwd=tmp_path, check=True)
+    cells = json.loads((tmp_path / "stat.json").read_text())["modules"]["\\top"]["num_cells_by_type"]
+    assert cells == {"DP16KD": 3, "TRELLIS_FF": 19}, cells

@@ -330,7 +330,19 @@ def _conv_plan() -> EnginePlan:
     return EnginePlan.from_model(model, n_pes=2, banks=2)
 
 
-ACCUMULATE_PLANS = {**{name: lambda name=name: _plan(name) for name in PLANS}, "conv": _conv_plan}
+def _deep_conv_plan() -> EnginePlan:
+    """A convolution whose accumulator (576 positions x 2 rows, 19 bits) is deeper than one
+    ECP5 block RAM at 18 bits: built from bit slices of 9, 9 and 1 bits."""
+    from test_accel_conv_engine import _conv_net
+
+    from compress.geometry import ConvGeometry
+
+    model, _ = _conv_net(ConvGeometry(1, 24, 24, 3, 3, padding=1), out_channels=4)
+    return EnginePlan.from_model(model, n_pes=2, banks=2)
+
+
+ACCUMULATE_PLANS = {**{name: lambda name=name: _plan(name) for name in PLANS}, "conv": _conv_plan,
+                    "deep conv": _deep_conv_plan}
 
 
 def _accumulator_depth(plan: EnginePlan, layer: int) -> int:
