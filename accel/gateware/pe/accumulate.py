@@ -237,7 +237,8 @@ def _accumulator_memory(m, name, platform, layer):
     if not _in_block_ram(layer):
         mem = Memory(shape=shape, depth=depth, init=[], attrs=_shallow_attrs(platform, depth))
         m.submodules[name] = mem
-        return mem.write_port(), mem.read_port()
+        wport, rport = mem.write_port(), mem.read_port()    # (their signals' names)
+        return wport, rport
     # Read through ``_read_port``, without collision logic (``_NO_COLLISION``): Yosys's "old
     # data" copy, compare and mux would sit between the block RAM and its register (timing:
     # 3 LUTs after the block RAM's 5.8 ns clock-to-out, the 8-PE LeNet-5 build's critical
