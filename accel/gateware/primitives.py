@@ -40,9 +40,11 @@ def _read_port(m, memory, name):
     clock where ``en`` is high, 1 unless driven): the same values on the same clocks as the
     synchronous, non-transparent port, and the form in which Yosys honours ``no_rw_check``
     (:data:`_NO_COLLISION`) when it folds the register into the memory. ``memory`` must carry
-    that attribute, and its users must never read an address in the clock it is written: the
-    engine's memories are written only while it is idle, and a FIFO never reads the slot it
-    writes (it reads only when not empty and writes only when not full).
+    that attribute, and its users must never read an address in the clock it is written, or
+    never use what such a read returns: the engine's memories are written only while it is
+    idle, a FIFO never reads the slot it writes (it reads only when not empty and writes only
+    when not full), and a block RAM accumulator's MAC takes a forwarded sum instead of such a
+    read (``accel.gateware.pe.accumulate``).
     """
     port = memory.read_port(domain="comb")
     read = _ReadPort(Signal.like(port.addr, name=f"{name}_addr"), Signal(init=1, name=f"{name}_en"),
