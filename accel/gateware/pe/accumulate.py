@@ -31,7 +31,7 @@ class ReadClearSignature(wiring.Signature):
         Strobe: the context's last clock (the memory goes back to the MAC after it).
     clear : Out(1)
         Strobe: row ``row`` is issued: its sum is read (``sum``, two clocks later) and the row
-        is cleared for the next image (in the next clock).
+        is cleared for the next image (in the next clock; a block RAM's in the one after).
     row, row_next : Out(address_bits)
         The drain's accumulator address (a local row; a convolution's
         ``(position << row_bits) | row``) and its value in the next clock (the read address
@@ -70,14 +70,15 @@ class Accumulate(wiring.Component):
         a fence retires its context.
     retire : Out(retire)
         Strobe with a context, 3 clocks after its fence arrives: every product of the context
-        before the fence is in its memory.
+        before the fence is in its memory at the end of that clock.
     drain : In(ReadClearSignature(plan))
         The drain's read-and-clear port.
 
     Latency and throughput: E2: operands registered; E3: multiply and the row read; E4:
-    product registered, a LUT RAM's row chosen; E5: a block RAM's row chosen, add and write.
-    One entry per clock, with no stall: the sums of the writes a read misses (the same row 1
-    or 2 entries ahead) are forwarded, from E5's adder and E6 into E4, from E6 and E7 into E5.
+    product registered, a LUT RAM's row chosen; E5: a block RAM's row chosen, add and write
+    (a block RAM's write registered, in E6). One entry per clock, with no stall: the sums of
+    the writes a read misses (the same row 1 or 2 entries ahead, or 3 for a block RAM) are
+    forwarded, from E5's adder and E6 into E4, from E6, E7 and E8 into E5.
     """
 
     def __init__(self, plan: EnginePlan):
@@ -147,11 +148,19 @@ class Accumulate(wiring.Component):
         m.d.sync += accumulated.eq(Mux(hit5, total, Mux(hit6, written6, e4_read)))
         operand = accumulated
         if block:
+            # A block RAM is written in E6 (``_memories``): its read misses the sums of the
+            # entries 1, 2 and 3 ahead, forwarded from E6, E7 and E8.
+            e7 = Signal(stage)
+            written8 = Signal(signed(w.acc_bits))
+            m.d.sync += [e7.eq(e6), written8.eq(written7)]
             e5_read = row_of(Cat(e5.bank, e5.layer), "e5_read", block)
-            hit6_block, hit7_block, e5_block = Signal(), Signal(), Signal()
+            hit6_block, hit7_block, hit8_block, e5_block = Signal(), Signal(), Signal(), Signal()
             m.d.sync += [hit6_block.eq(same_row(e5, e4)), hit7_block.eq(same_row(e6, e4)),
+                         hit8_block.eq(same_row(e7, e4)),
                          e5_block.eq(Cat(e4.layer == i for i in block).any())]
-            operand = Mux(e5_block, Mux(hit6_block, written6, Mux(hit7_block, written7, e5_read)),
+            operand = Mux(e5_block,
+                          Mux(hit6_block, written6,
+                              Mux(hit7_block, written7, Mux(hit8_block, written8, e5_read))),
                           accumulated)
         m.d.comb += total.eq(operand + e5_product)
         m.d.comb += [
@@ -222,12 +231,22 @@ class Accumulate(wiring.Component):
                     mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
                     write_row.eq(Mux(clear_next, drain.row, self._address(layer, e4))),
                 ]
-                m.d.comb += [
-                    rport.addr.eq(read_address[:len(rport.addr)]),
-                    wport.addr.eq(write_row[:len(wport.addr)]),
-                    wport.data.eq(Mux(clearing, 0, total)),
-                    wport.en.eq(clearing | mac),
-                ]
+                m.d.comb += rport.addr.eq(read_address[:len(rport.addr)])
+                if block:
+                    # A block RAM's write registered once more, in E6 (timing: E5's sum went
+                    # straight across the chip to the block RAM's write data, 12.7 ns on the
+                    # 12-PE LeNet-5 build, 9.9 ns of it routing); E5 forwards one more sum.
+                    write_en = Signal(name=f"write_en{i}_{b}")
+                    write_address = Signal(len(wport.addr), name=f"write_address{i}_{b}")
+                    write_data = Signal(len(wport.data), name=f"write_data{i}_{b}")
+                    m.d.sync += [write_en.eq(clearing | mac), write_address.eq(write_row),
+                                 write_data.eq(Mux(clearing, 0, total))]
+                    m.d.comb += [wport.addr.eq(write_address), wport.data.eq(write_data),
+                                 wport.en.eq(write_en)]
+                else:
+                    m.d.comb += [wport.addr.eq(write_row[:len(wport.addr)]),
+                                 wport.data.eq(Mux(clearing, 0, total)),
+                                 wport.en.eq(clearing | mac)]
         return rows
 
 
@@ -242,9 +261,9 @@ def _accumulator_memory(m, name, platform, layer):
     # Read through ``_read_port``, without collision logic (``_NO_COLLISION``): Yosys's "old
     # data" copy, compare and mux would sit between the block RAM and its register (timing:
     # 3 LUTs after the block RAM's 5.8 ns clock-to-out, the 8-PE LeNet-5 build's critical
-    # path at 89.13 MHz). The MAC does read a row in the clock the entry two ahead of it writes
-    # it (E3's read, E5's write), but what the read gives then is never used: E5 takes that
-    # entry's sum from ``written7``. The drain clears a row a clock after it reads it.
+    # path at 89.13 MHz). The MAC does read a row in the clock the entry three ahead of it
+    # writes it (E3's read, E6's write), but what the read gives then is never used: E5 takes
+    # that entry's sum from ``written8``. The drain clears a row two clocks after it reads it.
     mem = Memory(shape=shape, depth=depth, init=[],
                  attrs={**_block_ram_attrs(platform), **_NO_COLLISION})
     m.submodules[name] = mem
