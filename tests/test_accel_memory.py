@@ -156,10 +156,6 @@ def test_deep_accumulator_is_block_rams_straight_into_its_register(tmp_path):
     """A convolution's 1152 x 19 accumulator is three block RAMs, read straight into the
     read data register: no collision logic (copy, compare, mux) between them, which was the
     8-PE LeNet-5 build's critical path."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from test_accel_pe_stages import _deep_conv_plan
 
     from accel.gateware.pe.accumulate import _accumulator_memory

@@ -332,7 +332,7 @@ def _conv_plan() -> EnginePlan:
 
 def _deep_conv_plan() -> EnginePlan:
     """A convolution whose accumulator (576 positions x 2 rows, 19 bits) is deeper than one
-    ECP5 block RAM at 18 bits: built from bit slices of 9, 9 and 1 bits."""
+    ECP5 block RAM at 18 bits (three 2K x 9)."""
     from test_accel_conv_engine import _conv_net
 
     from compress.geometry import ConvGeometry

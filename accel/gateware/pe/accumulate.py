@@ -194,7 +194,6 @@ class Accumulate(wiring.Component):
                 # it crosses the chip to the adder (timing). Both read E3's row (from E2). No
                 # read is transparent to the write (that would put the adder on the read path:
                 # timing); the MAC forwards the sums its reads miss.
-                depth = _accumulator_depth(layer)
                 block = _in_block_ram(layer)
                 wport, rport = _accumulator_memory(m, f"acc{i}_{b}", platform, layer)
                 # Each memory's read address, registered from its next value: the memory's
@@ -231,22 +230,24 @@ class Accumulate(wiring.Component):
                     mac.eq(e4.valid & ~e4.fence & (e4.layer == i) & (e4.bank == b)),
                     write_row.eq(Mux(clear_next, drain.row, self._address(layer, e4))),
                 ]
-                m.d.comb += rport.addr.eq(read_address[:len(rport.addr)])
+                write_en, write_address, write_data = clearing | mac, write_row, \
+                    Mux(clearing, 0, total)
                 if block:
                     # A block RAM's write registered once more, in E6 (timing: E5's sum went
                     # straight across the chip to the block RAM's write data, 12.7 ns on the
                     # 12-PE LeNet-5 build, 9.9 ns of it routing); E5 forwards one more sum.
-                    write_en = Signal(name=f"write_en{i}_{b}")
-                    write_address = Signal(len(wport.addr), name=f"write_address{i}_{b}")
-                    write_data = Signal(len(wport.data), name=f"write_data{i}_{b}")
-                    m.d.sync += [write_en.eq(clearing | mac), write_address.eq(write_row),
-                                 write_data.eq(Mux(clearing, 0, total))]
-                    m.d.comb += [wport.addr.eq(write_address), wport.data.eq(write_data),
-                                 wport.en.eq(write_en)]
-                else:
-                    m.d.comb += [wport.addr.eq(write_row[:len(wport.addr)]),
-                                 wport.data.eq(Mux(clearing, 0, total)),
-                                 wport.en.eq(clearing | mac)]
+                    registered = [Signal(name=f"write_en{i}_{b}"),
+                                  Signal(len(wport.addr), name=f"write_address{i}_{b}"),
+                                  Signal(len(wport.data), name=f"write_data{i}_{b}")]
+                    m.d.sync += [reg.eq(value) for reg, value in
+                                 zip(registered, (write_en, write_address, write_data))]
+                    write_en, write_address, write_data = registered
+                m.d.comb += [
+                    rport.addr.eq(read_address[:len(rport.addr)]),
+                    wport.addr.eq(write_address[:len(wport.addr)]),
+                    wport.data.eq(write_data),
+                    wport.en.eq(write_en),
+                ]
         return rows
 
 
