@@ -42,7 +42,7 @@ __all__ = ["DEFAULT_PES", "add_engine_arguments", "build", "build_parser",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compress.data import DATASETS
+    from core.datasets import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="python -m accel.build",
@@ -96,8 +96,8 @@ def check_build_arguments(parser, args, board) -> None:
     the board's clock, ``--verify-samples``, ``--nextpnr-seed``, ``--seed``, ``--out``."""
     from accel.gateware.uart import baud_divisor
     from boards.synthesis import clock_range_mhz
-    from compress.cli import check_output_path, check_range
-    from compress.data import MAX_SEED
+    from core.options import check_output_path, check_range
+    from core.datasets import MAX_SEED
 
     check_engine_arguments(parser, args)
     if args.clock_mhz is not None:
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     from boards import board_table, get_board
     from boards.synthesis import TimingError
     from boards.toolchain import ToolchainError, ToolError
-    from compress.cli import fail
+    from core.options import fail
 
     parser = build_parser()
     args = parser.parse_args(argv)

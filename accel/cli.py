@@ -41,7 +41,7 @@ def check_engine_arguments(parser, args) -> None:
     ``EnginePlan.from_model`` checks."""
     from accel.planning.pack import MAX_PES, MAX_ZERO_RUN_BITS
     from accel.planning.plan import MIN_QUEUE_DEPTH
-    from compress.cli import check_range
+    from core.options import check_range
 
     limits = {"pes": (1, MAX_PES), "lanes": (1, 4), "input_lanes": (1, 16), "banks": (1, 8),
               "queue_depth": (MIN_QUEUE_DEPTH, 4096), "zero_run_bits": (1, MAX_ZERO_RUN_BITS)}

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from accel.cli import check_engine_arguments, engine_options, make_plan
     from accel.host import HostLink, LinkError, open_serial
     from boards import get_board
-    from compress.cli import check_range, fail
+    from core.options import check_range, fail
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -140,7 +140,7 @@ def verify(model, x, *, calibration=None, n_pes: int = 1, lanes: int = 2, input_
 def main(argv: list[str] | None = None) -> int:
     import sim
     from accel.cli import check_engine_arguments, engine_options
-    from compress.cli import check_output_path, check_range, fail
+    from core.options import check_output_path, check_range, fail
 
     parser = build_parser()
     args = parser.parse_args(argv)

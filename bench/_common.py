@@ -23,7 +23,7 @@ def lenet_arguments(parser) -> None:
     """The ``--model`` and ``--data-dir`` options of the benchmarks that reuse LeNet-300-100."""
     import os
 
-    from compress.data import DEFAULT_MNIST_DIR
+    from core.datasets import DEFAULT_MNIST_DIR
 
     parser.add_argument("--model", type=Path, default=CACHE / "lenet-300-100-seed0.dcz",
                         help="artifact (default: the one bench/compress_lenet.py keeps)")

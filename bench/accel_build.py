@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
+from compress.torch_model import to_torch  # noqa: E402
 from accel.build import build, format_table  # noqa: E402
 from boards import get_board  # noqa: E402
 from boards.synthesis import TimingError  # noqa: E402
@@ -49,7 +50,7 @@ from boards.synthesis import TimingError  # noqa: E402
 def torch_batch1(model, x, repeats: int, threads: int) -> float:
     """PyTorch float inferences per second at batch 1 (best of ``repeats`` passes)."""
     torch.set_num_threads(threads)
-    net = model.to_torch().eval()
+    net = to_torch(model).eval()
     rows = [torch.from_numpy(row[None, :]) for row in x]
     best = float("inf")
     with torch.inference_mode():

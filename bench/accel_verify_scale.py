@@ -43,7 +43,7 @@ import sim  # noqa: E402
 from accel.verification import batch_sim  # noqa: E402
 from accel.verification.compare import compare_run  # noqa: E402
 from accel.build import default_banks, make_plan  # noqa: E402
-from compress.integer import activation_range  # noqa: E402
+from core.integer import activation_range  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
 
 TARGET_SECONDS = 30 * 60

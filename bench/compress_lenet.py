@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, mnist_missing, print_rows, run  # noqa: E402
 
-from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
 
 PAPER = {"error_float": 1.64, "error_compressed": 1.58, "ratio": 40}

@@ -43,12 +43,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import compress  # noqa: E402
+from compress.torch_model import to_torch  # noqa: E402
 import sim  # noqa: E402
 from accel.planning.conv import ConvLayout  # noqa: E402
 from accel.planning.conv import pe_work as conv_pe_work  # noqa: E402
 from accel.planning.pack import pe_work as pack_pe_work  # noqa: E402
 from accel.planning.plan import balance_rows, pack_in_order  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 
 
 #: An ECP5 DP16KD's shapes (width, depth).
@@ -111,7 +112,7 @@ def study(model, x: np.ndarray, n_pes: int) -> list[dict]:
 
 def pytorch_batch1(model, x: np.ndarray, repeats: int = 3) -> float:
     """Inferences per second of the float network, one image at a time, one thread."""
-    net = model.to_torch().eval()
+    net = to_torch(model).eval()
     samples = torch.from_numpy(x.astype(np.float32))
     best = 0.0
     previous = torch.get_num_threads()

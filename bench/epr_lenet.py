@@ -35,8 +35,8 @@ import numpy as np  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from compress import range_coding  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core import range_coding  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 from compress.pipeline import CompressConfig, compress_model  # noqa: E402
 
 #: The paper's LeNet-300-100 row: compressed kilobytes and error (uncompressed 1.6%).

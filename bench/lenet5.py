@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, mnist_missing, print_rows, run  # noqa: E402
 from lq_accuracy import float_model  # noqa: E402
 
-from compress.artifact import load  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.artifact import load  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 from compress.pipeline import CompressConfig  # noqa: E402
 
 PAPERS = {"Deep Compression": {"error_float": 0.80, "error": 0.74, "ratio": 39},

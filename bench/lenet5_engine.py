@@ -12,7 +12,7 @@ it with Verilator and streams ``--samples`` test images back to back through it
 (``accel.verification.batch_sim``: the engine's Verilog, a C++ driver that rebuilds every hidden
 layer from the trace bus), compares every layer with ``sim.trace``, and prints the measured
 clocks per image beside ``EnginePlan.predict``'s. Then PyTorch's batch-1 float inference of
-each model (``CompressedModel.to_torch``), one thread, best of ``--repeats``. The rate on the
+each model (``compress.to_torch``), one thread, best of ``--repeats``. The rate on the
 board is the measured clocks at ``--clock-mhz`` (default: the clock of ``--report``, a
 ``python -m accel.build`` report of the same engine, else 100 MHz).
 
@@ -40,7 +40,7 @@ import sim  # noqa: E402
 from accel.build import _dense_macs  # noqa: E402
 from accel.planning.plan import EnginePlan  # noqa: E402
 from accel.verification import batch_sim  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 
 #: The ULX3S-85F's hard multipliers (the dense ceiling is this many MACs per clock).
 MULTIPLIERS = 156

@@ -37,7 +37,7 @@ from _common import CACHE, mnist_missing  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 from compress.models import BUILTIN_MODELS, linear_chain, load_model  # noqa: E402
 from compress.pipeline import CompressConfig, compress_model  # noqa: E402
 from compress.train import (TRAINING_THREADS, accuracy, canonical_sequential,  # noqa: E402

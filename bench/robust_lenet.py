@@ -28,7 +28,7 @@ from lq_accuracy import float_model  # noqa: E402
 import torch  # noqa: E402
 
 from compress.adversarial import compressed_robustness, robust_accuracy  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 from compress.models import BUILTIN_MODELS  # noqa: E402
 from compress.pipeline import CompressConfig, compress_model  # noqa: E402
 

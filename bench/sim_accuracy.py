@@ -26,7 +26,7 @@ from _common import CACHE  # noqa: E402
 
 import compress  # noqa: E402
 import sim  # noqa: E402
-from compress.data import DEFAULT_MNIST_DIR  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR  # noqa: E402
 from compress.pipeline import CompressConfig, compress_model  # noqa: E402
 
 TARGET_POINTS = {"digits": 0.3, "mnist": 0.3, "breast-cancer": 1.0}

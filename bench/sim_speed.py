@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import lenet_arguments, lenet_missing  # noqa: E402
 
 import compress  # noqa: E402
+from compress.torch_model import to_torch  # noqa: E402
 import sim  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main() -> int:
 
     sim.run(model, images[:100])                            # warm-up
     seconds_int, logits = _best(lambda: sim.run(model, images), args.repeats)
-    net = model.to_torch().eval()
+    net = to_torch(model).eval()
     x = torch.from_numpy(data.x_test)
     with torch.inference_mode():
         net(x[:100])

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CACHE, mnist_missing  # noqa: E402
 from lq_accuracy import float_model  # noqa: E402
 
-from compress.data import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset  # noqa: E402
 from compress.models import BUILTIN_MODELS  # noqa: E402
 from compress.pipeline import CompressConfig, compress_model  # noqa: E402
 

@@ -5,14 +5,17 @@ The public API::
 
     from compress import dp_kmeans, compress_model, CompressConfig, CompressedModel, load
 
-The torch-based parts (``compress_model``, ``CompressConfig``, ``CompressionResult``) load on
-first use, so reading an artifact (``sim``, ``accel``) does not import torch.
+The artifact, its parts and the data sets are the bottom package ``core``, re-exported here.
+The torch-based parts (``compress_model``, ``CompressConfig``, ``CompressionResult``,
+``to_torch``) load on first use, so reading an artifact (``sim``, ``accel``) does not import
+torch.
 """
 
-from .artifact import CompressedLayer, CompressedModel, load
+from core.artifact import CompressedLayer, CompressedModel, load
+from core.datasets import Dataset, load_dataset
+from core.huffman import HuffmanCode
+
 from .cluster import QUANTIZERS, cluster, dp_kmeans, kmeans_1d
-from .data import Dataset, load_dataset
-from .huffman import HuffmanCode
 
 __all__ = [
     "QUANTIZERS",
@@ -28,6 +31,7 @@ __all__ = [
     "kmeans_1d",
     "load",
     "load_dataset",
+    "to_torch",
 ]
 
 _PIPELINE = ("CompressConfig", "CompressionResult", "compress_model")
@@ -38,4 +42,8 @@ def __getattr__(name: str):
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name == "to_torch":
+        from .torch_model import to_torch
+
+        return to_torch
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import check_output_path, fail
+from core.datasets import DATASETS
+from core.options import check_output_path, fail
+
 from .adversarial import ATTACKS
 from .lowrank import LOW_RANK_METHODS
 from .lq import ACTIVATION_QUANTIZERS
-from .data import DATASETS
 from .models import BUILTIN_MODELS
 from .pipeline import (ALL_QUANTIZERS, DEFAULT_LEARNED_BITS, METHODS, ZERO_RUN_AUTO,
                        CompressConfig, compress_model)

@@ -14,7 +14,7 @@ batch's loss with the mean of the clean and the adversarial loss (Goodfellow et 
 
 Robust accuracy (:func:`robust_accuracy`) is the accuracy on examples attacked with the same
 attack and ``epsilon``. The integer model has no gradient: its robust accuracy is measured on the
-examples made against the float network of the same stored weights (``CompressedModel.to_torch``)
+examples made against the float network of the same stored weights (``compress.to_torch``)
 and then quantized to the integer input grid (a transfer from an exact surrogate).
 """
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+import sim
 
 __all__ = ["ATTACKS", "PGD_STEPS", "Adversary", "adversarial_examples", "attack",
            "check_attack", "compressed_robustness", "robust_accuracy"]
@@ -126,11 +128,10 @@ def compressed_robustness(model, data, *, method: str, epsilon: float, seed: int
     ``compressed_on_grid`` (the float weights on the same rounded examples, which separates
     the rounding of the inputs, large for an attacked example near a decision boundary, from
     the integer arithmetic's own effect)."""
-    import sim  # the next stage's public API; imported here so compress loads without it
-
+    from .torch_model import to_torch
     from .train import predict
 
-    surrogate = model.to_torch()
+    surrogate = to_torch(model)
     x = adversarial_examples(surrogate, data.x_test, data.y_test, method=method,
                              epsilon=epsilon, low=float(data.x_train.min()),
                              high=float(data.x_train.max()), seed=seed)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .latents import LATENT_LIMIT, LatentCode, LayerLatents
+from core.latents import LATENT_LIMIT, LatentCode, LayerLatents
 
 __all__ = ["MODEL_LR_SCALE", "EntropyPenalizedReparameterization", "LatentTensor",
            "check_rate_lambda", "logistic_bits"]

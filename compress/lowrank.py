@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .geometry import ConvGeometry
+from core.geometry import ConvGeometry
+
 from .train import matrix
 
 __all__ = ["LOW_RANK_METHODS", "LayerRank", "TrainedRankPruning", "check_settings",

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .levels import basis_codebook, code_matrix, midpoints, nearest_level
+from core.levels import basis_codebook, code_matrix, midpoints, nearest_level
+
 from .train import conv_forward, geometry_of, matrix
 
 __all__ = ["ACTIVATION_QUANTIZERS", "WEIGHT_QUANTIZERS", "ActivationQuantizer", "FixedLevels",
@@ -288,7 +289,7 @@ def quantized_network(linears: Sequence[nn.Linear], relus: Sequence[bool],
 def export(layer: QuantizedLinear) -> tuple[np.ndarray, np.ndarray]:
     """``(index, basis)`` of a fine-tuned layer: the basis rounded to float16 (as the artifact
     stores it), and index 0 for a pruned weight, else the entry of the weight's nearest level
-    in its row's codebook :func:`compress.levels.basis_codebook` of that basis."""
+    in its row's codebook :func:`core.levels.basis_codebook` of that basis."""
     # The artifact stores the basis in float16: the indices are those of the rounded levels.
     basis = layer.quantizer.basis.detach().numpy().astype(np.float16).astype(np.float32)
     codebook = basis_codebook(basis)

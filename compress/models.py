@@ -5,8 +5,8 @@ A supported network is a chain of ``Conv2d``, ``MaxPool2d``/``AvgPool2d`` (2 x 2
 (folded into it): an ``nn.Sequential`` (nested ones are flattened) or any module ``torch.fx``
 can trace to such a chain. It is reduced to a list of :class:`LinearSpec`, each a weighted layer (``Linear`` or
 ``Conv2d``) with a flag saying whether a ReLU follows it and, for a convolution, its
-:class:`~compress.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling;
-``docs/arithmetic.md`` A12-A13). The project feeds 2-D feature matrices (``compress.data``), image
+:class:`~core.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling;
+``docs/arithmetic.md`` A12-A13). The project feeds 2-D feature matrices (``core.datasets``), image
 samples flattened channel-major, so a ``Flatten`` before the first layer is a no-op and the first
 convolution reads its input map from the data set's sample shape.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .geometry import POOLS, STRIDES, ConvGeometry
+from core.geometry import POOLS, STRIDES, ConvGeometry
 
 __all__ = ["BUILTIN_MODELS", "LinearSpec", "Recipe", "build_builtin", "linear_chain", "load_model"]
 

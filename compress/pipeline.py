@@ -17,14 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+import sim
+from core.artifact import CompressedLayer, CompressedModel
+from core.datasets import MAX_SEED, Dataset, load_dataset
+from core.integer import quantize_model
+from core.levels import unsigned_levels
+from core.options import per_layer_message
+
 from .adversarial import Adversary, check_attack, compressed_robustness, robust_accuracy
-from .artifact import CompressedLayer, CompressedModel
-from .cli import per_layer_message
 from .cluster import QUANTIZERS, cluster, sse
-from .data import MAX_SEED, Dataset, load_dataset
 from .epr import EntropyPenalizedReparameterization, check_rate_lambda
-from .integer import quantize_model
-from .levels import unsigned_levels
 from .lowrank import (LOW_RANK_METHODS, TrainedRankPruning, check_settings, energy_rank,
                       factorize)
 from .lq import (ACTIVATION_QUANTIZERS, WEIGHT_QUANTIZERS, QuantizedLinear, export,
@@ -717,8 +719,6 @@ def _robust_before(net, data: Dataset, config, log) -> dict | None:
 
 def _integer_accuracy(model: CompressedModel, data: Dataset) -> float:
     """Test accuracy of the integer reference (``sim``, the golden model the hardware equals)."""
-    import sim  # the next stage's public API; imported here so compress loads without it
-
     logits = sim.run(model, sim.quantize_input(model, data.x_test))
     return float((logits.argmax(axis=1) == data.y_test).mean())
 

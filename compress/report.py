@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import CompressedModel
+from core.artifact import CompressedModel
 
 __all__ = ["build_report", "format_table", "write_plots"]
 

@@ -68,7 +68,7 @@ class SharedLinear(nn.Module):
     gathered from the centroids, autograd sums the gradients of every weight of a cluster into its
     centroid: exactly the update of Deep Compression §3.3 (Han et al. 2016, Fig. 3). Masks and
     assignments stay fixed, so a pruned weight (index 0) stays exactly zero. With a
-    :class:`~compress.geometry.ConvGeometry` the layer is a convolution (``index`` of shape
+    :class:`~core.geometry.ConvGeometry` the layer is a convolution (``index`` of shape
     ``(O, C, kh, kw)``; A12).
     """
 
@@ -110,7 +110,7 @@ def matrix(weight):
 
 
 def geometry_of(layer: nn.Module):
-    """The :class:`~compress.geometry.ConvGeometry` of a weighted layer, ``None`` for a Linear
+    """The :class:`~core.geometry.ConvGeometry` of a weighted layer, ``None`` for a Linear
     one (an ``nn.Conv2d`` carries it as ``.geometry``, set by the pipeline)."""
     return getattr(layer, "geometry", None)
 

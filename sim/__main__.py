@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from compress.cli import fail
+from core.options import fail
 
 from .evaluate import add_model_arguments, check_model_arguments, evaluate, load_model_and_data
 from .reference import saturation_warning

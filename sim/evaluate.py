@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
+
+from core.artifact import load
+from core.datasets import DATASETS, MAX_SEED, load_dataset
+from core.options import check_output_path, check_range
 
 from .reference import quantize_input, run
 
@@ -13,10 +18,6 @@ __all__ = ["add_model_arguments", "check_model_arguments", "evaluate", "load_mod
 
 def add_model_arguments(parser) -> None:
     """The ``--model``, ``--dataset``, ``--data-dir``, ``--seed`` and ``--json`` options."""
-    from pathlib import Path
-
-    from compress.data import DATASETS
-
     parser.add_argument("--model", required=True, type=Path,
                         help="artifact with integer data (python -m compress writes "
                              "OUT/model.dcz)")
@@ -32,9 +33,6 @@ def add_model_arguments(parser) -> None:
 
 def check_model_arguments(parser, args) -> None:
     """``parser.error`` on a bad option of :func:`add_model_arguments`, before any work."""
-    from compress.cli import check_output_path, check_range
-    from compress.data import MAX_SEED
-
     check_range(parser, "--seed", args.seed, 0, MAX_SEED)
     if not args.model.exists():
         parser.error(f"--model {args.model} does not exist (python -m compress writes "
@@ -53,12 +51,6 @@ def load_model_and_data(path, *, dataset=None, data_dir=None, seed=None):
         A missing file, an artifact without integer data, or a data set whose feature count
         differs from the model's.
     """
-    from pathlib import Path
-
-    # the artifact and data modules, not the package: compress's pipeline imports sim
-    from compress.artifact import load
-    from compress.data import load_dataset
-
     if not Path(path).exists():
         raise ValueError(f"{path} does not exist (python -m compress writes OUT/model.dcz)")
     model = load(path)

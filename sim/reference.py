@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from compress.geometry import im2col, max_pool, patch_batch, sum_pool
-from compress.integer import activation_range
+from core.geometry import im2col, max_pool, patch_batch, sum_pool
+from core.integer import activation_range
 
 __all__ = ["SATURATION_WARNING_FRACTION", "pool", "quantize_input", "requantize", "run",
            "run_layer", "saturation_warning", "threshold_activation", "trace"]
@@ -26,7 +26,7 @@ __all__ = ["SATURATION_WARNING_FRACTION", "pool", "quantize_input", "requantize"
 def _integer_layers(model):
     if not getattr(model, "has_integer", False):
         raise ValueError("the model has no integer data: quantize it with "
-                         "compress.integer.quantize_model (python -m compress does by default) "
+                         "core.integer.quantize_model (python -m compress does by default) "
                          "or load a format-2 artifact")
     return model.layers
 
@@ -241,7 +241,7 @@ def quantize_input(model, x, *, return_saturation: bool = False):
 
 def saturation_warning(saturation: dict, *, threshold: float = SATURATION_WARNING_FRACTION,
                        recalibrate: str = "python -m compress --dataset DATA retrains and "
-                                          "recalibrates; compress.integer.quantize_model(model, "
+                                          "recalibrates; core.integer.quantize_model(model, "
                                           "x_train) recalibrates alone") -> str | None:
     """The warning for :func:`quantize_input`'s ``saturation`` when more than ``threshold`` of
     the input values were clamped, else ``None``.

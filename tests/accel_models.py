@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import (IntegerLayer, accumulator_bound, accumulator_width,
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import (IntegerLayer, accumulator_bound, accumulator_width,
                               activation_range, requantization_parameters)
 
 __all__ = ["random_inputs", "random_model"]

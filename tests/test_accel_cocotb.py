@@ -23,8 +23,8 @@ import pytest
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import quantize_model
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import quantize_model
 
 engine = pytest.importorskip("accel.gateware.engine", reason="accel.gateware.engine cannot be imported yet")
 from accel.verification import cosim, simulators  # noqa: E402

@@ -16,9 +16,9 @@ import sim
 from accel.planning.conv import pad_input, run_layer, tap_masks
 from accel.planning.plan import MAX_ENGINE_KERNEL, EnginePlan
 from accel.verification.amaranth_sim import run_engine
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.geometry import ConvGeometry
-from compress.integer import quantize_model
+from core.artifact import CompressedLayer, CompressedModel
+from core.geometry import ConvGeometry
+from core.integer import quantize_model
 
 _SETTINGS = dict(deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

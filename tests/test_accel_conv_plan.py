@@ -15,7 +15,7 @@ from accel.planning.conv import (ConvLayout, MapFields, channel_masks, drain_wal
                                  expand_columns, pad_input, pe_work, run_layer, run_network,
                                  tap_masks, taps)
 from accel.planning.pack import pack_layer
-from compress.geometry import ConvGeometry
+from core.geometry import ConvGeometry
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                        HealthCheck.data_too_large])
@@ -59,7 +59,7 @@ def test_whole_network_from_its_images_equals_sim(case, n_pes):
 def test_pooling_drain_rounds_as_the_contract(window, pool):
     """A13 on sums whose average is an exact half (254 = 2 x 127: (254 + 2) >> 2 = 64, where
     any other rounding term gives 63), through the drain of run_layer."""
-    from compress.artifact import CompressedLayer
+    from core.artifact import CompressedLayer
 
     geometry = ConvGeometry(1, 2, 2, 1, 1, pool=pool)
     layer = _quantized(CompressedLayer(codebook=[0.0, 1.0], index=np.ones((1, 1), np.uint8),
@@ -69,7 +69,7 @@ def test_pooling_drain_rounds_as_the_contract(window, pool):
     x = np.array(window, dtype=np.int64)
     sums = [127 * v for v in window]
     want = max(sums) if pool == "max" else (sum(sums) + 2) >> 2
-    from compress.artifact import CompressedModel
+    from core.artifact import CompressedModel
 
     model = CompressedModel([layer])
     assert sim.run_layer(model, 0, x[None]).tolist() == [[want]]
@@ -83,7 +83,7 @@ def test_packed_columns_of_a_linear_layer_after_maps():
     padded = pad_input(x, fields)
     assert padded.shape == (1, 32) and padded[0, fields.packed_order()].tolist() == x[0].tolist()
     assert np.count_nonzero(padded) == 18
-    from compress.artifact import CompressedLayer
+    from core.artifact import CompressedLayer
 
     index = np.arange(18 * 2).reshape(2, 18) % 4
     layer = CompressedLayer(codebook=[0.0, 1.0, 2.0, 3.0], index=index.astype(np.uint8),
@@ -97,7 +97,7 @@ def test_packed_columns_of_a_linear_layer_after_maps():
 
 def test_channel_masks_are_the_union_of_the_taps():
     geometry = ConvGeometry(2, 4, 4, 2, 2)
-    from compress.artifact import CompressedLayer
+    from core.artifact import CompressedLayer
 
     index = np.zeros((3, 8), np.uint8)
     index[0, 1] = index[1, 2] = index[2, 7] = 1     # channel 0: rows 0, 1; channel 1: row 2
@@ -108,8 +108,8 @@ def test_channel_masks_are_the_union_of_the_taps():
 
 
 def _quantized(layer, *, signed: bool = False):
-    from compress.artifact import CompressedModel
-    from compress.integer import quantize_model
+    from core.artifact import CompressedModel
+    from core.integer import quantize_model
 
     model = CompressedModel([layer])
     calibration = np.ones((4, model.in_features), np.float32)
@@ -167,7 +167,7 @@ def test_map_fields_and_addresses():
 
 
 def test_layout_refuses_a_linear_layer():
-    from compress.artifact import CompressedLayer
+    from core.artifact import CompressedLayer
 
     layer = CompressedLayer(codebook=[0.0, 1.0], index=np.ones((2, 3), np.uint8),
                             bias=[0.0, 0.0], relu=False)
@@ -176,7 +176,7 @@ def test_layout_refuses_a_linear_layer():
 
 
 def test_tap_masks_mark_the_nonempty_columns():
-    from compress.artifact import CompressedLayer
+    from core.artifact import CompressedLayer
 
     geometry = ConvGeometry(2, 4, 4, 2, 2)
     index = np.zeros((3, 8), np.uint8)

@@ -110,7 +110,7 @@ def test_every_requantization_shift_rounds_as_the_reference(shift):
     shifts wider than the requantization product (the result is then 0 or saturates)."""
     from dataclasses import replace
 
-    from compress.integer import MULTIPLIER_BITS
+    from core.integer import MULTIPLIER_BITS
 
     model = random_model(21, [10, 9, 4], density=0.7, bias_bits=14)
     layer = model.layers[0]

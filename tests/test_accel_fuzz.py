@@ -18,7 +18,7 @@ import sim
 from accel import fuzz
 from accel.planning.plan import MIN_QUEUE_DEPTH
 from accel.verification import random_cases
-from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound,
+from core.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, accumulator_bound,
                               accumulator_width, activation_range)
 
 COVERAGE_SEEDS = range(300)
@@ -195,8 +195,8 @@ def test_latent_layers(cases):
     """EPR's latent layers (issue 24, A11): a fifth of the eligible layers (a tenth of all), codebooks of
     the latents themselves up to 255 entries (8 index bits), the weight scale the step, and the
     integer biases those the artifact's reader derives."""
-    from compress.integer import latent_integer_bias
-    from compress.latents import latent_codebook
+    from core.integer import latent_integer_bias
+    from core.latents import latent_codebook
 
     latent = [l for _, _, l in _layers(cases) if l.latents is not None]
     assert 0.05 < len(latent) / sum(1 for _ in _layers(cases)) < 0.3

@@ -8,9 +8,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from accel.planning.pack import MAX_PES, LayerImage, pack_layer, pack_model, pe_work, unpack_layer
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import IntegerLayer, accumulator_bound, accumulator_width, quantize_model
-from compress.sparse import encode_relative
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import IntegerLayer, accumulator_bound, accumulator_width, quantize_model
+from core.sparse import encode_relative
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -35,7 +35,7 @@ def make_layer(index, index_bits=4, seed=0, bias=None):
 
 
 def reference_entries(index, n_pes, bits):
-    """Per PE, the (v, z) entries and per-column counts by a plain loop over compress.sparse."""
+    """Per PE, the (v, z) entries and per-column counts by a plain loop over core.sparse."""
     out, n_in = index.shape
     per_pe, counts = [], np.zeros((n_pes, n_in), dtype=np.int64)
     for p in range(n_pes):

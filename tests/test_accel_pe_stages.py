@@ -24,7 +24,7 @@ from accel.gateware.pe.pointer import PointerStage
 from accel.gateware.pe.requantizer import LATENCY, Requantizer
 from accel.gateware.pe.stages import pe_widths
 from accel.planning.plan import SHIFT_BITS, EnginePlan
-from compress.integer import MULTIPLIER_BITS, activation_range
+from core.integer import MULTIPLIER_BITS, activation_range
 from accel_models import random_model
 
 #: Small plans: two and three layers, one and two lanes, short zero runs (padding entries),
@@ -324,7 +324,7 @@ def _conv_plan() -> EnginePlan:
     Linear layer (LUT RAM): both of the MAC's read paths."""
     from test_accel_conv_engine import _conv_net
 
-    from compress.geometry import ConvGeometry
+    from core.geometry import ConvGeometry
 
     model, _ = _conv_net(ConvGeometry(1, 10, 10, 3, 3, padding=1), out_channels=4)
     return EnginePlan.from_model(model, n_pes=2, banks=2)
@@ -335,7 +335,7 @@ def _deep_conv_plan() -> EnginePlan:
     ECP5 block RAM at 18 bits (three 2K x 9)."""
     from test_accel_conv_engine import _conv_net
 
-    from compress.geometry import ConvGeometry
+    from core.geometry import ConvGeometry
 
     model, _ = _conv_net(ConvGeometry(1, 24, 24, 3, 3, padding=1), out_channels=4)
     return EnginePlan.from_model(model, n_pes=2, banks=2)

@@ -9,6 +9,7 @@ from torch import nn
 
 from compress.adversarial import Adversary, adversarial_examples, attack, robust_accuracy
 from compress.pipeline import CompressConfig, compress_model
+from compress.torch_model import to_torch
 from compress.report import build_report, format_table
 
 
@@ -88,7 +89,7 @@ def test_adversarial_training_makes_the_float_model_robust_and_is_reported(tmp_p
     assert r["attack"] == "fgsm" and r["epsilon"] == 0.1
     assert all(0.0 <= r[k] <= 1.0 for k in ("float", "compressed", "compressed_on_grid", "int"))
     # The same attack on the normally trained network finds it much weaker.
-    net = plain.model.to_torch()
+    net = to_torch(plain.model)
     before = robust_accuracy(net, plain.dataset.x_test, plain.dataset.y_test, method="fgsm",
                              epsilon=0.1, low=0.0, high=1.0)
     assert r["compressed"] > before + 0.1

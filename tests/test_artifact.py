@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import compress
-from compress.artifact import MAGIC, CompressedLayer, CompressedModel
+from core.artifact import MAGIC, CompressedLayer, CompressedModel
 
 
 def _random_layer(rng, n_out, n_in, density, index_bits=4, zero_run_bits=4, relu=True):

@@ -272,7 +272,7 @@ def test_sim_names_its_flags(tmp_path, capsys):
 def test_flag_message_restates_parameter_names_only():
     import argparse
 
-    from compress.cli import flag_message
+    from core.options import flag_message
 
     parser = argparse.ArgumentParser()
     for flag in ("--pes", "--queue-depth", "--bits", "--weight-bits", "--input-lanes"):

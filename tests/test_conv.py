@@ -15,12 +15,13 @@ from torch import nn
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.data import load_dataset
-from compress.geometry import ConvGeometry, im2col
-from compress.integer import quantize_model
+from core.artifact import CompressedLayer, CompressedModel
+from core.datasets import load_dataset
+from core.geometry import ConvGeometry, im2col
+from core.integer import quantize_model
 from compress.models import build_builtin, linear_chain
 from compress.pipeline import CompressConfig, compress_model
+from compress.torch_model import to_torch
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -185,7 +186,7 @@ def test_float_layer_equals_torch(channels, height, width, kernel, stride, paddi
                             bias=rng.normal(size=out).astype(np.float32), relu=True,
                             index_bits=3, geometry=geometry)
     x = rng.random((3, geometry.input_size)).astype(np.float32)
-    net = CompressedModel([layer]).to_torch()
+    net = to_torch(CompressedModel([layer]))
     want = net(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(layer.output(x), want, atol=1e-5, rtol=1e-5)
     patches = im2col(np.rint(x * 100).astype(np.int64), geometry)        # integers stay integers
@@ -242,7 +243,7 @@ def test_pipeline_compresses_a_conv_net(conv_run, tmp_path):
     np.testing.assert_array_equal(loaded.forward(data.x_test), model.forward(data.x_test))
     q = sim.quantize_input(loaded, data.x_test)
     np.testing.assert_array_equal(sim.run(loaded, q), sim.run(model, q))
-    logits = model.to_torch()(torch.from_numpy(data.x_test)).detach().numpy()
+    logits = to_torch(model)(torch.from_numpy(data.x_test)).detach().numpy()
     np.testing.assert_allclose(logits, model.forward(data.x_test), atol=1e-4, rtol=1e-4)
 
 

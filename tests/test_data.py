@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from compress.data import DEFAULT_MNIST_DIR, load_dataset
+from core.datasets import DEFAULT_MNIST_DIR, load_dataset
 
 
 def test_digits_is_the_offline_default():

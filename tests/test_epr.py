@@ -1,5 +1,5 @@
 """EPR (issue 24): the reparameterization and its rate term (``compress.epr``) and the range
-coding of latents (``compress.range_coding``)."""
+coding of latents (``core.range_coding``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compress import epr, range_coding
-from compress.latents import LATENT_LIMIT
+from compress import epr
+from core import range_coding
+from core.latents import LATENT_LIMIT
 
 
 # -- the rate lambda ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for compress.huffman (canonical Huffman coding, Deep Compression §4)."""
+"""Tests for core.huffman (canonical Huffman coding, Deep Compression §4)."""
 
 import heapq
 import time
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compress.huffman import HuffmanCode, huffman_decode, huffman_encode
+from core.huffman import HuffmanCode, huffman_decode, huffman_encode
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,8 +9,8 @@ import pytest
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import (
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import (
     MAX_ACCUMULATOR_BITS,
     IntegerLayer,
     accumulator_bound,

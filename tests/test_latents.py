@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import quantize_model
-from compress.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import quantize_model
+from core.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
 
 
 def _latents(rng, out_features, in_features, *, spread=3.0, zeros=0.7, limit=LATENT_LIMIT):

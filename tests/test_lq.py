@@ -1,5 +1,5 @@
 """LQ-Nets end to end on the software side: levels, the A10 thresholds, the artifact's version 3,
-the quantizer modules and the pipeline (``compress.levels``, ``compress.integer``,
+the quantizer modules and the pipeline (``core.levels``, ``core.integer``,
 ``compress.lq``, ``docs/arithmetic.md`` A9-A10)."""
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.integer import IntegerLayer, activation_thresholds, quantize_model
-from compress.levels import (basis_codebook, code_matrix, midpoints, nearest_level,
+from core.artifact import CompressedLayer, CompressedModel
+from core.integer import IntegerLayer, activation_thresholds, quantize_model
+from core.levels import (basis_codebook, code_matrix, midpoints, nearest_level,
                              unsigned_levels)
 from compress.lq import ActivationQuantizer, WeightQuantizer, quantized_network
 from compress.pipeline import CompressConfig, compress_model
+from compress.torch_model import to_torch
 
 _SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -340,7 +341,7 @@ def test_pipeline_gives_a_deterministic_artifact_that_sim_runs(tmp_path, quantiz
     float_accuracy = float((float_logits.argmax(1) == data.y_test).mean())
     assert float_accuracy == result.accuracy_compressed
     with torch.no_grad():
-        torch_logits = loaded.to_torch()(torch.from_numpy(data.x_test)).numpy()
+        torch_logits = to_torch(loaded)(torch.from_numpy(data.x_test)).numpy()
     # (torch and numpy may round a sum differently, and a value on a midpoint then takes the
     # next level: agreement, not equality)
     assert np.mean(torch_logits.argmax(1) == float_logits.argmax(1)) >= 0.99

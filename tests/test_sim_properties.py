@@ -35,9 +35,9 @@ from hypothesis import strategies as st
 
 import compress
 import sim
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.geometry import ConvGeometry
-from compress.integer import (
+from core.artifact import CompressedLayer, CompressedModel
+from core.geometry import ConvGeometry
+from core.integer import (
     MAX_ACCUMULATOR_BITS,
     MAX_SHIFT,
     MULTIPLIER_BITS,

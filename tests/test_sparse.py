@@ -1,11 +1,11 @@
-"""Tests for compress.sparse (relative-index (v, z) format, EIE §III)."""
+"""Tests for core.sparse (relative-index (v, z) format, EIE §III)."""
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compress.sparse import RelativeIndexStream, decode_relative, encode_relative
+from core.sparse import RelativeIndexStream, decode_relative, encode_relative
 
 SETTINGS = settings(max_examples=150, deadline=None)
 

@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 
 from accel.gateware.pe.requantizer import LOW_BITS
-from compress.integer import MULTIPLIER_BITS
+from core.integer import MULTIPLIER_BITS
 
 __all__ = ["DENSE_LUT_SHARE", "FitError", "ResourceEstimate", "check_fit", "dense_warning",
            "estimate_resources", "memories"]

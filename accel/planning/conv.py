@@ -44,8 +44,8 @@ import numpy as np
 
 from dataclasses import replace
 
-from compress.artifact import CompressedLayer, CompressedModel
-from compress.geometry import ConvGeometry
+from core.artifact import CompressedLayer, CompressedModel
+from core.geometry import ConvGeometry
 
 from .pack import LayerImage, pack_layer
 

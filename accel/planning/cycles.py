@@ -13,7 +13,7 @@ import heapq
 import numpy as np
 
 from accel.planning import conv
-from compress.geometry import im2col, patch_batch
+from core.geometry import im2col, patch_batch
 
 __all__ = ["HIDDEN_LAYER_LATENCY", "LAST_LAYER_LATENCY", "LAYER_LATENCY", "MODEL_OVERLAP_LIMIT",
            "predict", "work"]

@@ -3,7 +3,7 @@
 The accelerator has ``N`` processing elements (PEs). Output row ``r`` of a Linear layer belongs
 to PE ``r % N``, at its local row ``r // N`` (EIE §IV, "row interleaving"). Each PE stores its
 share of the weights column by column, in the relative-index ``(v, z)`` form of
-``compress/sparse.py``, restarted at every column and counting only the PE's own rows:
+``core/sparse.py``, restarted at every column and counting only the PE's own rows:
 ``v`` is the codebook index (0 for a padding entry) and ``z`` the number of the PE's local rows
 skipped since the previous entry of the column. The hardware walks a column with
 ``row = -1; for each entry: row = row + z + 1``.
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compress.artifact import CompressedLayer, CompressedModel
+from core.artifact import CompressedLayer, CompressedModel
 
 __all__ = [
     "MAX_PES",
@@ -191,7 +191,7 @@ def pack_layer(layer: CompressedLayer, n_pes: int, *, zero_run_bits: int = 4) ->
     bits = _check_int("zero_run_bits", zero_run_bits, 1, MAX_ZERO_RUN_BITS)
     if layer.integer is None:
         raise ValueError("the layer has no integer data (docs/arithmetic.md): quantize the model "
-                         "with compress.integer.quantize_model, or write the artifact with "
+                         "with core.integer.quantize_model, or write the artifact with "
                          "python -m compress (without --no-integer)")
     out_features, in_features = layer.index.shape
     if out_features == 0 or in_features == 0:

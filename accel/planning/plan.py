@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from compress.artifact import CompressedModel
-from compress.integer import MULTIPLIER_BITS, activation_range
+from core.artifact import CompressedModel
+from core.integer import MULTIPLIER_BITS, activation_range
 from accel.planning import cycles
 from accel.planning.conv import (ConvLayout, MapFields, channel_masks, expand_columns,
                                  input_fields, pad_input, tap_masks)
@@ -448,7 +448,7 @@ class EnginePlan:
             raise ValueError(f"model must be a CompressedModel, not {type(model).__name__}")
         if not model.has_integer:
             raise ValueError("the model has no integer data: quantize it with "
-                             "compress.integer.quantize_model (python -m compress does by "
+                             "core.integer.quantize_model (python -m compress does by "
                              "default)")
         _check_conv(model)
         n_pes = _check_int("n_pes", n_pes, 1, MAX_PES)

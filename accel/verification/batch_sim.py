@@ -305,7 +305,7 @@ def build(plan, build_dir=None, *, jobs: int = 2, log=None) -> Path:
 
 def _encode_inputs(plan, x: np.ndarray) -> np.ndarray:
     """:meth:`EnginePlan.encode_inputs` as uint32 words ``(n * beats, words)``, vectorized."""
-    from compress.integer import activation_range
+    from core.integer import activation_range
 
     lo, hi = activation_range(plan.input_bits, plan.input_signed)
     if x.ndim != 2 or x.shape[1] != plan.in_features or not np.issubdtype(x.dtype, np.integer):

@@ -209,7 +209,7 @@ def _check_x(x, features: int) -> np.ndarray:
 def _check_plan(model, plan) -> None:
     if not getattr(model, "has_integer", False):
         raise ValueError("the model has no integer data: quantize it with "
-                         "compress.integer.quantize_model or load a format-2 artifact")
+                         "core.integer.quantize_model or load a format-2 artifact")
     needed = ("in_features", "out_features", "n_layers", "n_pes", "beats_per_image",
               "encode_inputs", "decode_logit", "decode_trace")
     missing = [name for name in needed if not hasattr(plan, name)]

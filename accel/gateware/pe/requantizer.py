@@ -14,7 +14,7 @@ from accel.gateware.pe.threshold import LATENCY as THRESHOLD_LATENCY
 from accel.gateware.pe.threshold import ThresholdActivation, threshold_layers
 from accel.gateware.primitives import _RegisteredProduct, _check_plan, _register, _switch
 from accel.planning.plan import SHIFT_BITS, EnginePlan
-from compress.integer import MULTIPLIER_BITS, activation_range
+from core.integer import MULTIPLIER_BITS, activation_range
 
 __all__ = ["LATENCY", "LOW_BITS", "Requantizer"]
 

@@ -5,7 +5,7 @@ arrays, version 3's thresholds and levels).
 
 Each field has a writer (``put`` appends an array to the payload and returns its entry) and a
 reader (``get`` returns a named array of the layer's entry), used by
-:mod:`compress.artifact`.
+:mod:`core.artifact`.
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ def latent_integer_bias(bias: np.ndarray, input_scale: float, weight_scale: floa
 
 def quantize_model(model, x_calibration: np.ndarray, *, weight_bits: int = 8,
                    activation_bits: int = 8, input_signed: bool | None = None):
-    """Put a :class:`~compress.artifact.CompressedModel` on the integer grid.
+    """Put a :class:`~core.artifact.CompressedModel` on the integer grid.
 
     Parameters
     ----------

@@ -6,7 +6,7 @@ stored as Deep Compression stores it: the relative-index sparse stream of (codeb
 run) pairs, both Huffman-coded, plus the float32 codebook and bias. So the file is as small as the
 reported compressed size (plus a JSON header), and loading it decodes the real streams.
 
-Since format version 2 a layer may also carry its integer data (:class:`~compress.integer.
+Since format version 2 a layer may also carry its integer data (:class:`~core.integer.
 IntegerLayer`, ``docs/arithmetic.md``): the integer codebook, biases, requantization and
 accumulator width the integer reference and the hardware use. Version 1 files still load,
 without it.
@@ -16,12 +16,12 @@ basis, or as its values) and learned activation levels with their integer thresh
 (``docs/arithmetic.md`` A9-A10). A model that uses neither is still written as version 2.
 
 Format version 4 adds latent layers (EPR, A11): a layer stored as its range-coded integer
-latents with their steps and model scales (:mod:`compress.latents`), from which the codebook,
+latents with their steps and model scales (:mod:`core.latents`), from which the codebook,
 indices and biases, and the integer biases, are derived when the file is read.
 
 Format version 5 adds convolution layers (A12-A13): a layer's weight matrix is then its kernels,
 ``out_channels x (in_channels x kh x kw)``, and its header holds its
-:class:`~compress.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling).
+:class:`~core.geometry.ConvGeometry` (input map, kernel, stride, padding, pooling).
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class CompressedLayer:
         The layer's integer data (``docs/arithmetic.md``), once quantized.
     basis : numpy.ndarray or None
         float32 holding float16 values, shape ``(out_features, K)``: a signed binary basis per
-        row (LQ-Nets); the codebook is then :func:`compress.levels.basis_codebook` of it
+        row (LQ-Nets); the codebook is then :func:`core.levels.basis_codebook` of it
         (``2**K + 1`` entries), and the artifact stores the basis, 16 bits a value, not the
         levels.
     activation_levels : numpy.ndarray or None
@@ -133,7 +133,7 @@ class CompressedLayer:
     def from_latents(cls, latents: LayerLatents, *, relu: bool, zero_run_bits: int = 4,
                      integer: IntegerLayer | None = None,
                      geometry: ConvGeometry | None = None) -> CompressedLayer:
-        """The layer of a :class:`~compress.latents.LayerLatents` (A11): its codebook (0 then the
+        """The layer of a :class:`~core.latents.LayerLatents` (A11): its codebook (0 then the
         distinct nonzero latents times the step), indices and index width, and its bias."""
         if not isinstance(latents, LayerLatents):
             raise ValueError(f"latents must be a LayerLatents, not {type(latents).__name__}")
@@ -379,7 +379,7 @@ class CompressedLayer:
 
     def _latent_size(self) -> LayerSize:
         """A latent layer's storage: the range-coded words of its weight and bias latents, each
-        tensor's model (:data:`~compress.latents.MODEL_BITS`), and its integer scalars."""
+        tensor's model (:data:`~core.latents.MODEL_BITS`), and its integer scalars."""
         return LayerSize(
             dense_bits=32 * (self.index.size + self.out_features),
             index_bits=32 * len(self.latents.weight.encode()), zero_run_bits=0,
@@ -442,7 +442,7 @@ class CompressedModel:
 
     @property
     def has_integer(self) -> bool:
-        """Whether the layers carry integer data (``compress.integer.quantize_model``)."""
+        """Whether the layers carry integer data (``core.integer.quantize_model``)."""
         return self.layers[0].integer is not None
 
     @property
@@ -466,41 +466,6 @@ class CompressedModel:
         for layer in self.layers:
             x = layer.output(x)
         return x
-
-    def to_torch(self):
-        """An ``nn.Sequential`` (Flatten, Linear, ReLU, ...) holding the shared float weights,
-        with each layer's learned activation levels (A10) after its ReLU: the same function as
-        :meth:`forward`."""
-        import torch
-        from torch import nn
-
-        from .lq import FixedLevels
-        from .train import canonical_sequential
-
-        linears = []
-        for layer in self.layers:
-            g = layer.geometry
-            if g is None:
-                linear = nn.Linear(layer.in_features, layer.out_features)
-            else:
-                linear = nn.Conv2d(g.in_channels, layer.out_features,
-                                   (g.kernel_height, g.kernel_width), stride=g.stride,
-                                   padding=g.padding)
-                linear.geometry = g
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(layer.weight).reshape(linear.weight.shape))
-                linear.bias.copy_(torch.from_numpy(layer.bias))
-            linears.append(linear)
-        net = canonical_sequential(linears, [layer.relu for layer in self.layers])
-        modules = []
-        for module in net:
-            modules.append(module)
-            if isinstance(module, nn.ReLU):
-                layer = self.layers[sum(isinstance(m, (nn.Linear, nn.Conv2d))
-                                        for m in modules) - 1]
-                if layer.activation_levels is not None:
-                    modules.append(FixedLevels(layer.activation_levels))
-        return nn.Sequential(*modules)
 
     def sizes(self) -> list[LayerSize]:
         return [layer.size() for layer in self.layers]

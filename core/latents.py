@@ -2,7 +2,7 @@
 probability models, as the artifact stores them, and the codebook they make.
 
 - :class:`LatentCode`: one tensor's latents ``q`` (``|q| <= LATENT_LIMIT``), its step and its
-  model's ``log_scale``, range-coded by :mod:`compress.range_coding`;
+  model's ``log_scale``, range-coded by :mod:`core.range_coding`;
 - :class:`LayerLatents`: a layer's weight and bias codes;
 - :func:`latent_codebook`: A11's codebook and indices of a weight latent matrix.
 """
@@ -47,7 +47,7 @@ class LatentCode:
         > 0, kept as its float32 value (as stored): the tensor is ``float32(q * step)``.
     log_scale : float
         Kept as its float32 value: the logistic model the latents are coded under
-        (:mod:`compress.range_coding`).
+        (:mod:`core.range_coding`).
     """
 
     values: np.ndarray
