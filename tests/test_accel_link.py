@@ -29,6 +29,9 @@ from accel.protocol import (BAD_CRC, BAD_ESCAPE, BAD_KIND, BAD_LENGTH, BAD_REPEA
                             slip_encode)
 from accel.verification.link_sim import SimulatedBoard
 from accel_models import random_inputs, random_model
+from core.artifact import CompressedLayer, CompressedModel
+from core.geometry import ConvGeometry
+from core.integer import quantize_model
 
 # -- UART ---------------------------------------------------------------------------------------
 
@@ -223,6 +226,34 @@ def test_reload_an_lq_nets_model_through_write():
     after, _ = link.infer_many(x)
     np.testing.assert_array_equal(after, sim.run(other, x))
     assert not np.array_equal(before, after)
+
+
+@pytest.mark.slow
+def test_a_convolutional_net_infers_and_reloads_through_the_simulated_board():
+    """Issue 25's ``accel.run --port sim``: a convolution (padding, max pooling) and a Linear
+    layer behind the UART bridge: the logits equal ``sim``'s, and a reload of another model of
+    the same shapes (its weights, tap masks and channel masks written through the link) runs it."""
+    from test_accel_conv_engine import _conv_net
+
+    geometry = ConvGeometry(2, 6, 5, 3, 3, stride=1, padding=1, pool="max")
+    built_for, x = _conv_net(geometry, seed=1)
+    rng = np.random.default_rng(2)                      # half the weights, other biases
+    other = quantize_model(CompressedModel([
+        CompressedLayer(codebook=layer.codebook, index=np.where(
+            rng.random(layer.index.shape) < 0.5, layer.index, 0).astype(np.uint8),
+            bias=rng.normal(0, 0.1, layer.out_features), relu=layer.relu,
+            index_bits=layer.index_bits, geometry=layer.geometry)
+        for layer in built_for.layers]), rng.random((8, built_for.in_features)))
+    plan = EnginePlan.from_model(built_for, n_pes=1)
+    link = HostLink(SimulatedBoard(plan), plan)
+    before, cycles = link.infer_many(x[:2])
+    np.testing.assert_array_equal(before, sim.run(built_for, x[:2]))
+    assert all(c > 0 for c in cycles)
+    assert link.reload(other) == len(plan.write_image(other))
+    after, _ = link.infer_many(x[:2])
+    np.testing.assert_array_equal(after, sim.run(other, x[:2]))
+    assert not np.array_equal(before, after)
+    assert link.retransmissions == 0
 
 
 def _flip_once(target, mask=0x01):
