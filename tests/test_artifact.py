@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -135,3 +137,17 @@ def test_model_shapes_must_connect():
                         relu=True)
     with pytest.raises(ValueError, match="layer 0 gives 3 outputs but layer 1 takes 2"):
         CompressedModel([a, a])
+
+
+def test_core_is_the_bottom_of_the_imports():
+    """``core`` (the artifact, its parts, the data sets, the option checks) loads without torch
+    and without any other package of the project: ``sim`` reads artifacts without ``compress``,
+    and nothing imports in a circle."""
+    code = ("import sys, pkgutil, importlib, core\n"
+            "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('core.' + m.name)\n"
+            "import sim\n"
+            "print(sorted({n.split('.')[0] for n in sys.modules} & "
+            "{'torch', 'compress', 'accel', 'boards'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.split() == ["[]"]
