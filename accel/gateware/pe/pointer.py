@@ -122,14 +122,9 @@ class PointerStage(wiring.Component):
         # most one issue per clock, so room for one more than now is room in the next clock.
         # ``occupancy`` is the queue's level plus the issues in P0 .. P3, counted as they are
         # issued and popped rather than summed (timing).
-        # The queue's pops are counted a clock late, from a register (``popped``): the pop
-        # comes from the entry stage, far away (timing: 10.3 ns on the 12-PE LeNet-5 build,
-        # 5.7 ns of it one route). ``occupancy`` is then one too many right after a pop, and
-        # ``room`` takes it off: the same room on every clock.
         room = Signal()
-        popped = Signal()
-        occupancy = Signal(range(columns.depth + 2))
-        m.d.sync += room.eq(occupancy - popped + 1 < columns.depth)
+        occupancy = Signal(range(columns.depth + 1))
+        m.d.sync += room.eq(occupancy + 1 < columns.depth)
         if plan.has_conv:
             # A convolution's activation becomes its taps' columns in the tap walk, which
             # takes an issue when it has room and gives P0 a column when the queue has.
@@ -158,8 +153,7 @@ class PointerStage(wiring.Component):
                 walk.i.payload.fence.eq(issue_fence),
                 walk.o.ready.eq(room),
             ]
-        m.d.sync += [popped.eq(columns.r_rdy & columns.r_en),
-                     occupancy.eq(occupancy + to_p0 - popped)]
+        m.d.sync += occupancy.eq(occupancy + to_p0 - (columns.r_rdy & columns.r_en))
         with m.If(pop_group):
             m.d.sync += taken.eq(0)
         with m.Elif(issue_item):
