@@ -11,6 +11,8 @@ The torch-based parts (``compress_model``, ``CompressConfig``, ``CompressionResu
 torch.
 """
 
+import importlib
+
 from core.artifact import CompressedLayer, CompressedModel, load
 from core.datasets import Dataset, load_dataset
 from core.huffman import HuffmanCode
@@ -34,16 +36,12 @@ __all__ = [
     "to_torch",
 ]
 
-_PIPELINE = ("CompressConfig", "CompressionResult", "compress_model")
+# The torch-based names, by the module that defines them (imported on first use).
+_LAZY = {"CompressConfig": "pipeline", "CompressionResult": "pipeline",
+         "compress_model": "pipeline", "to_torch": "torch_model"}
 
 
 def __getattr__(name: str):
-    if name in _PIPELINE:
-        from . import pipeline
-
-        return getattr(pipeline, name)
-    if name == "to_torch":
-        from .torch_model import to_torch
-
-        return to_torch
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
